@@ -1,0 +1,40 @@
+"""Limits a reader enforces before it allocates, in one place (docs/FORMAT.md lists them).
+
+They bound what a damaged or hostile file can make ckpt read, allocate or decompress.
+"""
+
+#: The pack format version this ckpt writes, and the newest it reads.
+FORMAT_VERSION = 1
+
+#: Byte alignment of every member's data offset (and of array data inside .npy members).
+ALIGNMENT = 64
+
+#: Largest manifest member accepted, in bytes.
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+
+#: Most members (zip entries) accepted in one file.
+MAX_MEMBERS = 1_000_000
+
+#: Longest member name accepted, in bytes (UTF-8).
+MAX_NAME_BYTES = 4096
+
+#: Longest .npy header accepted, in bytes (numpy's own default is 10000).
+MAX_NPY_HEADER_BYTES = 64 * 1024
+
+#: Most dimensions accepted in an array shape.
+MAX_NDIM = 64
+
+#: Largest ratio of uncompressed to compressed size accepted for a deflated member.
+MAX_COMPRESSION_RATIO = 1024
+
+#: Largest uncompressed size of any single member accepted (1 TiB).
+MAX_MEMBER_BYTES = 1 << 40
+
+#: Largest JSON slot accepted, in bytes.
+MAX_JSON_BYTES = 256 * 1024 * 1024
+
+#: Longest slot name accepted.
+MAX_SLOT_NAME = 128
+
+#: Size of the chunks streamed while writing, hashing and copying members.
+CHUNK_BYTES = 16 * 1024 * 1024

@@ -1,0 +1,157 @@
+"""The .npy member encoding: headers written with numpy's own format code, read with checks.
+
+Reading validates the header (magic, length, dtype, shape) and that the shape
+fits the member's size exactly, before any array is allocated. Dtypes numpy
+does not know natively (ml_dtypes' bfloat16, float8, int4, ...) are stored as
+opaque ``|V<itemsize>`` so ``numpy.load`` still opens them; their real name is
+recorded in the manifest and restored on load.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _limits
+from .errors import FormatError
+
+MAGIC = b"\x93NUMPY"
+
+
+def is_extension_dtype(dtype: np.dtype) -> bool:
+    """True for dtypes from ml_dtypes (bfloat16, float8_*, int4, ...)."""
+    return getattr(dtype.type, "__module__", "").startswith("ml_dtypes")
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    """A stable, readable name for a dtype, as recorded in the manifest."""
+    if is_extension_dtype(dtype):
+        return str(dtype.name)
+    if dtype.isbuiltin and dtype.byteorder in ("=", "|") and dtype.names is None:
+        return str(dtype.name)
+    return str(dtype.str) if dtype.names is None else str(dtype.descr)
+
+
+def dtype_from_name(name: str, *, where: str = "") -> np.dtype:
+    """The dtype a manifest name stands for; ml_dtypes names need ml_dtypes installed."""
+    try:
+        return np.dtype(name)
+    except TypeError:
+        pass
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise FormatError(
+            f"{where}: arrays of dtype {name!r} need the ml_dtypes package (pip install ml_dtypes)"
+        ) from None
+    dt = getattr(ml_dtypes, name, None)
+    if dt is None:
+        raise FormatError(f"{where}: unknown dtype {name!r} (not numpy's, not ml_dtypes')")
+    return np.dtype(dt)
+
+
+def header_bytes(shape: tuple[int, ...], dtype: np.dtype, fortran_order: bool = False) -> bytes:
+    """The .npy magic and header for an array of this shape and dtype (length a multiple of 64)."""
+    if dtype.hasobject:
+        raise TypeError(f"arrays of dtype {dtype} hold Python objects and cannot be stored as .npy data")
+    descr: Any = f"|V{dtype.itemsize}" if is_extension_dtype(dtype) else np.lib.format.dtype_to_descr(dtype)
+    header = {"descr": descr, "fortran_order": bool(fortran_order), "shape": tuple(int(s) for s in shape)}
+    buf = io.BytesIO()
+    try:
+        np.lib.format.write_array_header_1_0(buf, header)
+    except ValueError:
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_2_0(buf, header)
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    fortran_order: bool
+    header_len: int
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * self.dtype.itemsize
+
+
+def header_prefix_len(prefix: bytes, *, where: str) -> int:
+    """Total header length (magic included) from the first 12 bytes of a member."""
+    if len(prefix) < 10 or prefix[:6] != MAGIC:
+        raise FormatError(f"{where}: not a .npy member (bad magic {prefix[:6]!r})")
+    major = prefix[6]
+    if major == 1:
+        n = int.from_bytes(prefix[8:10], "little")
+        total = 10 + n
+    elif major in (2, 3):
+        if len(prefix) < 12:
+            raise FormatError(f"{where}: .npy header truncated")
+        n = int.from_bytes(prefix[8:12], "little")
+        total = 12 + n
+    else:
+        raise FormatError(f"{where}: unsupported .npy format version {major}.{prefix[7]}")
+    if total > _limits.MAX_NPY_HEADER_BYTES:
+        raise FormatError(
+            f"{where}: .npy header of {total} bytes is over the limit of {_limits.MAX_NPY_HEADER_BYTES}"
+        )
+    return total
+
+
+def parse_header(head: bytes, member_size: int, *, where: str) -> NpyHeader:
+    """Validate a complete .npy header and that its shape fills the member exactly."""
+    total = header_prefix_len(head[:12], where=where)
+    if len(head) < total or total > member_size:
+        raise FormatError(f"{where}: .npy header of {total} bytes is cut short (member is {member_size} bytes)")
+    text_start = 10 if head[6] == 1 else 12
+    encoding = "utf-8" if head[6] == 3 else "latin1"
+    try:
+        text = head[text_start:total].decode(encoding)
+        d = ast.literal_eval(text)
+    except (UnicodeDecodeError, SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as e:
+        raise FormatError(f"{where}: .npy header is not a valid literal ({type(e).__name__})") from None
+    if not isinstance(d, dict) or set(d) != {"descr", "fortran_order", "shape"}:
+        raise FormatError(f"{where}: .npy header must have exactly descr, fortran_order and shape; found {d!r:.200}")
+    shape = d["shape"]
+    if (
+        not isinstance(shape, tuple)
+        or len(shape) > _limits.MAX_NDIM
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
+    ):
+        raise FormatError(f"{where}: .npy header has an invalid shape {shape!r:.200}")
+    if not isinstance(d["fortran_order"], bool):
+        raise FormatError(f"{where}: .npy header fortran_order is not a bool")
+    try:
+        dtype = np.lib.format.descr_to_dtype(d["descr"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise FormatError(f"{where}: .npy header has an invalid dtype {d['descr']!r:.200} ({e})") from None
+    if dtype.hasobject:
+        raise FormatError(f"{where}: object arrays are refused (they would need pickle); dtype {dtype}")
+    header = NpyHeader(dtype, shape, d["fortran_order"], total)
+    if total + header.nbytes != member_size:
+        raise FormatError(
+            f"{where}: .npy header claims shape {shape} of {dtype} ({header.nbytes} bytes) but the member "
+            f"holds {member_size - total} bytes of data"
+        )
+    return header
+
+
+def array_from_buffer(buf: Any, header: NpyHeader, *, dtype: Optional[np.dtype] = None) -> np.ndarray:
+    """An array over ``buf`` (no copy). ``dtype`` replaces an opaque void dtype of equal size."""
+    dt = header.dtype
+    if dtype is not None and dtype != dt:
+        if dtype.itemsize != dt.itemsize:
+            raise FormatError(f"dtype {dtype} does not match the stored {dt} (itemsize differs)")
+        dt = dtype
+    arr = np.frombuffer(buf, dtype=dt, count=header.count, offset=header.header_len)
+    return arr.reshape(header.shape, order="F" if header.fortran_order else "C")

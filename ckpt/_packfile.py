@@ -1,0 +1,315 @@
+"""Pack files on disk: a validating reader and a streaming writer, below the Pack API.
+
+A reader opens any zip: a ckpt pack (with a manifest), or a plain ``.npz`` /
+objax file (no manifest), which it presents as one ``main`` arrays slot whose
+integrity is checked by the zip CRCs only. The writer copies kept slots' members
+verbatim (re-hashing them on the way), streams new ones, stores identical
+content once, and writes the manifest last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Iterable, Mapping, Optional
+
+from . import _limits, _zip, deps as _deps, manifest as _manifest, serializers as _ser
+from .errors import ChecksumError, FormatError, NotAPackError, SlotNotFoundError
+from .manifest import MANIFEST_MEMBER, SlotInfo
+
+DEFAULT_SLOT = "main"
+
+_MAGICS = [
+    (b"\x80", "a pickle stream (pickle protocol 2 or later)"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7z archive"),
+    (b"\x93NUMPY", "a single .npy array file, not an .npz archive"),
+    (b"\x1f\x8b", "a gzip stream"),
+    (b"BZh", "a bzip2 stream"),
+    (b"\xfd7zXZ", "an xz stream"),
+    (b"\x89HDF", "an HDF5 file"),
+    (b"Rar!", "a RAR archive"),
+    (b"\x28\xb5\x2f\xfd", "a zstd stream"),
+]
+
+
+def sniff(head: bytes) -> Optional[str]:
+    """None if ``head`` starts like a zip archive, else a description of what it is."""
+    if not head:
+        return "an empty file"
+    if head[:4] in (_zip.LOCAL_SIG, _zip.EOCD_SIG):
+        return None
+    for magic, what in _MAGICS:
+        if head.startswith(magic):
+            return what
+    if head[:1] in (b"(", b"]", b"}", b"c") and head[:2] != b"c\n":
+        return "possibly a pickle stream (protocol 0/1) or other non-zip data"
+    return f"not a zip archive (starts with {head[:8]!r})"
+
+
+@dataclass
+class _Member:
+    zip: _zip.Member
+    sha256: Optional[str]
+
+
+class PackReader:
+    """Read-only view of one pack (or plain npz) file, positioned at ``f``'s current offset."""
+
+    def __init__(self, f: BinaryIO, label: str):
+        self.f = f
+        self.label = label
+        start = f.tell()
+        head = f.read(8)
+        f.seek(start)
+        what = sniff(head)
+        if what is not None:
+            raise NotAPackError(f"{label}: {what}; ckpt only reads zip-based pack/.npz files and never unpickles "
+                                "a bare file", file=label)
+        self.zip = _zip.ZipReader(f, file=label)
+        self.members: dict[str, _Member] = {}
+        if MANIFEST_MEMBER in self.zip.members:
+            self._read_manifest()
+        else:
+            self._synthesize()
+
+    # -- opening -----------------------------------------------------------
+    def _read_manifest(self) -> None:
+        zm = self.zip.members[MANIFEST_MEMBER]
+        if zm.size > _limits.MAX_MANIFEST_BYTES:
+            raise FormatError(f"{self.label}: manifest of {zm.size} bytes is over the limit of "
+                              f"{_limits.MAX_MANIFEST_BYTES}", file=self.label)
+        data = self.zip.read(zm, check_crc=True)
+        sizes = {n: m.size for n, m in self.zip.members.items() if n != MANIFEST_MEMBER}
+        doc, self.slots = _manifest.decode(data, self.label, sizes)
+        self.has_manifest = True
+        self.created_at: Optional[str] = doc["created_at"]
+        self.updated_at: Optional[str] = doc["updated_at"]
+        self.metadata: dict[str, Any] = doc["metadata"]
+        self.format_version: int = doc["version"]
+        for name, m in doc["members"].items():
+            self.members[name] = _Member(self.zip.members[name], m["sha256"])
+
+    def _synthesize(self) -> None:
+        """Present a manifest-less .npz (numpy's or objax's) as one ``main`` arrays slot."""
+        self.has_manifest = False
+        self.created_at = self.updated_at = None
+        self.metadata = {}
+        self.format_version = 0
+        self.slots = {}
+        npy = [n for n in self.zip.members if n.endswith(".npy")]
+        for n in npy:
+            self.members[n] = _Member(self.zip.members[n], None)
+        size = sum(self.zip.members[n].size for n in npy)
+        if "names.npy" in self.zip.members:
+            count = len(npy) - 1
+            ordered = ["names.npy"] + [f"{i}.npy" for i in range(count)]
+            missing = [n for n in ordered if n not in self.zip.members]
+            if missing:
+                raise FormatError(f"{self.label}: objax-style file has names.npy but lacks {missing[:5]}",
+                                  file=self.label)
+            info = {"kind": "dict", "layout": "objax"}
+            self.slots[DEFAULT_SLOT] = SlotInfo("arrays", ordered, size, None, None, {}, info)
+        elif npy:
+            info = {"kind": "dict", "layout": "named", "arrays": [{"name": n[:-4]} for n in npy]}
+            self.slots[DEFAULT_SLOT] = SlotInfo("arrays", npy, size, None, None, {}, info)
+
+    # -- reading -----------------------------------------------------------
+    def slot(self, name: str) -> SlotInfo:
+        try:
+            return self.slots[name]
+        except KeyError:
+            have = ", ".join(sorted(self.slots)) or "none"
+            raise SlotNotFoundError(f"{self.label}: no slot {name!r} (slots: {have})", file=self.label,
+                                    slot=name) from None
+
+    def member_size(self, name: str) -> int:
+        return self.members[name].zip.size
+
+    def read_head(self, name: str, n: int = _limits.MAX_NPY_HEADER_BYTES) -> bytes:
+        zm = self.members[name].zip
+        if zm.method == _zip.STORED:
+            self.f.seek(self.zip._base + zm.data_offset)
+            return self.f.read(min(n, zm.size))
+        out = b""
+        for chunk in self.zip.chunks(zm, check_crc=False, chunk=1 << 16):
+            out += chunk
+            if len(out) >= n:
+                break
+        return out[:n]
+
+    def read_member(self, name: str, *, verify: bool = True, slot: Optional[str] = None) -> bytearray:
+        """A member's bytes in a writable buffer, checked against its sha256 (or CRC without one)."""
+        m = self.members[name]
+        buf = bytearray(m.zip.size)
+        view = memoryview(buf)
+        pos = 0
+        sha = hashlib.sha256() if (verify and m.sha256) else None
+        for chunk in self.zip.chunks(m.zip, check_crc=verify and m.sha256 is None):
+            view[pos:pos + len(chunk)] = chunk
+            pos += len(chunk)
+            if sha is not None:
+                sha.update(chunk)
+        if sha is not None and sha.hexdigest() != m.sha256:
+            raise ChecksumError(
+                f"{self.label}: slot {slot!r} member {name!r} is corrupt: sha256 {sha.hexdigest()} does not match "
+                f"the recorded {m.sha256}",
+                file=self.label, slot=slot, member=name, expected=m.sha256, found=sha.hexdigest(),
+            )
+        return buf
+
+    def member_chunks(self, name: str) -> Iterable[bytes]:
+        return self.zip.chunks(self.members[name].zip, check_crc=False)
+
+    def verify_slot(self, name: str) -> None:
+        """Check every member of a slot against its hash without keeping the data."""
+        for member in self.slot(name).members:
+            m = self.members[member]
+            if m.sha256 is None:
+                for _ in self.zip.chunks(m.zip, check_crc=True):
+                    pass
+                continue
+            sha = hashlib.sha256()
+            for chunk in self.zip.chunks(m.zip, check_crc=False):
+                sha.update(chunk)
+            if sha.hexdigest() != m.sha256:
+                raise ChecksumError(
+                    f"{self.label}: slot {name!r} member {member!r} is corrupt: sha256 {sha.hexdigest()} does not "
+                    f"match the recorded {m.sha256}",
+                    file=self.label, slot=name, member=member, expected=m.sha256, found=sha.hexdigest(),
+                )
+
+    def dependency_mismatches(self, slots: Iterable[str]) -> list[_deps.Mismatch]:
+        out = []
+        for s in slots:
+            out.extend(_deps.find_mismatches(self.slot(s).dependencies, f"slot {s!r}"))
+        return out
+
+    def arrays(self, slot: str, *, verify: bool = True) -> _ser.ArraysView:
+        info = self.slot(slot)
+        if info.serializer != "arrays":
+            raise TypeError(f"{self.label}: slot {slot!r} holds {info.serializer} data, not arrays")
+        return _ser.ArraysView(
+            info.members, info.info,
+            read_member=lambda m: self.read_member(m, verify=verify, slot=slot),
+            read_head=self.read_head,
+            member_size=self.member_size,
+            where=f"{self.label} slot {slot!r}",
+        )
+
+    def load(self, slot: str, *, trusted: _ser.Trusted = False, verify: bool = True) -> Any:
+        """The value stored in a slot (dependencies are the caller's to check first)."""
+        info = self.slot(slot)
+        where = f"{self.label} slot {slot!r}"
+        if info.serializer == "arrays":
+            return self.arrays(slot, verify=verify).as_value()
+        if len(info.members) != 1:
+            raise FormatError(f"{where}: a {info.serializer} slot must have exactly one member", file=self.label)
+        data = self.read_member(info.members[0], verify=verify, slot=slot)
+        if info.serializer == "json":
+            return _ser.decode_json(data, where)
+        if info.serializer == "raw":
+            return bytes(data)
+        return _ser.decode_pickle(data, trusted, where, file=self.label, slot=slot)
+
+
+# -- writing ----------------------------------------------------------------
+@dataclass
+class _Out:
+    name: str
+    size: int
+    sha256: str
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    if name not in taken:
+        return name
+    i = 1
+    while f"__ckpt__/moved/{i}/{name}" in taken:
+        i += 1
+    return f"__ckpt__/moved/{i}/{name}"
+
+
+def member_prefix(slot: str) -> str:
+    return "" if slot == DEFAULT_SLOT else f"{slot}/"
+
+
+def write_pack(
+    f: BinaryIO,
+    *,
+    new: Mapping[str, _ser.Encoded],
+    source: Optional[PackReader] = None,
+    keep: Iterable[str] = (),
+    metadata: Optional[Mapping[str, Any]] = None,
+    created_at: Optional[str] = None,
+) -> dict[str, SlotInfo]:
+    """Write a complete pack to ``f``: slots ``keep`` copied from ``source``, then ``new`` ones."""
+    writer = _zip.ZipWriter(f)
+    now = _manifest.utc_now()
+    out_members: dict[str, dict[str, Any]] = {}
+    by_hash: dict[tuple[str, int], str] = {}
+    by_identity: dict[int, str] = {}
+    reserved = {member_prefix(s) + m.suffix for s, enc in new.items() for m in enc.members}
+    reserved.add(MANIFEST_MEMBER)
+    slots: dict[str, SlotInfo] = {}
+
+    def record(name: str, size: int, sha: str) -> None:
+        out_members[name] = {"size": size, "sha256": sha}
+        by_hash.setdefault((sha, size), name)
+
+    if source is not None:
+        copied: dict[str, str] = {}
+        for slot_name in keep:
+            info = source.slot(slot_name)
+            names = []
+            for member in info.members:
+                if member not in copied:
+                    m = source.members[member]
+                    out = _unique(member, reserved | set(out_members))
+                    written = writer.add(out, m.zip.size, source.member_chunks(member))
+                    if m.sha256 is not None and written.sha256 != m.sha256:
+                        raise ChecksumError(
+                            f"{source.label}: slot {slot_name!r} member {member!r} is corrupt (sha256 mismatch); "
+                            "refusing to copy it into a new pack",
+                            file=source.label, slot=slot_name, member=member, expected=m.sha256,
+                            found=written.sha256,
+                        )
+                    record(out, m.zip.size, written.sha256)
+                    copied[member] = out
+                names.append(copied[member])
+            hashes = [out_members[n]["sha256"] for n in names]
+            slots[slot_name] = SlotInfo(info.serializer, names, sum(out_members[n]["size"] for n in names),
+                                        _manifest.slot_digest(hashes), info.created_at or now,
+                                        dict(info.dependencies), dict(info.info))
+
+    for slot_name, enc in new.items():
+        prefix = member_prefix(slot_name)
+        # The main slot keeps every member under its own name so numpy and objax see the
+        # full names.npy/0.npy/1.npy... layout; other slots may point at any identical member.
+        dedup = slot_name != DEFAULT_SLOT
+        names = []
+        for src in enc.members:
+            if dedup and src.identity is not None and src.identity in by_identity:
+                names.append(by_identity[src.identity])
+                continue
+            name = prefix + src.suffix
+            written = writer.add(name, src.size, src.chunks())
+            key = (written.sha256, src.size)
+            if dedup and key in by_hash and writer.can_rollback:
+                writer.rollback(written.member)
+                name = by_hash[key]
+            else:
+                record(name, src.size, written.sha256)
+            if src.identity is not None:
+                by_identity[src.identity] = name
+            names.append(name)
+        hashes = [out_members[n]["sha256"] for n in names]
+        deps = _deps.describe(enc.needed, enc.strictness, enc.informational)  # type: ignore[arg-type]
+        slots[slot_name] = SlotInfo(enc.serializer, names, sum(out_members[n]["size"] for n in names),
+                                    _manifest.slot_digest(hashes), now, deps, enc.info)
+
+    manifest = _manifest.encode(
+        created_at=created_at or now, updated_at=now, metadata=metadata or {}, members=out_members, slots=slots,
+    )
+    writer.add(MANIFEST_MEMBER, len(manifest), [manifest])
+    writer.finish()
+    return slots

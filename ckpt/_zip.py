@@ -1,0 +1,441 @@
+"""A small zip container: a deterministic streaming writer and a validating reader.
+
+Why not :mod:`zipfile`: the writer must align member data to 64 bytes (so readers
+can memory-map arrays), produce the same bytes for the same input, and hash while
+it streams; the reader must check a hostile file (names, overlaps, sizes, ratios)
+before it reads or allocates anything. The output is an ordinary zip that
+``zipfile``, ``numpy.load`` and ``unzip`` read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO, Iterable, Iterator, NoReturn, Optional, Union
+
+from . import _limits
+from .errors import ChecksumError, FormatError
+
+Buffer = Union[bytes, bytearray, memoryview]
+
+LOCAL_SIG = b"PK\x03\x04"
+CENTRAL_SIG = b"PK\x01\x02"
+EOCD_SIG = b"PK\x05\x06"
+ZIP64_EOCD_SIG = b"PK\x06\x06"
+ZIP64_LOCATOR_SIG = b"PK\x06\x07"
+DESCRIPTOR_SIG = b"PK\x07\x08"
+
+_LOCAL = struct.Struct("<4s5H3I2H")  # 30 bytes
+_CENTRAL = struct.Struct("<4s6H3I5HII")  # 46 bytes
+_EOCD = struct.Struct("<4s4H2IH")  # 22 bytes
+_ZIP64_EOCD = struct.Struct("<4sQ2H2I4Q")  # 56 bytes
+_ZIP64_LOCATOR = struct.Struct("<4sIQI")  # 20 bytes
+
+STORED = 0
+DEFLATED = 8
+_FLAG_ENCRYPTED = 0x1
+_FLAG_DESCRIPTOR = 0x8
+_FLAG_UTF8 = 0x800
+_U32 = 0xFFFFFFFF
+_U16 = 0xFFFF
+_DOS_TIME = 0  # 00:00:00
+_DOS_DATE = (0 << 9) | (1 << 5) | 1  # 1980-01-01: fixed, so output is deterministic
+_MADE_BY = (3 << 8) | 45  # Unix, spec 4.5
+_EXTERNAL_ATTR = (0o100644 << 16)
+_ALIGN_EXTRA_ID = 0xD935  # the id Android's zipalign uses for padding records
+
+
+@dataclass
+class Member:
+    """One zip entry, as the central directory and its local header describe it."""
+
+    name: str
+    header_offset: int
+    data_offset: int
+    size: int
+    compressed_size: int
+    crc: int
+    method: int
+    flags: int = 0
+
+
+@dataclass
+class Written:
+    """What the writer recorded for a member it wrote."""
+
+    member: Member
+    sha256: str
+
+
+def _is_seekable(f: BinaryIO) -> bool:
+    try:
+        return bool(f.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+class ZipWriter:
+    """Streams stored (uncompressed) members into ``f`` and closes with a central directory.
+
+    Member data start at offsets that are multiples of ``ALIGNMENT``. Offsets are
+    relative to where ``f`` was when the writer was made.
+    """
+
+    def __init__(self, f: BinaryIO):
+        self._f = f
+        self._seekable = _is_seekable(f)
+        self._base = f.tell() if self._seekable else 0
+        self._pos = 0
+        self.members: list[Member] = []
+        self._names: set[str] = set()
+
+    @property
+    def can_rollback(self) -> bool:
+        return self._seekable
+
+    def _write(self, data: Buffer) -> None:
+        view = memoryview(data)
+        self._f.write(view)
+        self._pos += view.nbytes
+
+    def add(self, name: str, size: int, chunks: Iterable[Buffer]) -> Written:
+        """Write one member of exactly ``size`` bytes taken from ``chunks``."""
+        if name in self._names:
+            raise FormatError(f"internal error: member {name!r} written twice")
+        encoded = name.encode("utf-8")
+        flags = _FLAG_UTF8 if not encoded.isascii() else 0
+        zip64 = size >= _U32
+        if not self._seekable:
+            flags |= _FLAG_DESCRIPTOR
+        header_offset = self._pos
+        extra = b""
+        if zip64:
+            extra = struct.pack("<HHQQ", 1, 16, 0 if not self._seekable else size, 0 if not self._seekable else size)
+        unpadded = header_offset + _LOCAL.size + len(encoded) + len(extra) + 6
+        pad = (-unpadded) % _limits.ALIGNMENT
+        extra += struct.pack("<HHH", _ALIGN_EXTRA_ID, 2 + pad, _limits.ALIGNMENT) + b"\0" * pad
+        field_size = _U32 if zip64 else (0 if not self._seekable else size)
+        header = _LOCAL.pack(
+            LOCAL_SIG, 45 if zip64 else 20, flags, STORED, _DOS_TIME, _DOS_DATE,
+            0, field_size, field_size, len(encoded), len(extra),
+        )
+        self._write(header)
+        self._write(encoded)
+        self._write(extra)
+        data_offset = self._pos
+        crc = 0
+        sha = hashlib.sha256()
+        written = 0
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            if written + len(view) > size:
+                raise FormatError(f"internal error: member {name!r} longer than its declared {size} bytes")
+            crc = zlib.crc32(view, crc)
+            sha.update(view)
+            self._write(view)
+            written += len(view)
+        if written != size:
+            raise FormatError(f"internal error: member {name!r} is {written} bytes, declared {size}")
+        if self._seekable:
+            end = self._f.tell()
+            self._f.seek(self._base + header_offset + 14)
+            self._f.write(struct.pack("<I", crc))
+            self._f.seek(end)
+        else:
+            if zip64:
+                self._write(struct.pack("<4sIQQ", DESCRIPTOR_SIG, crc, size, size))
+            else:
+                self._write(struct.pack("<4sIII", DESCRIPTOR_SIG, crc, size, size))
+        member = Member(name, header_offset, data_offset, size, size, crc, STORED, flags)
+        self.members.append(member)
+        self._names.add(name)
+        return Written(member, sha.hexdigest())
+
+    def rollback(self, member: Member) -> None:
+        """Drop the last member written (used to deduplicate content after the fact)."""
+        if not self._seekable or not self.members or self.members[-1] is not member:
+            raise FormatError("internal error: can only roll back the last member of a seekable file")
+        self.members.pop()
+        self._names.discard(member.name)
+        self._f.seek(self._base + member.header_offset)
+        self._f.truncate()
+        self._pos = member.header_offset
+
+    def finish(self) -> int:
+        """Write the central directory and end records; return the archive's size."""
+        cd_offset = self._pos
+        for m in self.members:
+            encoded = m.name.encode("utf-8")
+            extra_fields = b""
+            size_field = m.size
+            offset_field = m.header_offset
+            if m.size >= _U32:
+                extra_fields += struct.pack("<QQ", m.size, m.compressed_size)
+                size_field = _U32
+            if m.header_offset >= _U32:
+                extra_fields += struct.pack("<Q", m.header_offset)
+                offset_field = _U32
+            extra = struct.pack("<HH", 1, len(extra_fields)) + extra_fields if extra_fields else b""
+            self._write(
+                _CENTRAL.pack(
+                    CENTRAL_SIG, _MADE_BY, 45 if extra else 20, m.flags, m.method, _DOS_TIME, _DOS_DATE,
+                    m.crc, size_field, size_field, len(encoded), len(extra), 0, 0, 0,
+                    _EXTERNAL_ATTR, offset_field,
+                )
+            )
+            self._write(encoded)
+            self._write(extra)
+        cd_size = self._pos - cd_offset
+        count = len(self.members)
+        if count >= _U16 or cd_offset >= _U32 or cd_size >= _U32:
+            z64_offset = self._pos
+            self._write(_ZIP64_EOCD.pack(ZIP64_EOCD_SIG, 44, _MADE_BY, 45, 0, 0, count, count, cd_size, cd_offset))
+            self._write(_ZIP64_LOCATOR.pack(ZIP64_LOCATOR_SIG, 0, z64_offset, 1))
+            self._write(_EOCD.pack(EOCD_SIG, 0, 0, _U16, _U16, _U32, _U32, 0))
+        else:
+            self._write(_EOCD.pack(EOCD_SIG, 0, 0, count, count, cd_size, cd_offset, 0))
+        self._f.flush()
+        return self._pos
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def check_member_name(name: str, file: Optional[str]) -> None:
+    """Refuse names that could escape a directory or confuse a reader."""
+    problem = None
+    if not name:
+        problem = "is empty"
+    elif len(name.encode("utf-8", "surrogateescape")) > _limits.MAX_NAME_BYTES:
+        problem = f"is longer than {_limits.MAX_NAME_BYTES} bytes"
+    elif "\x00" in name:
+        problem = "contains a NUL byte"
+    elif "\\" in name:
+        problem = "contains a backslash"
+    elif name.startswith("/") or _DRIVE.match(name):
+        problem = "is an absolute path"
+    elif any(part in ("", ".", "..") for part in name.split("/")):
+        problem = "has an empty, '.' or '..' path component"
+    if problem:
+        raise FormatError(f"{file}: zip member name {name!r} {problem}; refusing the file", file=file)
+
+
+class ZipReader:
+    """Parses and validates a zip's directory; reads members with bounds and CRC checks.
+
+    Validation happens in the constructor, before any member is read: the end
+    records, every central directory entry and local header, name rules,
+    duplicates, overlaps, declared sizes and compression ratios.
+    """
+
+    def __init__(self, f: BinaryIO, *, file: Optional[str] = None):
+        self._f = f
+        self.file = file
+        self._base = f.tell()
+        f.seek(0, 2)
+        self.size = f.tell() - self._base
+        self.members: dict[str, Member] = {}
+        self._parse()
+
+    # -- low-level reads -------------------------------------------------
+    def _pread(self, offset: int, n: int) -> bytes:
+        if offset < 0 or n < 0 or offset + n > self.size:
+            self._fail(f"a read of {n} bytes at offset {offset} runs past the end of the file ({self.size} bytes)")
+        self._f.seek(self._base + offset)
+        data = self._f.read(n)
+        if len(data) != n:
+            self._fail(f"short read at offset {offset}: wanted {n} bytes, got {len(data)}")
+        return data
+
+    def _fail(self, what: str) -> NoReturn:
+        raise FormatError(f"{self.file}: not a valid zip file: {what}", file=self.file)
+
+    # -- directory parsing -----------------------------------------------
+    def _find_eocd(self) -> int:
+        tail_len = min(self.size, _EOCD.size + 0xFFFF)
+        tail = self._pread(self.size - tail_len, tail_len)
+        end = len(tail)
+        while True:
+            pos = tail.rfind(EOCD_SIG, 0, end)
+            if pos < 0:
+                self._fail("no end-of-central-directory record (truncated file?)")
+            if pos + _EOCD.size <= len(tail):
+                comment_len = struct.unpack_from("<H", tail, pos + 20)[0]
+                if pos + _EOCD.size + comment_len == len(tail):
+                    return self.size - tail_len + pos
+            end = pos
+
+    def _parse(self) -> None:
+        if self.size < _EOCD.size:
+            self._fail(f"only {self.size} bytes long")
+        eocd_pos = self._find_eocd()
+        _, disk, cd_disk, n_this, n_total, cd_size, cd_offset, _ = _EOCD.unpack(self._pread(eocd_pos, _EOCD.size))
+        dir_end = eocd_pos
+        if _U16 in (n_this, n_total) or _U32 in (cd_size, cd_offset):
+            loc_pos = eocd_pos - _ZIP64_LOCATOR.size
+            if loc_pos < 0:
+                self._fail("zip64 end record expected but missing")
+            sig, _, z64_pos, _ = _ZIP64_LOCATOR.unpack(self._pread(loc_pos, _ZIP64_LOCATOR.size))
+            if sig != ZIP64_LOCATOR_SIG or z64_pos + _ZIP64_EOCD.size > loc_pos:
+                self._fail("zip64 end locator missing or out of range")
+            rec = _ZIP64_EOCD.unpack(self._pread(z64_pos, _ZIP64_EOCD.size))
+            if rec[0] != ZIP64_EOCD_SIG:
+                self._fail("zip64 end record has a bad signature")
+            disk, cd_disk, n_this, n_total, cd_size, cd_offset = rec[4], rec[5], rec[6], rec[7], rec[8], rec[9]
+            dir_end = z64_pos
+        if disk != 0 or cd_disk != 0 or n_this != n_total:
+            self._fail("multi-disk archives are not supported")
+        if n_total > _limits.MAX_MEMBERS:
+            self._fail(f"{n_total} members, more than the limit of {_limits.MAX_MEMBERS}")
+        if cd_offset + cd_size > dir_end:
+            self._fail(f"central directory ({cd_size} bytes at {cd_offset}) overlaps the end records at {dir_end}")
+        if n_total * _CENTRAL.size > cd_size:
+            self._fail(f"central directory of {cd_size} bytes cannot hold {n_total} entries")
+        directory = self._pread(cd_offset, cd_size)
+        pos = 0
+        for _ in range(n_total):
+            if pos + _CENTRAL.size > len(directory):
+                self._fail("central directory is truncated")
+            (sig, _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len, comment_len,
+             _, _, _, offset) = _CENTRAL.unpack_from(directory, pos)
+            if sig != CENTRAL_SIG:
+                self._fail(f"central directory entry at {cd_offset + pos} has a bad signature")
+            pos += _CENTRAL.size
+            if pos + name_len + extra_len + comment_len > len(directory):
+                self._fail("central directory entry runs past the directory")
+            raw_name = directory[pos:pos + name_len]
+            extra = directory[pos + name_len:pos + name_len + extra_len]
+            pos += name_len + extra_len + comment_len
+            name = self._decode_name(raw_name, flags)
+            usize, csize, offset = self._zip64_fields(extra, usize, csize, offset, name)
+            if flags & _FLAG_ENCRYPTED:
+                self._fail(f"member {name!r} is encrypted")
+            if method not in (STORED, DEFLATED):
+                self._fail(f"member {name!r} uses compression method {method}; only stored (0) and deflate (8) are read")
+            if method == STORED and usize != csize:
+                self._fail(f"stored member {name!r} declares {usize} bytes but occupies {csize}")
+            if usize > _limits.MAX_MEMBER_BYTES:
+                self._fail(f"member {name!r} declares {usize} bytes, over the limit of {_limits.MAX_MEMBER_BYTES}")
+            if method == DEFLATED and usize > max(csize, 1) * _limits.MAX_COMPRESSION_RATIO:
+                self._fail(f"member {name!r} declares a compression ratio over {_limits.MAX_COMPRESSION_RATIO}:1")
+            check_member_name(name, self.file)
+            if name in self.members:
+                self._fail(f"member name {name!r} appears twice")
+            self.members[name] = Member(name, offset, -1, usize, csize, crc, method, flags)
+        self._locate_data(cd_offset)
+
+    def _decode_name(self, raw: bytes, flags: int) -> str:
+        try:
+            return raw.decode("utf-8") if flags & _FLAG_UTF8 else raw.decode("cp437")
+        except UnicodeDecodeError:
+            self._fail(f"member name {raw!r} is not valid UTF-8")
+
+    def _zip64_fields(self, extra: bytes, usize: int, csize: int, offset: int, name: str) -> tuple[int, int, int]:
+        pos = 0
+        while pos + 4 <= len(extra):
+            tag, length = struct.unpack_from("<HH", extra, pos)
+            body = extra[pos + 4:pos + 4 + length]
+            if len(body) != length:
+                self._fail(f"member {name!r} has a truncated extra field")
+            if tag == 1:
+                values = []
+                for i in range(0, len(body) - len(body) % 8, 8):
+                    values.append(struct.unpack_from("<Q", body, i)[0])
+                it = iter(values)
+                try:
+                    if usize == _U32:
+                        usize = next(it)
+                    if csize == _U32:
+                        csize = next(it)
+                    if offset == _U32:
+                        offset = next(it)
+                except StopIteration:
+                    self._fail(f"member {name!r} has a short zip64 extra field")
+            pos += 4 + length
+        return usize, csize, offset
+
+    def _locate_data(self, cd_offset: int) -> None:
+        ordered = sorted(self.members.values(), key=lambda m: m.header_offset)
+        for m in ordered:
+            head = self._pread(m.header_offset, _LOCAL.size)
+            sig, _, _, _, _, _, _, _, _, name_len, extra_len = _LOCAL.unpack(head)
+            if sig != LOCAL_SIG:
+                self._fail(f"local header of member {m.name!r} at offset {m.header_offset} has a bad signature")
+            local_name = self._pread(m.header_offset + _LOCAL.size, name_len)
+            if local_name != m.name.encode("utf-8") and local_name != m.name.encode("cp437", "replace"):
+                self._fail(f"member {m.name!r}: local header names it {local_name!r}")
+            m.data_offset = m.header_offset + _LOCAL.size + name_len + extra_len
+        previous_end = 0
+        previous_name = None
+        for m in ordered:
+            if m.header_offset < previous_end:
+                self._fail(f"members {previous_name!r} and {m.name!r} overlap (a zip bomb or a damaged file)")
+            end = m.data_offset + m.compressed_size
+            if end > cd_offset:
+                self._fail(f"member {m.name!r} ends at {end}, past the central directory at {cd_offset}")
+            previous_end, previous_name = end, m.name
+
+    # -- member access ---------------------------------------------------
+    def chunks(self, m: Member, *, check_crc: bool = True, chunk: int = _limits.CHUNK_BYTES) -> Iterator[bytes]:
+        """Yield the uncompressed bytes of ``m``, checking its length and (optionally) CRC."""
+        crc = 0
+        produced = 0
+        if m.method == STORED:
+            pos, left = m.data_offset, m.size
+            while left:
+                n = min(chunk, left)
+                data = self._pread(pos, n)
+                pos += n
+                left -= n
+                if check_crc:
+                    crc = zlib.crc32(data, crc)
+                produced += n
+                yield data
+        else:
+            d = zlib.decompressobj(-15)
+            pos, left = m.data_offset, m.compressed_size
+            pending = b""
+            while left or pending:
+                if not pending:
+                    n = min(chunk, left)
+                    pending = self._pread(pos, n)
+                    pos += n
+                    left -= n
+                try:
+                    out = d.decompress(pending, min(chunk, m.size - produced + 1))
+                except zlib.error as e:
+                    raise ChecksumError(f"{self.file}: member {m.name!r} is not valid deflate data ({e})",
+                                        file=self.file, member=m.name) from None
+                pending = d.unconsumed_tail
+                produced += len(out)
+                if produced > m.size:
+                    self._fail(f"member {m.name!r} inflates past its declared {m.size} bytes")
+                if check_crc:
+                    crc = zlib.crc32(out, crc)
+                if out:
+                    yield out
+                if d.eof:
+                    break
+        if produced != m.size:
+            self._fail(f"member {m.name!r} holds {produced} bytes, its directory entry says {m.size}")
+        if check_crc and crc != m.crc:
+            raise ChecksumError(
+                f"{self.file}: member {m.name!r} fails its CRC check (recorded {m.crc:08x}, computed {crc:08x})",
+                file=self.file, member=m.name, expected=f"{m.crc:08x}", found=f"{crc:08x}",
+            )
+
+    def read(self, m: Member, *, check_crc: bool = True) -> bytes:
+        """The whole member, uncompressed."""
+        if m.method == STORED:
+            data = self._pread(m.data_offset, m.size)
+            if check_crc and zlib.crc32(data) != m.crc:
+                found = zlib.crc32(data)
+                raise ChecksumError(
+                    f"{self.file}: member {m.name!r} fails its CRC check (recorded {m.crc:08x}, computed {found:08x})",
+                    file=self.file, member=m.name, expected=f"{m.crc:08x}", found=f"{found:08x}",
+                )
+            return data
+        return b"".join(self.chunks(m, check_crc=check_crc))

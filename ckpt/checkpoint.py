@@ -1,0 +1,235 @@
+"""The Checkpoint manager: numbered, atomic, rotated checkpoint files in ``<logdir>/ckpt``.
+
+Compatible with ``objax.io.Checkpoint`` (same directory, names and
+``save``/``restore`` contract) and fixes its rotation: steps are compared as
+integers (so 10**10 sorts after 9999999999), the file just written is never
+deleted, and temp files are never listed, restored or counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any, Mapping, Optional
+
+from . import _io, collections as _coll, deps as _deps, serializers as _ser
+from ._packfile import DEFAULT_SLOT
+from .errors import CheckpointNotFoundError
+from .pack import check_slot_name
+from .varfile import PreparedRestore, open_reader, prepare_restore, write_file
+
+log = logging.getLogger("ckpt")
+
+__all__ = ["Checkpoint"]
+
+#: Slot names the manager uses itself; extras cannot take them.
+RESERVED_SLOTS = frozenset({DEFAULT_SLOT, "module"})
+
+
+def _format_regex(file_format: str) -> re.Pattern[str]:
+    m = re.search(r"%0?\d*d", file_format)
+    if m is None or file_format.count("%") != 1:
+        raise ValueError(f"FILE_FORMAT {file_format!r} must contain exactly one integer field like %010d")
+    return re.compile("^" + re.escape(file_format[:m.start()]) + r"(\d+)" + re.escape(file_format[m.end():]) + "$")
+
+
+def _check_idx(idx: Any) -> int:
+    if isinstance(idx, bool) or not hasattr(idx, "__index__"):
+        raise TypeError(f"checkpoint index must be an integer, not {type(idx).__name__}")
+    value = int(idx.__index__())
+    if value < 0:
+        raise ValueError(f"checkpoint index must be >= 0, not {value}")
+    return value
+
+
+class Checkpoint:
+    """Save and restore numbered checkpoints, keeping the latest ``keep_ckpts``.
+
+    >>> ck = Checkpoint("runs/exp1", keep_ckpts=3)          # doctest: +SKIP
+    >>> ck.save(net.vars(), idx=1000)                         # doctest: +SKIP
+    'runs/exp1/ckpt/0000001000.npz'
+    >>> idx, path = ck.restore(net.vars())                    # doctest: +SKIP
+
+    ``lock_timeout`` bounds how long ``save`` waits for another writer holding the
+    directory's lock (None waits forever; a timeout raises ``filelock.Timeout``).
+    """
+
+    DIR_NAME: str = "ckpt"
+    FILE_MATCH: str = "*.npz"
+    FILE_FORMAT: str = "%010d.npz"
+    LOCK_NAME: str = ".ckpt.lock"
+
+    def __init__(self, logdir: str, keep_ckpts: int = 5, makedir: bool = True, verbose: bool = True, *,
+                 deps: str = "warn", verify: bool = True, lock_timeout: Optional[float] = None):
+        if isinstance(keep_ckpts, bool) or not isinstance(keep_ckpts, int) or keep_ckpts < 1:
+            raise ValueError(f"keep_ckpts must be an integer >= 1 (the newest checkpoint is always kept), "
+                             f"not {keep_ckpts!r}")
+        self.logdir = os.fspath(logdir)
+        self.keep_ckpts = keep_ckpts
+        self.verbose = verbose
+        self.deps = _deps.check_mode(deps)
+        self.verify = verify
+        self.lock_timeout = lock_timeout
+        self._pattern = _format_regex(self.FILE_FORMAT)
+        if makedir:
+            os.makedirs(self.directory, exist_ok=True)
+
+    # -- naming and listing ------------------------------------------------
+    @property
+    def directory(self) -> str:
+        return os.path.join(self.logdir, self.DIR_NAME)
+
+    def path(self, idx: int) -> str:
+        """Where checkpoint ``idx`` lives (whether or not it exists)."""
+        return os.path.join(self.directory, self.FILE_FORMAT % _check_idx(idx))
+
+    @staticmethod
+    def checkpoint_idx(filename: str) -> int:
+        """The index in a checkpoint file name (objax's helper)."""
+        return int(os.path.basename(filename).split(".")[0])
+
+    def indices(self) -> list[int]:
+        """Indices of committed checkpoints, ascending (temp files never count)."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in names:
+            m = self._pattern.match(name)
+            if m and os.path.isfile(os.path.join(self.directory, name)):
+                out.append(int(m.group(1)))
+        return sorted(set(out))
+
+    def latest(self) -> Optional[int]:
+        """The largest committed index, or None when there is no checkpoint."""
+        idx = self.indices()
+        return idx[-1] if idx else None
+
+    def _log(self, msg: str, *args: Any) -> None:
+        log.log(logging.INFO if self.verbose else logging.DEBUG, msg, *args)
+
+    # -- saving ------------------------------------------------------------
+    def _lock(self) -> Any:
+        import filelock  # imported here so that `import ckpt` needs numpy alone
+
+        return filelock.FileLock(os.path.join(self.directory, self.LOCK_NAME),
+                                 timeout=-1 if self.lock_timeout is None else self.lock_timeout)
+
+    def save(self, vc: Any, idx: int, *, extras: Optional[Mapping[str, Any]] = None,
+             metadata: Optional[Mapping[str, Any]] = None) -> str:
+        """Write checkpoint ``idx`` atomically, then rotate old ones; returns its path.
+
+        ``extras`` are more slots in the same file (optimizer state, RNG keys,
+        metrics, config, ...), each stored by type as arrays, JSON, raw or pickle.
+        """
+        idx = _check_idx(idx)
+        if _coll.flatten(vc) is None:
+            raise TypeError(f"cannot checkpoint a {type(vc).__name__}: expected an objax VarCollection, a dict "
+                            "of arrays or a pytree of arrays (use extras= for other values)")
+        slots: dict[str, Any] = {DEFAULT_SLOT: vc}
+        for name, value in (extras or {}).items():
+            check_slot_name(name)
+            if name in RESERVED_SLOTS:
+                raise ValueError(f"extras cannot use the reserved slot name {name!r}")
+            slots[name] = value
+        if not os.path.isdir(self.directory):
+            raise FileNotFoundError(f"checkpoint directory {self.directory} does not exist (makedir=False)")
+        path = self.path(idx)
+        with self._lock():
+            write_file(path, slots, metadata=metadata, serializers={DEFAULT_SLOT: "arrays"})
+            self._log("saved checkpoint %s", path)
+            self._rotate(idx)
+        return path
+
+    def _rotate(self, just_written: int) -> None:
+        """Delete all but the newest ``keep_ckpts`` (by step), never the file just written."""
+        idx = self.indices()
+        keep = set(idx[-self.keep_ckpts:]) | {just_written}
+        if just_written not in idx[-self.keep_ckpts:]:
+            log.warning("checkpoint %d is older than the %d newest in %s; it is kept anyway, so %d files remain",
+                        just_written, self.keep_ckpts, self.directory, len(keep))
+        for old in idx:
+            if old not in keep:
+                path = self.path(old)
+                try:
+                    _io.remove(path)
+                    self._log("removed old checkpoint %s", path)
+                except FileNotFoundError:
+                    pass
+
+    # -- restoring ---------------------------------------------------------
+    def _resolve(self, idx: Optional[int]) -> Optional[int]:
+        if idx is not None:
+            idx = _check_idx(idx)
+            if not os.path.isfile(self.path(idx)):
+                have = self.indices()
+                raise CheckpointNotFoundError(
+                    f"no checkpoint {idx} in {self.directory} (have: {have[-10:] if have else 'none'})",
+                    file=self.path(idx))
+            return idx
+        return self.latest()
+
+    def restore(self, vc: Any, idx: Optional[int] = None, *, extras: Optional[dict[str, Any]] = None,
+                renamer: _coll.Renamer = None, strict: bool = True, trusted: _ser.Trusted = False
+                ) -> tuple[int, str]:
+        """Restore ``vc`` (and ``extras``) from checkpoint ``idx``, or the latest; returns ``(idx, path)``.
+
+        With no checkpoint at all, returns ``(0, '')`` and leaves ``vc`` untouched.
+        ``extras`` maps slot names to targets: a collection of arrays is restored in
+        place (an immutable pytree is replaced by the restored one), and any other
+        entry (e.g. None) is replaced by the stored value. Everything is read and
+        verified before anything is assigned.
+        """
+        resolved = self._resolve(idx)
+        if resolved is None:
+            self._log("no checkpoint in %s; nothing restored", self.directory)
+            return 0, ""
+        path = self.path(resolved)
+        self._log("restoring from %s", path)
+        extras = extras if extras is not None else {}
+        with open_reader(path) as reader:
+            names = [DEFAULT_SLOT, *extras]
+            for n in names:
+                reader.slot(n)
+            _deps.report(reader.dependency_mismatches(names), self.deps, path)
+            prepared = prepare_restore(reader, DEFAULT_SLOT, vc, renamer=renamer, strict=strict, verify=self.verify)
+            loaded: dict[str, Any] = {}
+            staged: dict[str, PreparedRestore] = {}
+            for name, target in extras.items():
+                if reader.slot(name).serializer == "arrays" and target is not None and _coll.flatten(target):
+                    staged[name] = prepare_restore(reader, name, target, strict=strict, verify=self.verify)
+                else:
+                    loaded[name] = reader.load(name, trusted=trusted, verify=self.verify)
+        prepared.commit()
+        for name, p in staged.items():
+            extras[name] = p.commit()
+        extras.update(loaded)
+        return resolved, path
+
+    def load(self, idx: Optional[int] = None) -> dict[str, Any]:
+        """The stored arrays of checkpoint ``idx`` (or the latest) as {name: numpy array}."""
+        resolved = self._resolve(idx)
+        if resolved is None:
+            raise CheckpointNotFoundError(f"no checkpoint in {self.directory}", file=self.directory)
+        with open_reader(self.path(resolved)) as reader:
+            _deps.report(reader.dependency_mismatches([DEFAULT_SLOT]), self.deps, reader.label)
+            view = reader.arrays(DEFAULT_SLOT, verify=self.verify)
+            return {n: view.read(n) for n in view.names}
+
+    def load_extras(self, idx: Optional[int] = None, names: Optional[list[str]] = None,
+                    trusted: _ser.Trusted = False) -> dict[str, Any]:
+        """The extra slots of checkpoint ``idx`` (or the latest): all of them, or ``names``."""
+        resolved = self._resolve(idx)
+        if resolved is None:
+            raise CheckpointNotFoundError(f"no checkpoint in {self.directory}", file=self.directory)
+        with open_reader(self.path(resolved)) as reader:
+            wanted = names if names is not None else [s for s in reader.slots if s not in RESERVED_SLOTS]
+            for n in wanted:
+                reader.slot(n)
+            _deps.report(reader.dependency_mismatches(wanted), self.deps, reader.label)
+            return {n: reader.load(n, trusted=trusted, verify=self.verify) for n in wanted}
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.logdir!r}, keep_ckpts={self.keep_ckpts})"

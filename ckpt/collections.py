@@ -1,0 +1,339 @@
+"""Adapters between what users checkpoint and a flat list of named arrays, and back.
+
+Three kinds of collection are understood: an objax ``VarCollection`` (shared
+variables and ``TrainRef``s stored once, under their first name, as objax does),
+a dict of name -> array, and any JAX pytree (names from key paths joined with
+``/``). Frameworks are imported only when the value in hand comes from them, so
+this module works with numpy alone.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Union
+
+import numpy as np
+
+from .errors import FormatError, MismatchError
+
+Renamer = Union[Callable[[str], str], Mapping[str, str], None]
+
+
+def _objax() -> Any:
+    return sys.modules.get("objax")
+
+
+def _jax() -> Any:
+    return sys.modules.get("jax")
+
+
+def is_var_collection(obj: Any) -> bool:
+    objax = _objax()
+    return objax is not None and isinstance(obj, objax.VarCollection)
+
+
+def is_jax_array(x: Any) -> bool:
+    jax = _jax()
+    return jax is not None and isinstance(x, jax.Array)
+
+
+def is_array(x: Any) -> bool:
+    """An array-like leaf that can be stored as .npy data (no object dtype)."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return not np.asarray(x).dtype.hasobject
+    return is_jax_array(x)
+
+
+def shape_dtype(leaf: Any) -> tuple[tuple[int, ...], np.dtype]:
+    if isinstance(leaf, np.generic):
+        return (), leaf.dtype
+    return tuple(int(s) for s in leaf.shape), np.dtype(leaf.dtype)
+
+
+def to_host(leaf: Any) -> np.ndarray:
+    """A numpy array with the leaf's data: numpy arrays as they are, device arrays copied once."""
+    if isinstance(leaf, np.ndarray):
+        return leaf
+    return np.asarray(leaf)
+
+
+@dataclass
+class Flat:
+    names: list[str]
+    leaves: list[Any]
+    kind: str  # "array" | "scalar" | "dict" | "tree" | "varcollection"
+    tree: Any = None
+    frameworks: set[str] = field(default_factory=set)
+
+
+def _frameworks_of(leaves: list[Any]) -> set[str]:
+    return {"jax", "jaxlib"} if any(is_jax_array(x) for x in leaves) else set()
+
+
+def _var_collection_items(vc: Any) -> list[tuple[list[str], Any]]:
+    """(names, variable) per distinct variable, TrainRefs resolved, in collection order."""
+    objax = _objax()
+    order: list[int] = []
+    names: dict[int, list[str]] = {}
+    var: dict[int, Any] = {}
+    for k, v in vc.items():
+        if isinstance(v, objax.TrainRef):
+            v = v.ref
+        key = id(v)
+        if key not in names:
+            order.append(key)
+            names[key] = []
+            var[key] = v
+        names[key].append(k)
+    return [(names[k], var[k]) for k in order]
+
+
+def _key_name(k: Any) -> str:
+    jtu = _jax().tree_util
+    if isinstance(k, jtu.DictKey):
+        return str(k.key)
+    if isinstance(k, jtu.SequenceKey):
+        return str(k.idx)
+    if isinstance(k, jtu.GetAttrKey):
+        return str(k.name)
+    if isinstance(k, jtu.FlattenedIndexKey):
+        return str(k.key)
+    return str(k)
+
+
+def _flatten_tree(obj: Any, path: tuple[str, ...], names: list[str], leaves: list[Any]) -> Any:
+    """Flatten plain containers natively and other pytree nodes through jax; return the skeleton."""
+    if is_array(obj):
+        names.append("/".join(path) if path else "array")
+        leaves.append(obj)
+        return len(leaves) - 1
+    t = type(obj)
+    if obj is None:
+        return {"none": None}
+    if t is dict:
+        if not all(type(k) is str for k in obj):
+            raise _NotArrays
+        return {"dict": [[k, _flatten_tree(v, path + (k,), names, leaves)] for k, v in obj.items()]}
+    if t is list:
+        return {"list": [_flatten_tree(v, path + (str(i),), names, leaves) for i, v in enumerate(obj)]}
+    if t is tuple:
+        return {"tuple": [_flatten_tree(v, path + (str(i),), names, leaves) for i, v in enumerate(obj)]}
+    jax = _jax()
+    if jax is None:
+        raise _NotArrays
+    pairs, _ = jax.tree_util.tree_flatten_with_path(obj)
+    if not pairs or (len(pairs) == 1 and pairs[0][1] is obj):
+        raise _NotArrays
+    nested: dict[str, Any] = {}
+    for keypath, leaf in pairs:
+        if not is_array(leaf):
+            raise _NotArrays
+        parts = [_key_name(k) for k in keypath]
+        d = nested
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+            if not isinstance(d, dict):
+                raise ValueError(f"pytree key path {'/'.join(parts)} collides with another leaf's name")
+        if parts[-1] in d:
+            raise ValueError(f"pytree key path {'/'.join(path + tuple(parts))} appears twice")
+        d[parts[-1]] = leaf
+    return _flatten_tree(nested, path, names, leaves)
+
+
+class _NotArrays(Exception):
+    pass
+
+
+def flatten(obj: Any) -> Optional[Flat]:
+    """Named arrays of a collection, or None if ``obj`` is not a collection of arrays."""
+    if is_var_collection(obj):
+        items = _var_collection_items(obj)
+        return Flat([n[0] for n, _ in items], [v.value for _, v in items], "varcollection",
+                    frameworks={"objax", "jax", "jaxlib"})
+    if isinstance(obj, np.generic) and is_array(obj):
+        return Flat(["array"], [obj], "scalar")
+    if is_array(obj):
+        return Flat(["array"], [obj], "array", frameworks=_frameworks_of([obj]))
+    if type(obj) is dict and obj and all(type(k) is str for k in obj) and all(is_array(v) for v in obj.values()):
+        leaves = list(obj.values())
+        return Flat(list(obj.keys()), leaves, "dict", frameworks=_frameworks_of(leaves))
+    if isinstance(obj, (str, bytes, int, float, bool)) or obj is None:
+        return None
+    names: list[str] = []
+    leaves = []
+    try:
+        tree = _flatten_tree(obj, (), names, leaves)
+    except _NotArrays:
+        return None
+    if not leaves:
+        return None
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"two leaves of the pytree get the same name: {dup[:5]}; rename the keys")
+    return Flat(names, leaves, "tree", tree, _frameworks_of(leaves))
+
+
+def unflatten_tree(skeleton: Any, leaves: list[Any], *, where: str) -> Any:
+    """Rebuild the dict/list/tuple nesting recorded by :func:`flatten`."""
+    def build(node: Any) -> Any:
+        if isinstance(node, int) and not isinstance(node, bool):
+            if not 0 <= node < len(leaves):
+                raise FormatError(f"{where}: tree refers to array {node}, but there are {len(leaves)}")
+            return leaves[node]
+        if isinstance(node, dict) and len(node) == 1:
+            (tag, body), = node.items()
+            if tag == "none":
+                return None
+            if tag == "dict" and isinstance(body, list):
+                return {str(k): build(v) for k, v in body}
+            if tag == "list" and isinstance(body, list):
+                return [build(v) for v in body]
+            if tag == "tuple" and isinstance(body, list):
+                return tuple(build(v) for v in body)
+        raise FormatError(f"{where}: malformed tree skeleton node {node!r:.100}")
+
+    try:
+        return build(skeleton)
+    except (TypeError, ValueError, RecursionError) as e:
+        if isinstance(e, FormatError):
+            raise
+        raise FormatError(f"{where}: malformed tree skeleton ({e})") from None
+
+
+# -- restoring ------------------------------------------------------------
+@dataclass
+class Target:
+    """One thing in the target collection that takes one stored array."""
+
+    names: list[str]
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    assign: Callable[[np.ndarray], None]
+
+
+def _place_like(old: Any, arr: np.ndarray) -> Any:
+    """A value of the same kind as ``old`` holding ``arr``: jax arrays keep their sharding."""
+    if is_jax_array(old):
+        jax = _jax()
+        sharding = getattr(old, "sharding", None)
+        return jax.device_put(arr, sharding) if sharding is not None else jax.numpy.asarray(arr)
+    return arr
+
+
+def _dict_target(d: dict, key: str) -> Target:
+    old = d[key]
+    shape, dtype = shape_dtype(old)
+
+    def assign(arr: np.ndarray) -> None:
+        current = d[key]
+        if isinstance(current, np.ndarray) and current.flags.writeable and current.shape == arr.shape:
+            np.copyto(current, arr)
+        else:
+            d[key] = _place_like(current, arr)
+
+    return Target([key], shape, dtype, assign)
+
+
+def targets_of(obj: Any) -> tuple[list[Target], Callable[[], Any]]:
+    """Targets of a collection, and a function returning the restored collection afterwards."""
+    if is_var_collection(obj):
+        jnp = _jax().numpy
+        out = []
+        for names, var in _var_collection_items(obj):
+            shape, dtype = shape_dtype(var.value)
+            out.append(Target(names, shape, dtype, lambda a, v=var: v.assign(jnp.asarray(a))))
+        return out, lambda: obj
+    if type(obj) is dict and all(is_array(v) for v in obj.values()) and all(type(k) is str for k in obj):
+        return [_dict_target(obj, k) for k in obj], lambda: obj
+    flat = flatten(obj)
+    if flat is None or flat.kind not in ("tree", "array", "scalar"):
+        raise TypeError(f"cannot restore into a {type(obj).__name__}: expected an objax VarCollection, a dict of "
+                        "arrays or a pytree of arrays")
+    new_leaves: list[Any] = list(flat.leaves)
+    targets = []
+    for i, (name, leaf) in enumerate(zip(flat.names, flat.leaves)):
+        shape, dtype = shape_dtype(leaf)
+
+        def assign(arr: np.ndarray, i: int = i, leaf: Any = leaf) -> None:
+            new_leaves[i] = _place_like(leaf, arr) if not isinstance(leaf, np.generic) else arr[()]
+
+        targets.append(Target([name], shape, dtype, assign))
+
+    def rebuild() -> Any:
+        if flat.kind in ("array", "scalar"):
+            return new_leaves[0]
+        jax = _jax()
+        if jax is not None:
+            treedef = jax.tree_util.tree_structure(obj)
+            return jax.tree_util.tree_unflatten(treedef, _leaves_in_jax_order(obj, flat, new_leaves))
+        return unflatten_tree(flat.tree, new_leaves, where="restore")
+
+    return targets, rebuild
+
+
+def _leaves_in_jax_order(obj: Any, flat: Flat, new_leaves: list[Any]) -> list[Any]:
+    """Map our names back to jax's leaf order (they agree on plain containers, not always on others)."""
+    jax = _jax()
+    pairs, _ = jax.tree_util.tree_flatten_with_path(obj)
+    index = {n: i for i, n in enumerate(flat.names)}
+    out = []
+    for keypath, _leaf in pairs:
+        name = "/".join(_key_name(k) for k in keypath) or "array"
+        out.append(new_leaves[index[name]])
+    return out
+
+
+def _renamed(names: list[str], renamer: Renamer) -> dict[str, str]:
+    """Map target-facing names to stored names."""
+    if renamer is None:
+        return {n: n for n in names}
+    fn = (lambda n: renamer.get(n, n)) if isinstance(renamer, Mapping) else renamer
+    return {fn(n): n for n in names}
+
+
+def plan(targets: list[Target], stored: Mapping[str, tuple[tuple[int, ...], np.dtype]], *, renamer: Renamer,
+         strict: bool, file: Optional[str], slot: Optional[str]) -> tuple[list[tuple[Target, str]], dict[str, Any]]:
+    """Match targets to stored arrays; raise one MismatchError listing every problem (when strict).
+
+    Returns the (target, stored name) pairs to assign and a report of what was skipped.
+    """
+    index = _renamed(list(stored), renamer)
+    pairs: list[tuple[Target, str]] = []
+    missing: list[str] = []
+    mismatched: list[tuple[str, str, str]] = []
+    used: set[str] = set()
+    for t in targets:
+        for n in t.names:
+            if n in index:
+                src = index[n]
+                used.add(src)
+                shape, dtype = stored[src]
+                if tuple(shape) != tuple(t.shape) or np.dtype(dtype) != t.dtype:
+                    mismatched.append((n, f"{t.dtype}{list(t.shape)}", f"{np.dtype(dtype)}{list(shape)}"))
+                else:
+                    pairs.append((t, src))
+                break
+        else:
+            missing.extend(t.names)
+    unused = [n for n in stored if n not in used]
+    report = {"missing": missing, "unused": unused, "mismatched": mismatched}
+    if strict and (missing or unused or mismatched):
+        lines = [f"{file}: stored arrays do not fit the target collection (nothing was assigned):"]
+        if missing:
+            lines.append(f"  missing from the file ({len(missing)}): {_clip(missing)}")
+        if unused:
+            lines.append(f"  in the file but not in the target ({len(unused)}): {_clip(unused)}")
+        for name, exp, found in mismatched[:50]:
+            lines.append(f"  {name}: expected {exp}, found {found}")
+        if len(mismatched) > 50:
+            lines.append(f"  ... and {len(mismatched) - 50} more shape/dtype mismatches")
+        lines.append("  (pass strict=False to restore only what matches, or a renamer to map names)")
+        raise MismatchError("\n".join(lines), file=file, slot=slot, missing=missing, unused=unused,
+                            mismatched=mismatched)
+    return pairs, report
+
+
+def _clip(names: list[str], n: int = 20) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (f", ... ({len(names) - n} more)" if len(names) > n else "")

@@ -1,0 +1,30 @@
+"""``ckpt.dump``/``ckpt.load``: drop-in for ``pickle.dump``/``pickle.load`` on the default slot.
+
+Unlike pickle, arrays and JSON-able values are stored without pickling, every
+load is checked against its sha256, and a value that does need pickle is only
+unpickled when the caller trusts the file. The result is a normal pack.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+from . import serializers as _ser
+from ._packfile import DEFAULT_SLOT
+from .pack import Pack
+from .varfile import PathOrFile, write_file
+
+__all__ = ["dump", "load"]
+
+
+def dump(obj: Any, file: PathOrFile, *, serializer: Optional[str] = None,
+         metadata: Optional[Mapping[str, Any]] = None) -> None:
+    """Write ``obj`` as a new pack's default slot (a path is replaced atomically)."""
+    write_file(file, {DEFAULT_SLOT: obj}, metadata=metadata,
+               serializers={DEFAULT_SLOT: serializer} if serializer else None)
+
+
+def load(file: PathOrFile, *, trusted: _ser.Trusted = False, deps: str = "warn", verify: bool = True) -> Any:
+    """Read the default slot of a pack (or the arrays of a plain ``.npz``/objax file)."""
+    with Pack(file, deps=deps, verify=verify) as pack:
+        return pack.load(DEFAULT_SLOT, trusted=trusted)

@@ -1,0 +1,146 @@
+"""The exceptions and warnings ckpt raises.
+
+Every error subclasses :class:`CkptError` and also the builtin it refines, so
+``except ValueError`` keeps working for callers that do not know ckpt. Each
+carries the file (and slot or variable where there is one) as attributes and
+says what was expected, what was found, and where it helps, how to fix it.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Optional, Sequence
+
+__all__ = [
+    "CkptError",
+    "FormatError",
+    "NotAPackError",
+    "ChecksumError",
+    "SlotNotFoundError",
+    "SlotExistsError",
+    "MismatchError",
+    "UntrustedPickleError",
+    "DependencyError",
+    "DependencyWarning",
+    "CheckpointNotFoundError",
+    "ReadOnlyPackError",
+]
+
+
+class CkptError(Exception):
+    """Base class of every error ckpt raises on purpose."""
+
+    def __init__(self, message: str, *, file: Optional[str] = None, slot: Optional[str] = None):
+        self.file = file
+        self.slot = slot
+        self.message = message
+        super().__init__(message)
+
+    def __str__(self) -> str:  # KeyError subclasses would otherwise repr() the message
+        return self.message
+
+
+class FormatError(CkptError, ValueError):
+    """A file is not a well-formed ckpt pack (or npz) file; nothing was loaded from it."""
+
+
+class NotAPackError(FormatError):
+    """A file's leading bytes show it is not a zip archive at all (pickle, 7z, empty, ...)."""
+
+
+class ChecksumError(FormatError):
+    """Data read back does not match the sha256 (or CRC) recorded when it was written."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: Optional[str] = None,
+        slot: Optional[str] = None,
+        member: Optional[str] = None,
+        expected: Optional[str] = None,
+        found: Optional[str] = None,
+    ):
+        super().__init__(message, file=file, slot=slot)
+        self.member = member
+        self.expected = expected
+        self.found = found
+
+
+class SlotNotFoundError(CkptError, KeyError):
+    """A pack has no slot of the requested name."""
+
+
+class SlotExistsError(CkptError, ValueError):
+    """``dump`` to a slot that already holds data; ``remove`` it first to replace it."""
+
+
+class ReadOnlyPackError(CkptError, PermissionError):
+    """A change was asked of a pack opened over a file object that cannot be written."""
+
+
+class MismatchError(CkptError, ValueError):
+    """Stored arrays do not fit the collection they are restored into.
+
+    Raised before anything is assigned. ``missing`` are names the target needs
+    that the file lacks, ``unused`` are names in the file that nothing in the
+    target took, ``mismatched`` are ``(name, expected, found)`` triples where
+    expected/found describe shape and dtype.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: Optional[str] = None,
+        slot: Optional[str] = None,
+        missing: Sequence[str] = (),
+        unused: Sequence[str] = (),
+        mismatched: Sequence[tuple[str, str, str]] = (),
+    ):
+        super().__init__(message, file=file, slot=slot)
+        self.missing = list(missing)
+        self.unused = list(unused)
+        self.mismatched = list(mismatched)
+
+
+class UntrustedPickleError(CkptError, pickle.UnpicklingError):
+    """A pickle slot would be unpickled without the caller saying the file is trusted.
+
+    ``globals`` lists the ``module.qualname`` names the pickle would import,
+    found by reading its opcodes without executing anything.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: Optional[str] = None,
+        slot: Optional[str] = None,
+        globals: Sequence[str] = (),
+    ):
+        super().__init__(message, file=file, slot=slot)
+        self.globals = list(globals)
+
+
+class DependencyError(CkptError, RuntimeError):
+    """Installed packages do not satisfy what a slot recorded (raised with ``deps="strict"``)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: Optional[str] = None,
+        slot: Optional[str] = None,
+        mismatches: Sequence[tuple[str, str, str]] = (),
+    ):
+        super().__init__(message, file=file, slot=slot)
+        self.mismatches = list(mismatches)
+
+
+class CheckpointNotFoundError(CkptError, FileNotFoundError):
+    """A checkpoint index was asked for that is not in the checkpoint directory."""
+
+
+class DependencyWarning(UserWarning):
+    """Installed packages differ from those that wrote a slot (``deps="warn"``, the default)."""

@@ -1,0 +1,182 @@
+"""The manifest: the JSON member that makes a zip a pack, and its validation.
+
+Schema (format version 1, see docs/FORMAT.md)::
+
+    {"format": "ckpt.pack", "version": 1,
+     "created_at": "2026-11-21T22:00:00.000000Z", "updated_at": "...",
+     "metadata": {...},
+     "members": {"0.npy": {"size": 128, "sha256": "<64 hex>"}, ...},
+     "slots": {"main": {"serializer": "arrays", "members": ["names.npy", "0.npy"],
+                        "size": 256, "sha256": "<64 hex>", "created_at": "...",
+                        "dependencies": {"numpy": {"version": "2.1.0", "requires": ">=2,<3"}},
+                        "info": {...serializer specific...}}}}
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+from . import _limits
+from .errors import FormatError
+
+MANIFEST_MEMBER = "__ckpt__/manifest.json"
+FORMAT_NAME = "ckpt.pack"
+SERIALIZERS = ("arrays", "json", "raw", "pickle")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def utc_now() -> str:
+    """The current UTC time as ISO 8601 with a Z; honours SOURCE_DATE_EPOCH for reproducible files."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch and epoch.isdigit():
+        now = _dt.datetime.fromtimestamp(int(epoch), tz=_dt.timezone.utc)
+    else:
+        now = _dt.datetime.now(tz=_dt.timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> _dt.datetime:
+    return _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=_dt.timezone.utc)
+
+
+def slot_digest(member_hashes: list[str]) -> str:
+    """A slot's sha256: the sha256 of its members' raw sha256 digests, concatenated in order."""
+    h = hashlib.sha256()
+    for hx in member_hashes:
+        h.update(bytes.fromhex(hx))
+    return h.hexdigest()
+
+
+@dataclass
+class SlotInfo:
+    """What the manifest records about one slot."""
+
+    serializer: str
+    members: list[str]
+    size: int
+    sha256: Optional[str]
+    created_at: Optional[str]
+    dependencies: dict[str, dict[str, str]]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def serialized_sha256_hash(self) -> Optional[str]:
+        """MLIO's name for :attr:`sha256`."""
+        return self.sha256
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "serializer": self.serializer,
+            "members": list(self.members),
+            "size": self.size,
+            "sha256": self.sha256,
+            "created_at": self.created_at,
+            "dependencies": self.dependencies,
+            "info": self.info,
+        }
+
+
+@dataclass
+class ManifestInfo:
+    """Pack-wide facts: format version, creation and update times (UTC), user metadata."""
+
+    format_version: int
+    created_at: Optional[_dt.datetime]
+    updated_at: Optional[_dt.datetime]
+    metadata: dict[str, Any]
+
+
+def encode(
+    *,
+    created_at: str,
+    updated_at: str,
+    metadata: Mapping[str, Any],
+    members: Mapping[str, Mapping[str, Any]],
+    slots: Mapping[str, SlotInfo],
+) -> bytes:
+    doc = {
+        "format": FORMAT_NAME,
+        "version": _limits.FORMAT_VERSION,
+        "created_at": created_at,
+        "updated_at": updated_at,
+        "metadata": dict(metadata),
+        "members": {k: dict(v) for k, v in members.items()},
+        "slots": {k: v.to_json() for k, v in slots.items()},
+    }
+    try:
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"pack metadata must be JSON-serialisable: {e}") from None
+
+
+def _require(cond: bool, file: Optional[str], what: str) -> None:
+    if not cond:
+        raise FormatError(f"{file}: invalid manifest: {what}", file=file)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def decode(data: bytes, file: Optional[str], zip_members: Mapping[str, int]) -> tuple[dict[str, Any], dict[str, SlotInfo]]:
+    """Parse and validate a manifest against the zip's members (name -> size)."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise FormatError(f"{file}: manifest is not valid JSON ({e})", file=file) from None
+    _require(isinstance(doc, dict), file, "top level is not an object")
+    _require(doc.get("format") == FORMAT_NAME, file, f"format is {doc.get('format')!r}, expected {FORMAT_NAME!r}")
+    version = doc.get("version")
+    _require(_is_int(version), file, f"version {version!r} is not a whole number")
+    if version > _limits.FORMAT_VERSION:
+        raise FormatError(
+            f"{file}: written in pack format version {version}; this ckpt reads up to version "
+            f"{_limits.FORMAT_VERSION}. Upgrade ckpt to read it.",
+            file=file,
+        )
+    for key in ("created_at", "updated_at"):
+        _require(isinstance(doc.get(key), str), file, f"{key} is missing or not a string")
+        try:
+            parse_time(doc[key])
+        except ValueError:
+            raise FormatError(f"{file}: invalid manifest: {key} {doc[key]!r} is not a UTC timestamp", file=file) from None
+    _require(isinstance(doc.get("metadata"), dict), file, "metadata is not an object")
+    members = doc.get("members")
+    _require(isinstance(members, dict), file, "members is not an object")
+    for name, m in members.items():
+        _require(name in zip_members, file, f"member {name!r} is listed but not in the archive")
+        _require(isinstance(m, dict) and _is_int(m.get("size")), file, f"member {name!r} has no valid size")
+        _require(m["size"] == zip_members[name], file,
+                 f"member {name!r} is {zip_members[name]} bytes in the archive, manifest says {m['size']}")
+        sha = m.get("sha256")
+        _require(isinstance(sha, str) and bool(_HEX64.match(sha)), file,
+                 f"member {name!r} sha256 {sha!r:.80} is not 64 lowercase hex digits")
+    slots_doc = doc.get("slots")
+    _require(isinstance(slots_doc, dict), file, "slots is not an object")
+    slots: dict[str, SlotInfo] = {}
+    for name, s in slots_doc.items():
+        _require(isinstance(s, dict), file, f"slot {name!r} is not an object")
+        ser = s.get("serializer")
+        _require(ser in SERIALIZERS, file, f"slot {name!r} has unknown serializer {ser!r}")
+        mem = s.get("members")
+        _require(isinstance(mem, list) and all(isinstance(x, str) and x in members for x in mem), file,
+                 f"slot {name!r} lists members missing from the member table")
+        sha = s.get("sha256")
+        _require(isinstance(sha, str) and bool(_HEX64.match(sha)), file, f"slot {name!r} has an invalid sha256")
+        _require(sha == slot_digest([members[x]["sha256"] for x in mem]), file,
+                 f"slot {name!r} sha256 does not match its members' hashes")
+        _require(_is_int(s.get("size")), file, f"slot {name!r} has no valid size")
+        deps = s.get("dependencies", {})
+        _require(isinstance(deps, dict) and all(
+            isinstance(v, dict) and isinstance(v.get("version"), str) and isinstance(v.get("requires", ""), str)
+            for v in deps.values()), file, f"slot {name!r} has malformed dependencies")
+        info = s.get("info", {})
+        _require(isinstance(info, dict), file, f"slot {name!r} info is not an object")
+        slots[name] = SlotInfo(ser, mem, s["size"], sha, s.get("created_at"), deps, info)
+    return doc, slots

@@ -1,0 +1,329 @@
+"""How a slot's value becomes members, and back: arrays (.npy), json, raw bytes, pickle.
+
+The serializer is chosen by the value's type (:func:`choose`): arrays and
+collections of arrays go to ``.npy`` members, JSON-able values to JSON, bytes
+to a raw member, and anything else only to pickle, which is never loaded
+unless the caller trusts the file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import json
+import math
+import pickle
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+import numpy as np
+
+from . import _limits, _npy, collections as _coll
+from ._pickle_scan import DYNAMIC, scan_globals, top_level_packages
+from .errors import FormatError, UntrustedPickleError
+
+Buffer = Union[bytes, bytearray, memoryview]
+Trusted = Union[bool, Sequence[str]]
+
+
+@dataclass
+class MemberSource:
+    """One member to write: its name inside the slot, exact size, and a producer of its bytes."""
+
+    suffix: str
+    size: int
+    chunks: Callable[[], Iterable[Buffer]]
+    identity: Optional[int] = None  # id() of the source object, to store one object once
+
+
+@dataclass
+class Encoded:
+    """A value turned into members plus what the manifest records about it."""
+
+    serializer: str
+    members: list[MemberSource]
+    info: dict[str, Any] = field(default_factory=dict)
+    needed: set[str] = field(default_factory=set)
+    informational: set[str] = field(default_factory=set)
+    strictness: str = "major"
+
+
+# -- choosing -------------------------------------------------------------
+def is_jsonable(obj: Any, _depth: int = 0) -> bool:
+    """True if JSON round-trips ``obj`` exactly (exact types only: a tuple is not a list)."""
+    if _depth > 200:
+        return False
+    t = type(obj)
+    if obj is None or t in (bool, str):
+        return True
+    if t is int:
+        return True
+    if t is float:
+        return True  # NaN and infinities are written as NaN/Infinity (see docs/FORMAT.md)
+    if t is list:
+        return all(is_jsonable(x, _depth + 1) for x in obj)
+    if t is dict:
+        return all(type(k) is str and is_jsonable(v, _depth + 1) for k, v in obj.items())
+    return False
+
+
+def choose(obj: Any) -> str:
+    """The serializer a value gets by default."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return "raw"
+    if _coll.flatten(obj) is not None:
+        return "arrays"
+    if is_jsonable(obj):
+        return "json"
+    return "pickle"
+
+
+def encode(obj: Any, serializer: Optional[str], prefix: str) -> Encoded:
+    name = serializer or choose(obj)
+    if name == "arrays":
+        return encode_arrays(obj, prefix)
+    if name == "json":
+        return encode_json(obj, prefix)
+    if name == "raw":
+        return encode_raw(obj, prefix)
+    if name == "pickle":
+        return encode_pickle(obj, prefix)
+    raise ValueError(f"unknown serializer {name!r}; choose one of arrays, json, raw, pickle")
+
+
+# -- arrays ---------------------------------------------------------------
+def _data_chunks(leaf: Any) -> Iterable[memoryview]:
+    arr = _coll.to_host(leaf)
+    if arr.flags.f_contiguous and not arr.flags.c_contiguous:
+        arr = arr.T
+    arr = np.ascontiguousarray(arr)
+    flat = arr.reshape(-1).view(np.uint8)
+    step = _limits.CHUNK_BYTES
+    for start in range(0, flat.nbytes, step):
+        yield memoryview(flat[start:start + step])
+
+
+def _npy_source(suffix: str, leaf: Any) -> MemberSource:
+    shape, dtype = _coll.shape_dtype(leaf)
+    fortran = isinstance(leaf, np.ndarray) and leaf.ndim > 1 and leaf.flags.f_contiguous and not leaf.flags.c_contiguous
+    header = _npy.header_bytes(shape, dtype, fortran)
+    size = len(header) + math.prod(shape) * dtype.itemsize
+
+    def chunks() -> Iterable[Buffer]:
+        yield header
+        yield from _data_chunks(leaf)
+
+    return MemberSource(suffix, size, chunks, id(leaf))
+
+
+def _names_array(names: list[str]) -> np.ndarray:
+    return np.array(names, dtype=f"<U{max([1, *map(len, names)])}")
+
+
+def encode_arrays(obj: Any, prefix: str) -> Encoded:
+    flat = _coll.flatten(obj)
+    if flat is None:
+        raise TypeError(f"cannot store a {type(obj).__name__} as arrays: expected an array, a dict of arrays, "
+                        "an objax VarCollection or a pytree of arrays")
+    names_arr = _names_array(flat.names)
+    members = [_npy_source("names.npy", names_arr)]
+    members[0].identity = None
+    arrays_info = []
+    for i, (name, leaf) in enumerate(zip(flat.names, flat.leaves)):
+        members.append(_npy_source(f"{i}.npy", leaf))
+        shape, dtype = _coll.shape_dtype(leaf)
+        arrays_info.append({"name": name, "shape": list(shape), "dtype": _npy.dtype_name(dtype)})
+    info: dict[str, Any] = {"kind": flat.kind, "layout": "objax", "arrays": arrays_info}
+    if flat.tree is not None:
+        info["tree"] = flat.tree
+    needed = set()
+    if any(_npy.is_extension_dtype(_coll.shape_dtype(x)[1]) for x in flat.leaves):
+        needed.add("ml_dtypes")
+    return Encoded("arrays", members, info, needed=needed, informational=set(flat.frameworks))
+
+
+class ArraysView:
+    """Lazy, verified access to the arrays of one stored slot.
+
+    ``read_member`` must return the member's complete, verified bytes.
+    """
+
+    def __init__(self, members: list[str], info: dict[str, Any], read_member: Callable[[str], Any],
+                 read_head: Callable[[str], bytes], member_size: Callable[[str], int], where: str):
+        self._read_member = read_member
+        self._read_head = read_head
+        self._size = member_size
+        self.where = where
+        self.info = info
+        layout = info.get("layout", "objax")
+        if layout == "objax":
+            if not members:
+                raise FormatError(f"{where}: arrays slot has no names.npy member")
+            names_arr = self._array(members[0], expect_names=True)
+            if names_arr.ndim != 1 or names_arr.dtype.kind != "U":
+                raise FormatError(f"{where}: names member is not a 1-D unicode array (found {names_arr.dtype} "
+                                  f"with shape {names_arr.shape})")
+            self.names = [str(n) for n in names_arr]
+            self._members = list(members[1:])
+        elif layout == "named":
+            self.names = [str(a["name"]) for a in info.get("arrays", [])]
+            self._members = list(members)
+        else:
+            raise FormatError(f"{where}: unknown arrays layout {layout!r}")
+        if len(self.names) != len(self._members):
+            raise FormatError(f"{where}: {len(self.names)} names for {len(self._members)} array members")
+        if len(set(self.names)) != len(self.names):
+            dup = sorted({n for n in self.names if self.names.count(n) > 1})
+            raise FormatError(f"{where}: duplicate array names {dup[:10]}")
+        recorded = info.get("arrays")
+        self._dtypes: dict[str, Optional[np.dtype]] = {}
+        if isinstance(recorded, list) and len(recorded) == len(self.names):
+            for n, a in zip(self.names, recorded):
+                dt = a.get("dtype") if isinstance(a, dict) else None
+                self._dtypes[n] = _npy.dtype_from_name(dt, where=where) if isinstance(dt, str) else None
+        self._index = {n: m for n, m in zip(self.names, self._members)}
+        self._headers: dict[str, _npy.NpyHeader] = {}
+
+    def _array(self, member: str, *, expect_names: bool = False, dtype: Optional[np.dtype] = None) -> np.ndarray:
+        data = self._read_member(member)
+        header = _npy.parse_header(bytes(data[:_limits.MAX_NPY_HEADER_BYTES]), len(data),
+                                   where=f"{self.where} member {member!r}")
+        return _npy.array_from_buffer(data, header, dtype=dtype)
+
+    def header(self, name: str) -> _npy.NpyHeader:
+        """Shape and dtype of one array, from its .npy header (not yet verified by hash)."""
+        if name not in self._headers:
+            member = self._index[name]
+            size = self._size(member)
+            head = self._read_head(member)
+            h = _npy.parse_header(head, size, where=f"{self.where} array {name!r}")
+            true = self._dtypes.get(name)
+            if true is not None and true != h.dtype:
+                if true.itemsize != h.dtype.itemsize or h.dtype.kind != "V":
+                    raise FormatError(f"{self.where}: array {name!r} is recorded as {true} but stored as {h.dtype}")
+                h = _npy.NpyHeader(true, h.shape, h.fortran_order, h.header_len)
+            self._headers[name] = h
+        return self._headers[name]
+
+    def shape_dtype(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
+        h = self.header(name)
+        return h.shape, h.dtype
+
+    def read(self, name: str) -> np.ndarray:
+        """One array, verified, in its own writable memory."""
+        if name not in self._index:
+            raise KeyError(name)
+        h = self.header(name)
+        arr = self._array(self._index[name], dtype=h.dtype)
+        if arr.shape != h.shape:
+            raise FormatError(f"{self.where}: array {name!r} header changed between reads")
+        return arr
+
+    def as_value(self) -> Any:
+        """The slot's value as it was dumped: an array, a scalar, a dict, or a nested tree."""
+        kind = self.info.get("kind", "dict")
+        arrays = {n: self.read(n) for n in self.names}
+        if kind == "array" and len(self.names) == 1:
+            return arrays[self.names[0]]
+        if kind == "scalar" and len(self.names) == 1:
+            return arrays[self.names[0]][()]
+        if kind == "tree" and "tree" in self.info:
+            return _coll.unflatten_tree(self.info["tree"], [arrays[n] for n in self.names], where=self.where)
+        return arrays
+
+
+# -- json / raw -----------------------------------------------------------
+def encode_json(obj: Any, prefix: str) -> Encoded:
+    if not is_jsonable(obj):
+        raise TypeError(f"{type(obj).__name__} value is not JSON-serialisable exactly (tuples, sets, numpy "
+                        "values and non-str keys are not); use serializer='pickle' or convert it")
+    data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return Encoded("json", [MemberSource("data.json", len(data), lambda: [data])])
+
+
+def decode_json(data: Any, where: str) -> Any:
+    if len(data) > _limits.MAX_JSON_BYTES:
+        raise FormatError(f"{where}: JSON slot of {len(data)} bytes is over the limit of {_limits.MAX_JSON_BYTES}")
+    try:
+        return json.loads(bytes(data).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise FormatError(f"{where}: JSON slot does not parse ({e})") from None
+
+
+def encode_raw(obj: Any, prefix: str) -> Encoded:
+    data = bytes(obj)
+    return Encoded("raw", [MemberSource("data.bin", len(data), lambda: [data])])
+
+
+# -- pickle ---------------------------------------------------------------
+def _dumps(obj: Any) -> bytes:
+    try:
+        return pickle.dumps(obj, protocol=5)
+    except (pickle.PicklingError, AttributeError, TypeError) as first:
+        try:
+            import cloudpickle
+        except ImportError:
+            raise TypeError(f"cannot pickle {type(obj).__name__}: {first} (installing cloudpickle may help)") from None
+        try:
+            return cloudpickle.dumps(obj, protocol=5)
+        except Exception as e:
+            raise TypeError(f"cannot pickle {type(obj).__name__}: {e}") from None
+
+
+def encode_pickle(obj: Any, prefix: str) -> Encoded:
+    data = _dumps(obj)
+    globals_ = scan_globals(data)
+    return Encoded(
+        "pickle",
+        [MemberSource("data.pkl", len(data), lambda: [data])],
+        info={"globals": globals_},
+        needed=top_level_packages(globals_),
+        strictness="minor",
+    )
+
+
+def _allowed(name: str, patterns: Sequence[str]) -> bool:
+    return name != DYNAMIC and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, patterns: Sequence[str], where: str):
+        super().__init__(io.BytesIO(data))
+        self._patterns = list(patterns)
+        self._where = where
+
+    def find_class(self, module: str, name: str) -> Any:
+        full = f"{module}.{name}"
+        if not _allowed(full, self._patterns):
+            raise UntrustedPickleError(
+                f"{self._where}: the pickle imports {full}, which is not in the allow-list {self._patterns}; "
+                "nothing was executed",
+                globals=[full],
+            )
+        return super().find_class(module, name)
+
+
+def decode_pickle(data: Any, trusted: Trusted, where: str, *, file: Optional[str] = None,
+                  slot: Optional[str] = None) -> Any:
+    """Unpickle only when ``trusted`` is True, or under an allow-list of ``module.qualname`` patterns."""
+    raw = bytes(data)
+    globals_ = scan_globals(raw, where=where)
+    if trusted is True:
+        return pickle.loads(raw)
+    if trusted is False or trusted is None or isinstance(trusted, (str, bytes)):
+        shown = ", ".join(globals_) if globals_ else "(none)"
+        raise UntrustedPickleError(
+            f"{where} is a pickle, and unpickling runs code chosen by whoever wrote the file. It would import: "
+            f"{shown}. Pass trusted=True if you wrote this file yourself, or trusted=[...] with the globals you "
+            "accept.",
+            file=file, slot=slot, globals=globals_,
+        )
+    patterns = list(trusted)
+    refused = [g for g in globals_ if not _allowed(g, patterns)]
+    if refused:
+        raise UntrustedPickleError(
+            f"{where}: the pickle would import {', '.join(refused)}, not in the allow-list {patterns}; "
+            "nothing was executed",
+            file=file, slot=slot, globals=refused,
+        )
+    return _RestrictedUnpickler(raw, patterns, where).load()

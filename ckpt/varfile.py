@@ -1,0 +1,120 @@
+"""Variable-collection files: objax's ``save_var_collection``/``load_var_collection``, made safe.
+
+The file is a pack whose ``main`` slot holds the arrays in objax's layout
+(``names.npy``, ``0.npy``, ``1.npy``, ...), so objax and numpy open it too.
+Restoring checks names, shapes, dtypes and hashes of everything before it
+assigns anything: a mismatch or a corrupt file never leaves a half-restored model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Callable, Mapping, Optional, Union
+
+import numpy as np
+
+from . import _io, _packfile, collections as _coll, deps as _deps, serializers as _ser
+from ._packfile import DEFAULT_SLOT, PackReader
+
+PathOrFile = Union[str, "os.PathLike[str]", BinaryIO]
+
+__all__ = ["save_var_collection", "load_var_collection", "write_file", "open_reader", "PreparedRestore",
+           "prepare_restore"]
+
+
+def write_file(file: PathOrFile, slots: Mapping[str, Any], *, metadata: Optional[Mapping[str, Any]] = None,
+               serializers: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
+    """Write a new pack holding ``slots`` (name -> value): atomically for a path, in place for a file object."""
+    serializers = serializers or {}
+    encoded = {
+        name: _ser.encode(value, serializers.get(name), _packfile.member_prefix(name))
+        for name, value in slots.items()
+    }
+
+    def write(f: BinaryIO) -> dict[str, Any]:
+        return _packfile.write_pack(f, new=encoded, metadata=metadata)
+
+    if isinstance(file, (str, os.PathLike)):
+        return _io.atomic_write(os.fspath(file), write)
+    result = write(file)
+    file.flush()
+    return result
+
+
+class open_reader:
+    """Context manager giving a PackReader over a path or a file object (left open)."""
+
+    def __init__(self, file: PathOrFile):
+        self._file = file
+        self._handle: Optional[BinaryIO] = None
+
+    def __enter__(self) -> PackReader:
+        if isinstance(self._file, (str, os.PathLike)):
+            path = os.fspath(self._file)
+            self._handle = open(path, "rb")
+            try:
+                return PackReader(self._handle, path)
+            except BaseException:
+                self._handle.close()
+                raise
+        label = getattr(self._file, "name", None)
+        return PackReader(self._file, label if isinstance(label, str) else repr(self._file))
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+
+@dataclass
+class PreparedRestore:
+    """Arrays read and verified for one target, ready to assign with :meth:`commit`."""
+
+    pairs: list[tuple[_coll.Target, np.ndarray]]
+    rebuild: Callable[[], Any]
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def commit(self) -> Any:
+        for target, arr in self.pairs:
+            target.assign(arr)
+        return self.rebuild()
+
+
+def prepare_restore(reader: PackReader, slot: str, target: Any, *, renamer: _coll.Renamer = None,
+                    strict: bool = True, verify: bool = True) -> PreparedRestore:
+    """Match ``target`` against a stored arrays slot and read what it needs, assigning nothing."""
+    view = reader.arrays(slot, verify=verify)
+    targets, rebuild = _coll.targets_of(target)
+    stored = {n: view.shape_dtype(n) for n in view.names}
+    pairs, report = _coll.plan(targets, stored, renamer=renamer, strict=strict, file=reader.label, slot=slot)
+    loaded = [(t, view.read(name)) for t, name in pairs]
+    return PreparedRestore(loaded, rebuild, report)
+
+
+def save_var_collection(file: PathOrFile, vc: Any, *, metadata: Optional[Mapping[str, Any]] = None) -> None:
+    """Save a collection of arrays to ``file`` (a path, written atomically, or a binary file object, left open).
+
+    ``vc`` may be an objax VarCollection, a dict of name -> array, or a JAX pytree of
+    arrays. The file opens with ``numpy.load`` and ``objax.io.load_var_collection``.
+    """
+    if _coll.flatten(vc) is None:
+        raise TypeError(f"cannot save a {type(vc).__name__} as a variable collection: expected an objax "
+                        "VarCollection, a dict of arrays or a pytree of arrays")
+    write_file(file, {DEFAULT_SLOT: vc}, metadata=metadata, serializers={DEFAULT_SLOT: "arrays"})
+
+
+def load_var_collection(file: PathOrFile, vc: Any, renamer: _coll.Renamer = None, *, strict: bool = True,
+                        deps: str = "warn", verify: bool = True) -> Any:
+    """Restore ``vc`` from ``file`` (written by ckpt, objax or ``numpy.savez``); returns the restored collection.
+
+    objax VarCollections and dicts of arrays are updated in place (and returned);
+    other pytrees are immutable, so the restored tree is returned. ``renamer`` maps
+    names in the file to names in ``vc`` (a callable or a dict). With ``strict``
+    (the default) any missing, unused, or mismatched name raises
+    :class:`~ckpt.errors.MismatchError` before anything is assigned.
+    """
+    mode = _deps.check_mode(deps)
+    with open_reader(file) as reader:
+        _deps.report(reader.dependency_mismatches([DEFAULT_SLOT]), mode, reader.label)
+        prepared = prepare_restore(reader, DEFAULT_SLOT, vc, renamer=renamer, strict=strict, verify=verify)
+    return prepared.commit()
