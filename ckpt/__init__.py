@@ -10,6 +10,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from . import errors
+from ._inspect import inspect
 from ._packfile import DEFAULT_SLOT
 from .checkpoint import Checkpoint
 from .compat import dump, load
@@ -39,6 +40,7 @@ __all__ = [
     "load_var_collection",
     "dump",
     "load",
+    "inspect",
     "errors",
     "CkptError",
     "FormatError",

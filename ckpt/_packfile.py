@@ -10,10 +10,12 @@ content once, and writes the manifest last.
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterable, Mapping, Optional
 
-from . import _limits, _zip, deps as _deps, manifest as _manifest, serializers as _ser
+from . import _limits, _npy, _zip, deps as _deps, manifest as _manifest, serializers as _ser
+from ._pickle_scan import scan_globals
 from .errors import ChecksumError, FormatError, NotAPackError, SlotNotFoundError
 from .manifest import MANIFEST_MEMBER, SlotInfo
 
@@ -202,14 +204,50 @@ class PackReader:
         where = f"{self.label} slot {slot!r}"
         if info.serializer == "arrays":
             return self.arrays(slot, verify=verify).as_value()
+        if info.serializer == "pickle":
+            return self._load_pickle(slot, info, trusted=trusted, verify=verify)
         if len(info.members) != 1:
             raise FormatError(f"{where}: a {info.serializer} slot must have exactly one member", file=self.label)
         data = self.read_member(info.members[0], verify=verify, slot=slot)
         if info.serializer == "json":
             return _ser.decode_json(data, where)
-        if info.serializer == "raw":
-            return bytes(data)
-        return _ser.decode_pickle(data, trusted, where, file=self.label, slot=slot)
+        return bytes(data)
+
+    def pickle_globals(self, slot: str) -> list[str]:
+        """The globals a pickle slot would import, read from its opcodes (verified first; nothing runs)."""
+        info = self.slot(slot)
+        if info.serializer != "pickle" or not info.members:
+            return []
+        data = self.read_member(info.members[0], slot=slot)
+        return scan_globals(bytes(data), where=f"{self.label} slot {slot!r}")
+
+    def _load_pickle(self, slot: str, info: SlotInfo, *, trusted: _ser.Trusted, verify: bool) -> Any:
+        where = f"{self.label} slot {slot!r}"
+        if not info.members:
+            raise FormatError(f"{where}: a pickle slot needs its pickle member", file=self.label)
+        data = bytes(self.read_member(info.members[0], verify=verify, slot=slot))
+        _ser.check_trusted(trusted, scan_globals(data, where=where), where, file=self.label, slot=slot)
+        # Everything is verified before anything is unpickled.
+        arrays = []
+        records = info.info.get("arrays", [])
+        for i, member in enumerate(info.members[1:]):
+            buf = self.read_member(member, verify=verify, slot=slot)
+            header = _npy.parse_header(bytes(buf[:_limits.MAX_NPY_HEADER_BYTES]), len(buf),
+                                       where=f"{where} member {member!r}")
+            rec = records[i] if i < len(records) and isinstance(records[i], dict) else {}
+            true = _npy.dtype_from_name(rec["dtype"], where=where) if isinstance(rec.get("dtype"), str) else None
+            arrays.append(_npy.array_from_buffer(buf, header, dtype=true))
+
+        def load_array(i: int, kind: str) -> Any:
+            if not 0 <= i < len(arrays):
+                raise FormatError(f"{where}: the pickle refers to array {i}; the slot holds {len(arrays)}",
+                                  file=self.label, slot=slot)
+            arr = arrays[i]
+            if kind == "jax" and sys.modules.get("jax") is not None:
+                return sys.modules["jax"].numpy.array(arr)
+            return arr
+
+        return _ser.decode_pickle(data, trusted, where, load_array=load_array, file=self.label, slot=slot)
 
 
 # -- writing ----------------------------------------------------------------

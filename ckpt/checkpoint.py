@@ -118,11 +118,14 @@ class Checkpoint:
                                  timeout=-1 if self.lock_timeout is None else self.lock_timeout)
 
     def save(self, vc: Any, idx: int, *, extras: Optional[Mapping[str, Any]] = None,
-             metadata: Optional[Mapping[str, Any]] = None) -> str:
+             metadata: Optional[Mapping[str, Any]] = None, module: Any = None) -> str:
         """Write checkpoint ``idx`` atomically, then rotate old ones; returns its path.
 
         ``extras`` are more slots in the same file (optimizer state, RNG keys,
         metrics, config, ...), each stored by type as arrays, JSON, raw or pickle.
+        ``module`` (e.g. the whole objax network) is pickled into the ``module``
+        slot with its arrays stored once, shared with ``vc``'s; read it back with
+        :meth:`load_module`.
         """
         idx = _check_idx(idx)
         if _coll.flatten(vc) is None:
@@ -134,11 +137,15 @@ class Checkpoint:
             if name in RESERVED_SLOTS:
                 raise ValueError(f"extras cannot use the reserved slot name {name!r}")
             slots[name] = value
+        serializers = {DEFAULT_SLOT: "arrays"}
+        if module is not None:
+            slots["module"] = module
+            serializers["module"] = "pickle"
         if not os.path.isdir(self.directory):
             raise FileNotFoundError(f"checkpoint directory {self.directory} does not exist (makedir=False)")
         path = self.path(idx)
         with self._lock():
-            write_file(path, slots, metadata=metadata, serializers={DEFAULT_SLOT: "arrays"})
+            write_file(path, slots, metadata=metadata, serializers=serializers)
             self._log("saved checkpoint %s", path)
             self._rotate(idx)
         return path
@@ -218,6 +225,16 @@ class Checkpoint:
             view = reader.arrays(DEFAULT_SLOT, verify=self.verify)
             return {n: view.read(n) for n in view.names}
 
+    def load_module(self, idx: Optional[int] = None, *, trusted: _ser.Trusted = False) -> Any:
+        """The module saved with ``save(..., module=...)`` in checkpoint ``idx`` (or the latest).
+
+        Unpickling runs code chosen by whoever wrote the file, so it is refused
+        (:class:`~ckpt.errors.UntrustedPickleError`, listing the globals it would
+        import) unless ``trusted=True`` or ``trusted`` is an allow-list such as
+        ``["objax.*", "mypkg.models.*"]``.
+        """
+        return self.load_extras(idx, names=["module"], trusted=trusted)["module"]
+
     def load_extras(self, idx: Optional[int] = None, names: Optional[list[str]] = None,
                     trusted: _ser.Trusted = False) -> dict[str, Any]:
         """The extra slots of checkpoint ``idx`` (or the latest): all of them, or ``names``."""
@@ -225,7 +242,7 @@ class Checkpoint:
         if resolved is None:
             raise CheckpointNotFoundError(f"no checkpoint in {self.directory}", file=self.directory)
         with open_reader(self.path(resolved)) as reader:
-            wanted = names if names is not None else [s for s in reader.slots if s not in RESERVED_SLOTS]
+            wanted = list(names) if names is not None else [s for s in reader.slots if s not in RESERVED_SLOTS]
             for n in wanted:
                 reader.slot(n)
             _deps.report(reader.dependency_mismatches(wanted), self.deps, reader.label)

@@ -8,18 +8,15 @@ unless the caller trusts the file.
 
 from __future__ import annotations
 
-import fnmatch
-import io
 import json
 import math
-import pickle
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _limits, _npy, collections as _coll
-from ._pickle_scan import DYNAMIC, scan_globals, top_level_packages
+from . import _limits, _module_pickle, _npy, collections as _coll
+from ._pickle_scan import scan_globals, top_level_packages
 from .errors import FormatError, UntrustedPickleError
 
 Buffer = Union[bytes, bytearray, memoryview]
@@ -256,74 +253,66 @@ def encode_raw(obj: Any, prefix: str) -> Encoded:
 
 
 # -- pickle ---------------------------------------------------------------
-def _dumps(obj: Any) -> bytes:
-    try:
-        return pickle.dumps(obj, protocol=5)
-    except (pickle.PicklingError, AttributeError, TypeError) as first:
-        try:
-            import cloudpickle
-        except ImportError:
-            raise TypeError(f"cannot pickle {type(obj).__name__}: {first} (installing cloudpickle may help)") from None
-        try:
-            return cloudpickle.dumps(obj, protocol=5)
-        except Exception as e:
-            raise TypeError(f"cannot pickle {type(obj).__name__}: {e}") from None
-
-
 def encode_pickle(obj: Any, prefix: str) -> Encoded:
-    data = _dumps(obj)
+    """A pickle member holding structure only, then one .npy member per array it referenced."""
+    data, arrays = _module_pickle.dumps(obj)
     globals_ = scan_globals(data)
-    return Encoded(
-        "pickle",
-        [MemberSource("data.pkl", len(data), lambda: [data])],
-        info={"globals": globals_},
-        needed=top_level_packages(globals_),
-        strictness="minor",
-    )
+    members = [MemberSource("data.pkl", len(data), lambda: [data])]
+    arrays_info = []
+    for i, arr in enumerate(arrays):
+        members.append(_npy_source(f"{i}.npy", arr))
+        shape, dtype = _coll.shape_dtype(arr)
+        arrays_info.append({"shape": list(shape), "dtype": _npy.dtype_name(dtype),
+                            "kind": "jax" if _coll.is_jax_array(arr) else "numpy"})
+    needed = top_level_packages(globals_)
+    if any(_npy.is_extension_dtype(_coll.shape_dtype(a)[1]) for a in arrays):
+        needed.add("ml_dtypes")
+    return Encoded("pickle", members, info={"globals": globals_, "arrays": arrays_info}, needed=needed,
+                   strictness="minor")
 
 
-def _allowed(name: str, patterns: Sequence[str]) -> bool:
-    return name != DYNAMIC and any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, patterns: Sequence[str], where: str):
-        super().__init__(io.BytesIO(data))
-        self._patterns = list(patterns)
-        self._where = where
-
-    def find_class(self, module: str, name: str) -> Any:
-        full = f"{module}.{name}"
-        if not _allowed(full, self._patterns):
-            raise UntrustedPickleError(
-                f"{self._where}: the pickle imports {full}, which is not in the allow-list {self._patterns}; "
-                "nothing was executed",
-                globals=[full],
-            )
-        return super().find_class(module, name)
-
-
-def decode_pickle(data: Any, trusted: Trusted, where: str, *, file: Optional[str] = None,
-                  slot: Optional[str] = None) -> Any:
-    """Unpickle only when ``trusted`` is True, or under an allow-list of ``module.qualname`` patterns."""
-    raw = bytes(data)
-    globals_ = scan_globals(raw, where=where)
+def check_trusted(trusted: Trusted, globals_: list[str], where: str, *, file: Optional[str] = None,
+                  slot: Optional[str] = None) -> None:
+    """Raise UntrustedPickleError unless ``trusted`` is True or allows every global the pickle imports."""
     if trusted is True:
-        return pickle.loads(raw)
+        return
     if trusted is False or trusted is None or isinstance(trusted, (str, bytes)):
         shown = ", ".join(globals_) if globals_ else "(none)"
         raise UntrustedPickleError(
             f"{where} is a pickle, and unpickling runs code chosen by whoever wrote the file. It would import: "
-            f"{shown}. Pass trusted=True if you wrote this file yourself, or trusted=[...] with the globals you "
-            "accept.",
+            f"{shown}. Pass trusted=True if you trust this file, or trusted=[...] with the globals you accept "
+            "(e.g. trusted=['objax.*']).",
             file=file, slot=slot, globals=globals_,
         )
     patterns = list(trusted)
-    refused = [g for g in globals_ if not _allowed(g, patterns)]
+    refused = [g for g in globals_ if not _module_pickle.allowed(g, patterns)]
     if refused:
         raise UntrustedPickleError(
             f"{where}: the pickle would import {', '.join(refused)}, not in the allow-list {patterns}; "
             "nothing was executed",
             file=file, slot=slot, globals=refused,
         )
-    return _RestrictedUnpickler(raw, patterns, where).load()
+
+
+def decode_pickle(data: Any, trusted: Trusted, where: str, *, load_array: Optional[Callable[[int, str], Any]] = None,
+                  file: Optional[str] = None, slot: Optional[str] = None) -> Any:
+    """Unpickle only when ``trusted`` is True, or under an allow-list of ``module.qualname`` patterns.
+
+    The globals are read from the opcodes first; nothing is imported or run unless
+    the caller's trust covers all of them.
+    """
+    raw = bytes(data)
+    check_trusted(trusted, scan_globals(raw, where=where), where, file=file, slot=slot)
+
+    def no_arrays(i: int, kind: str) -> Any:
+        raise FormatError(f"{where}: the pickle refers to array {i}, which the slot does not hold")
+
+    try:
+        return _module_pickle.loads(raw, load_array or no_arrays, trusted, where)
+    except UntrustedPickleError as e:
+        e.file, e.slot = file, slot
+        raise
+    except (FormatError, RecursionError, MemoryError):
+        raise
+    except Exception as e:
+        raise FormatError(f"{where}: unpickling failed ({type(e).__name__}: {e})", file=file, slot=slot) from e

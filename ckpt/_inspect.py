@@ -1,0 +1,53 @@
+"""``ckpt.inspect``: what a file holds, read without executing anything."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._packfile import PackReader
+from .errors import CkptError
+from .varfile import PathOrFile, open_reader
+
+__all__ = ["inspect"]
+
+
+def _slot_report(reader: PackReader, name: str) -> dict[str, Any]:
+    info = reader.slot(name)
+    out: dict[str, Any] = {
+        "serializer": info.serializer,
+        "size": info.size,
+        "sha256": info.sha256,
+        "members": list(info.members),
+        "created_at": info.created_at,
+        "dependencies": info.dependencies,
+    }
+    if info.serializer == "arrays":
+        arrays = info.info.get("arrays")
+        out["arrays"] = arrays if isinstance(arrays, list) else None
+        out["kind"] = info.info.get("kind")
+    if info.serializer == "pickle":
+        try:
+            out["globals"] = reader.pickle_globals(name)
+        except CkptError as e:
+            out["globals"] = None
+            out["error"] = str(e)
+    return out
+
+
+def inspect(file: PathOrFile) -> dict[str, Any]:
+    """A description of a pack: format version, times, metadata, and per slot its serializer,
+    size, sha256, dependencies, arrays, and for pickle slots the globals it would import.
+
+    Pickle slots are read by their opcodes only (after their sha256 is checked); nothing in
+    the file is imported or executed.
+    """
+    with open_reader(file) as reader:
+        return {
+            "file": reader.label,
+            "format_version": reader.format_version,
+            "has_manifest": reader.has_manifest,
+            "created_at": reader.created_at,
+            "updated_at": reader.updated_at,
+            "metadata": dict(reader.metadata),
+            "slots": {name: _slot_report(reader, name) for name in reader.slots},
+        }
