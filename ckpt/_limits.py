@@ -12,8 +12,8 @@ ALIGNMENT = 64
 #: Largest manifest member accepted, in bytes.
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 
-#: Most members (zip entries) accepted in one file.
-MAX_MEMBERS = 1_000_000
+#: Most members (zip entries) accepted in one file (keeps a hostile directory's parse under ~50 MB).
+MAX_MEMBERS = 100_000
 
 #: Longest member name accepted, in bytes (UTF-8).
 MAX_NAME_BYTES = 4096

@@ -24,6 +24,9 @@ __all__ = [
     "DependencyWarning",
     "CheckpointNotFoundError",
     "ReadOnlyPackError",
+    "SaveError",
+    "LockedError",
+    "CorruptCheckpointWarning",
 ]
 
 
@@ -140,6 +143,27 @@ class DependencyError(CkptError, RuntimeError):
 
 class CheckpointNotFoundError(CkptError, FileNotFoundError):
     """A checkpoint index was asked for that is not in the checkpoint directory."""
+
+
+class SaveError(CkptError, OSError):
+    """Writing a checkpoint failed (disk full, I/O error, ...); earlier checkpoints are intact.
+
+    ``errno`` is the failing operation's, so ``except OSError`` callers can test for ENOSPC.
+    """
+
+    def __init__(self, message: str, *, errno: Optional[int] = None, file: Optional[str] = None):
+        CkptError.__init__(self, message, file=file)
+        self.errno = errno  # type: ignore[misc]
+        self.strerror = message  # type: ignore[misc]
+        self.filename = file  # type: ignore[misc]
+
+
+class LockedError(CkptError, TimeoutError):
+    """Another writer holds the checkpoint directory's lock and ``lock_timeout`` ran out."""
+
+
+class CorruptCheckpointWarning(UserWarning):
+    """``restore()`` skipped a damaged newest checkpoint and restored an older, intact one."""
 
 
 class DependencyWarning(UserWarning):

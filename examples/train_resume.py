@@ -1,0 +1,260 @@
+"""Kill a training run with SIGKILL, resume it from its last checkpoint, get the same result.
+
+This demo trains a small objax MLP with Adam three times, each in its own process:
+
+  1. reference: T steps without interruption;
+  2. crashed:   the same run, killed with SIGKILL part-way (no cleanup, no
+                ``finally``, no atexit: just like a preempted machine or kill -9);
+  3. resumed:   a new process on the crashed run's log directory, which restores
+                the latest checkpoint and trains on to step T.
+
+All three run the same training code, which restores before it trains:
+
+    ck = ckpt.Checkpoint(logdir, keep_ckpts=3)
+    step, path = ck.restore(model.vars(), extras={"opt": opt.vars()})  # (0, '') if none yet
+    ...
+    ck.save(model.vars(), idx=step, extras={"opt": opt.vars(), "metrics": {"loss": loss}})
+
+The resumed run ends with the same loss and bit-identical weights as the
+reference run, because the checkpoint holds everything the next step depends
+on: the weights, Adam's moments and step counter (``opt.vars()``), and the
+step number, which picks the mini-batch.
+
+Run it with:  python examples/train_resume.py            (about 15 s on a laptop CPU)
+Options:      --steps, --every, --crash-at, --logdir, --keep; see --help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # set before jax is imported: no accelerator probing
+
+import numpy as np
+
+import ckpt
+
+SEED = 0
+N_SAMPLES, N_FEATURES, BATCH = 1024, 8, 64
+LEARNING_RATE = 1e-2
+KEEP_CKPTS = 3
+
+
+# -- the training script: what a user's train.py looks like ---------------------------------------
+def make_data(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed synthetic regression problem: y = sin(x @ w) + noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(N_SAMPLES, N_FEATURES)).astype(np.float32)
+    w = (rng.normal(size=(N_FEATURES, 1)) / np.sqrt(N_FEATURES)).astype(np.float32)
+    y = np.sin(x @ w) + 0.05 * rng.normal(size=(N_SAMPLES, 1)).astype(np.float32)
+    return x, y.astype(np.float32)
+
+
+def batch_indices(step: int, seed: int) -> np.ndarray:
+    """The mini-batch of a step depends on (seed, step) only, so a resumed run sees the same data."""
+    return np.random.default_rng([seed, step]).choice(N_SAMPLES, size=BATCH, replace=False)
+
+
+def crash() -> None:
+    """Die at once, the hard way: nothing gets a chance to clean up or flush files."""
+    if hasattr(signal, "SIGKILL"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(9)  # Windows has no SIGKILL
+
+
+def train(logdir: str, steps: int, every: int, crash_at: int | None) -> None:
+    import warnings
+
+    # objax 1.8 reads a deprecated JAX name on every Variable.assign; silence it (and only
+    # warnings raised from objax's own code) so that `python -W error` still checks everything else.
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"objax\b")
+    import objax
+
+    x, y = make_data(SEED)
+    objax.random.DEFAULT_GENERATOR.seed(SEED)
+    model = objax.nn.Sequential([objax.nn.Linear(N_FEATURES, 32), objax.functional.relu, objax.nn.Linear(32, 1)])
+    opt = objax.optimizer.Adam(model.vars())
+
+    def loss_fn(xb, yb):
+        return ((model(xb) - yb) ** 2).mean()
+
+    grad_values = objax.GradValues(loss_fn, model.vars())
+
+    def train_op(xb, yb):
+        grads, values = grad_values(xb, yb)
+        opt(LEARNING_RATE, grads)
+        return values[0]
+
+    train_op = objax.Jit(train_op, grad_values.vars() + opt.vars())
+
+    # Resume if there is a checkpoint; a fresh run gets (0, '') and keeps its initial weights.
+    ck = ckpt.Checkpoint(logdir, keep_ckpts=KEEP_CKPTS)
+    start, path = ck.restore(model.vars(), extras={"opt": opt.vars()})
+    if path:
+        adam_step = int(opt.vars()["(Adam).step"].value)
+        print(f"restored step {start} from {os.path.relpath(path, logdir)} (Adam step counter: {adam_step})")
+    else:
+        print("no checkpoint yet: starting from step 0")
+
+    for step in range(start, steps):
+        idx = batch_indices(step, SEED)
+        loss = float(train_op(x[idx], y[idx]))
+        done = step + 1  # steps completed; a checkpoint with idx=done resumes at step `done`
+        if done % every == 0 or done == steps:
+            ck.save(model.vars(), idx=done, extras={"opt": opt.vars(), "metrics": {"loss": loss}})
+            print(f"step {done:4d}  loss {loss:.6f}  saved checkpoint {done}")
+        if done == crash_at:
+            print(f"step {done:4d}  SIGKILL!")
+            crash()
+    print(f"finished {steps} steps, final loss {loss!r}")
+
+
+# -- the demo driver: runs train() in subprocesses and compares the results ------------------------
+def run_worker(title: str, logdir: str, args: argparse.Namespace, crash_at: int | None = None) -> int:
+    """Run train() in a fresh Python process, show its output indented, return its exit code."""
+    print(f"\n{title}")
+    cmd = [sys.executable, *(f"-W{w}" for w in sys.warnoptions), os.path.abspath(__file__), "--worker",
+           "--logdir", logdir, "--steps", str(args.steps), "--every", str(args.every)]
+    if crash_at is not None:
+        cmd += ["--crash-at", str(crash_at)]
+    t0 = time.perf_counter()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # print lines as they come, up to the SIGKILL
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        for line in proc.stdout or ():
+            print("    | " + line, end="", flush=True)
+    print(f"    exit code {proc.returncode} after {time.perf_counter() - t0:.1f} s")
+    return proc.returncode
+
+
+def final_state(logdir: str) -> tuple[int | None, dict[str, np.ndarray], dict[str, np.ndarray], float]:
+    """Read the last checkpoint of a run with plain ckpt calls (no objax needed)."""
+    ck = ckpt.Checkpoint(logdir, makedir=False)
+    extras = ck.load_extras(names=["opt", "metrics"])
+    return ck.latest(), ck.load(), extras["opt"], extras["metrics"]["loss"]
+
+
+def compare(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list[str]:
+    """Names whose arrays differ (in any bit), or are missing on one side."""
+    return sorted(n for n in a.keys() | b.keys()
+                  if n not in a or n not in b or not np.array_equal(a[n], b[n]))
+
+
+def demo(args: argparse.Namespace, root: str) -> list[str]:
+    """Run the three phases; return a list of problems (empty on success)."""
+    reference_dir = os.path.join(root, "reference")
+    crashed_dir = os.path.join(root, "crashed")
+    killed = -signal.SIGKILL if hasattr(signal, "SIGKILL") else 9
+
+    rc = run_worker(f"[1/3] reference run: {args.steps} steps, uninterrupted   ({reference_dir})",
+                    reference_dir, args)
+    if rc != 0:
+        return [f"the reference run failed with exit code {rc}"]
+
+    rc = run_worker(f"[2/3] the same run, killed with SIGKILL after step {args.crash_at}   ({crashed_dir})",
+                    crashed_dir, args, crash_at=args.crash_at)
+    if rc != killed:
+        return [f"the crashed run should have died by SIGKILL (exit code {killed}), got {rc}"]
+    on_disk = ckpt.Checkpoint(crashed_dir, makedir=False).indices()
+    print(f"    checkpoints left on disk: {on_disk}; the last {args.crash_at - max(on_disk, default=0)} "
+          f"steps were lost")
+
+    rc = run_worker(f"[3/3] resumed run: a new process on {crashed_dir}", crashed_dir, args)
+    if rc != 0:
+        return [f"the resumed run failed with exit code {rc}"]
+
+    ref_step, ref_weights, ref_opt, ref_loss = final_state(reference_dir)
+    res_step, res_weights, res_opt, res_loss = final_state(crashed_dir)
+    n_values = sum(w.size for w in ref_weights.values())
+    weights_diff, opt_diff = compare(ref_weights, res_weights), compare(ref_opt, res_opt)
+
+    print("\nSummary")
+    print(f"  reference run : final loss {ref_loss!r} at step {ref_step}")
+    print(f"  crashed run   : SIGKILL after step {args.crash_at}, checkpoints on disk {on_disk}")
+    restored = f"restored step {on_disk[-1]}" if on_disk else "no checkpoint to restore, restarted"
+    print(f"  resumed run   : {restored}, final loss {res_loss!r} at step {res_step}")
+    print(f"  final weights : {'bit-identical' if not weights_diff else 'DIFFERENT'} "
+          f"({len(ref_weights)} arrays, {n_values} values)")
+    print(f"  Adam state    : {'bit-identical' if not opt_diff else 'DIFFERENT'} "
+          f"({len(ref_opt)} arrays, moments and step counter)")
+
+    problems = []
+    if ref_step != args.steps or res_step != args.steps:
+        problems.append(f"expected both runs to end at step {args.steps}, got {ref_step} and {res_step}")
+    if res_loss != ref_loss:
+        problems.append(f"final losses differ: reference {ref_loss!r}, resumed {res_loss!r}")
+    if weights_diff:
+        problems.append(f"final weights differ: {', '.join(weights_diff)}")
+    if opt_diff:
+        problems.append(f"optimizer state differs: {', '.join(opt_diff)}")
+    return problems
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=300, help="training steps T (default: %(default)s)")
+    p.add_argument("--every", type=int, default=50,
+                   help="save a checkpoint every this many steps (default: %(default)s)")
+    p.add_argument("--crash-at", type=int, default=None,
+                   help="kill the second run after this step (default: 7/12 of --steps, between two saves)")
+    p.add_argument("--logdir", default=None,
+                   help="empty or new directory for the runs (default: a fresh temporary directory)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory at the end")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: run train() only
+    args = p.parse_args()
+    if args.steps < 2 or args.every < 1:
+        p.error("--steps must be >= 2 and --every >= 1")
+    if not args.worker:
+        if args.crash_at is None:
+            args.crash_at = args.steps * 7 // 12
+        if not 0 < args.crash_at < args.steps:
+            p.error(f"--crash-at must be between 1 and {args.steps - 1}")
+    if args.worker and args.logdir is None:
+        p.error("--worker needs --logdir")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    if args.worker:
+        train(args.logdir, args.steps, args.every, args.crash_at)
+        return 0
+
+    if args.logdir is None:
+        root, cleanup = tempfile.mkdtemp(prefix="ckpt-train-resume-"), not args.keep
+    else:
+        root, cleanup = os.path.abspath(args.logdir), False
+        if os.path.isdir(root) and os.listdir(root):
+            print(f"error: --logdir {root} is not empty; the demo needs fresh directories", file=sys.stderr)
+            return 2
+        os.makedirs(root, exist_ok=True)
+
+    print(f"ckpt {ckpt.__version__} demo: interrupt training with SIGKILL, resume, compare with an "
+          f"uninterrupted run.\nMLP {N_FEATURES}-32-1, Adam, batch {BATCH}, {args.steps} steps, checkpoint "
+          f"every {args.every} (keep {KEEP_CKPTS}), seed {SEED}.")
+    t0 = time.perf_counter()
+    problems = demo(args, root)
+    elapsed = time.perf_counter() - t0
+
+    if problems:
+        print("\nFAILED: the resumed run does not match the uninterrupted one:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        print(f"  (run directories kept for inspection in {root})", file=sys.stderr)
+        return 1
+    print(f"\nOK: resuming after SIGKILL reproduced the uninterrupted run bit for bit ({elapsed:.1f} s).")
+    if cleanup:
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        print(f"Checkpoints kept in {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
