@@ -9,6 +9,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import logging as _logging
+
+# A library adds no output of its own: applications decide where "ckpt" logs go.
+_logging.getLogger("ckpt").addHandler(_logging.NullHandler())
+
 from . import errors
 from ._inspect import inspect
 from ._packfile import DEFAULT_SLOT

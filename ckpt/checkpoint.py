@@ -8,14 +8,25 @@ deleted, and temp files are never listed, restored or counted.
 
 from __future__ import annotations
 
+import errno as _errno
 import logging
 import os
 import re
+import time
+import warnings
 from typing import Any, Mapping, Optional
 
 from . import _io, collections as _coll, deps as _deps, serializers as _ser
 from ._packfile import DEFAULT_SLOT
-from .errors import CheckpointNotFoundError
+from .errors import (
+    CheckpointNotFoundError,
+    ChecksumError,
+    CkptError,
+    CorruptCheckpointWarning,
+    FormatError,
+    LockedError,
+    SaveError,
+)
 from .pack import check_slot_name
 from .varfile import PreparedRestore, open_reader, prepare_restore, write_file
 
@@ -112,10 +123,49 @@ class Checkpoint:
 
     # -- saving ------------------------------------------------------------
     def _lock(self) -> Any:
+        """The directory's writer lock (an OS lock: a writer killed with SIGKILL releases it)."""
         import filelock  # imported here so that `import ckpt` needs numpy alone
 
-        return filelock.FileLock(os.path.join(self.directory, self.LOCK_NAME),
+        lock = filelock.FileLock(os.path.join(self.directory, self.LOCK_NAME),
                                  timeout=-1 if self.lock_timeout is None else self.lock_timeout)
+        directory = self.directory
+        timeout = self.lock_timeout
+
+        class _Held:
+            def __enter__(self) -> None:
+                try:
+                    lock.acquire()
+                except filelock.Timeout:
+                    raise LockedError(
+                        f"{directory}: another process is saving to this checkpoint directory (lock held for more "
+                        f"than {timeout} s); pass lock_timeout=None to wait for it",
+                        file=directory) from None
+
+            def __exit__(self, *exc: Any) -> None:
+                lock.release()
+
+        return _Held()
+
+    def _clean_stale_temps(self) -> None:
+        """Remove temp files left by writers that are gone (killed mid-save)."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return
+        for name in names:
+            parsed = _io.parse_temp_name(name)
+            if parsed is None or not self._pattern.match(parsed[0]):
+                continue
+            pid = parsed[1]
+            if pid == os.getpid() or _pid_alive(pid):
+                continue
+            try:
+                _io.ops.unlink(os.path.join(self.directory, name))
+                log.info("removed stale temp file %s left by process %d", name, pid)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("could not remove stale temp file %s: %s", name, e)
 
     def save(self, vc: Any, idx: int, *, extras: Optional[Mapping[str, Any]] = None,
              metadata: Optional[Mapping[str, Any]] = None, module: Any = None) -> str:
@@ -145,7 +195,15 @@ class Checkpoint:
             raise FileNotFoundError(f"checkpoint directory {self.directory} does not exist (makedir=False)")
         path = self.path(idx)
         with self._lock():
-            write_file(path, slots, metadata=metadata, serializers=serializers)
+            self._clean_stale_temps()
+            try:
+                write_file(path, slots, metadata=metadata, serializers=serializers)
+            except CkptError:
+                raise
+            except OSError as e:
+                raise SaveError(
+                    f"could not write checkpoint {idx} to {path}: {e.strerror or e}; the earlier checkpoints are "
+                    "intact", errno=e.errno, file=path) from e
             self._log("saved checkpoint %s", path)
             self._rotate(idx)
         return path
@@ -184,18 +242,43 @@ class Checkpoint:
         """Restore ``vc`` (and ``extras``) from checkpoint ``idx``, or the latest; returns ``(idx, path)``.
 
         With no checkpoint at all, returns ``(0, '')`` and leaves ``vc`` untouched.
+        Without ``idx``, a newest checkpoint that fails verification (truncated,
+        bad hash) is skipped with a :class:`~ckpt.errors.CorruptCheckpointWarning`
+        and the previous intact one is restored; ``restore(idx=N)`` of a damaged
+        file raises.
         ``extras`` maps slot names to targets: a collection of arrays is restored in
         place (an immutable pytree is replaced by the restored one), and any other
         entry (e.g. None) is replaced by the stored value. Everything is read and
         verified before anything is assigned.
         """
-        resolved = self._resolve(idx)
-        if resolved is None:
-            self._log("no checkpoint in %s; nothing restored", self.directory)
-            return 0, ""
+        extras = extras if extras is not None else {}
+        if idx is not None:
+            resolved = self._resolve(idx)
+            return self._restore_one(resolved, vc, extras, renamer=renamer, strict=strict, trusted=trusted)
+        tried: set[int] = set()
+        while True:
+            # Re-list each time: a concurrent writer may have added or rotated files meanwhile.
+            candidates = [i for i in self.indices() if i not in tried]
+            if not candidates:
+                if tried:
+                    raise FormatError(f"{self.directory}: every checkpoint ({sorted(tried)}) is damaged; "
+                                      "nothing was restored", file=self.directory)
+                self._log("no checkpoint in %s; nothing restored", self.directory)
+                return 0, ""
+            newest = candidates[-1]
+            tried.add(newest)
+            try:
+                return self._restore_one(newest, vc, extras, renamer=renamer, strict=strict, trusted=trusted)
+            except FileNotFoundError:
+                continue  # rotated away between listing and opening
+            except (ChecksumError, FormatError) as e:
+                warnings.warn(f"skipping damaged checkpoint {self.path(newest)}: {e}", CorruptCheckpointWarning,
+                              stacklevel=2)
+
+    def _restore_one(self, resolved: int, vc: Any, extras: dict[str, Any], *, renamer: _coll.Renamer,
+                     strict: bool, trusted: _ser.Trusted) -> tuple[int, str]:
         path = self.path(resolved)
         self._log("restoring from %s", path)
-        extras = extras if extras is not None else {}
         with open_reader(path) as reader:
             names = [DEFAULT_SLOT, *extras]
             for n in names:
@@ -214,6 +297,23 @@ class Checkpoint:
             extras[name] = p.commit()
         extras.update(loaded)
         return resolved, path
+
+    def wait_for_new(self, after: Optional[int] = None, timeout: Optional[float] = None,
+                     poll_interval: float = 0.1) -> Optional[int]:
+        """Block until a checkpoint newer than ``after`` is committed; return its index.
+
+        Returns the smallest committed index greater than ``after`` (any index when
+        ``after`` is None), or None if ``timeout`` seconds pass first. Lets an
+        evaluation process follow a trainer.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            newer = [i for i in self.indices() if after is None or i > after]
+            if newer:
+                return newer[0]
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(poll_interval if deadline is None else max(0.0, min(poll_interval, deadline - time.monotonic())))
 
     def load(self, idx: Optional[int] = None) -> dict[str, Any]:
         """The stored arrays of checkpoint ``idx`` (or the latest) as {name: numpy array}."""
@@ -250,3 +350,15 @@ class Checkpoint:
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.logdir!r}, keep_ckpts={self.keep_ckpts})"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError as e:
+        return e.errno != _errno.ESRCH
+    return True
