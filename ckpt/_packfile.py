@@ -10,7 +10,9 @@ content once, and writes the manifest last.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import sys
+import zlib
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterable, Mapping, Optional
 
@@ -68,6 +70,7 @@ class PackReader:
             raise NotAPackError(f"{label}: {what}; ckpt only reads zip-based pack/.npz files and never unpickles "
                                 "a bare file", file=label)
         self.zip = _zip.ZipReader(f, file=label)
+        self.mm = _map(f) if start == 0 else None
         self.members: dict[str, _Member] = {}
         if MANIFEST_MEMBER in self.zip.members:
             self._read_manifest()
@@ -139,9 +142,19 @@ class PackReader:
                 break
         return out[:n]
 
-    def read_member(self, name: str, *, verify: bool = True, slot: Optional[str] = None) -> bytearray:
-        """A member's bytes in a writable buffer, checked against its sha256 (or CRC without one)."""
+    def read_member(self, name: str, *, verify: bool = True, slot: Optional[str] = None,
+                    copy: bool = True) -> Any:
+        """A member's bytes, checked against its sha256 (or CRC without one).
+
+        With ``copy=False`` and a memory-mapped file, the result is a read-only
+        view of the mapping (no copy); otherwise a writable ``bytearray``.
+        """
         m = self.members[name]
+        if self.mm is not None and m.zip.method == _zip.STORED and not copy:
+            view = memoryview(self.mm)[m.zip.data_offset:m.zip.data_offset + m.zip.size]
+            if verify:
+                self._check(view, m, name, slot)
+            return view
         buf = bytearray(m.zip.size)
         view = memoryview(buf)
         pos = 0
@@ -158,6 +171,22 @@ class PackReader:
                 file=self.label, slot=slot, member=name, expected=m.sha256, found=sha.hexdigest(),
             )
         return buf
+
+    def _check(self, view: memoryview, m: _Member, name: str, slot: Optional[str]) -> None:
+        if m.sha256 is None:
+            found_crc = _crc32(view)
+            if found_crc != m.zip.crc:
+                raise ChecksumError(
+                    f"{self.label}: member {name!r} fails its CRC check (recorded {m.zip.crc:08x}, computed "
+                    f"{found_crc:08x})", file=self.label, slot=slot, member=name)
+            return
+        found = _sha256(view)
+        if found != m.sha256:
+            raise ChecksumError(
+                f"{self.label}: slot {slot!r} member {name!r} is corrupt: sha256 {found} does not match "
+                f"the recorded {m.sha256}",
+                file=self.label, slot=slot, member=name, expected=m.sha256, found=found,
+            )
 
     def member_chunks(self, name: str) -> Iterable[bytes]:
         return self.zip.chunks(self.members[name].zip, check_crc=False)
@@ -192,7 +221,7 @@ class PackReader:
             raise TypeError(f"{self.label}: slot {slot!r} holds {info.serializer} data, not arrays")
         return _ser.ArraysView(
             info.members, info.info,
-            read_member=lambda m: self.read_member(m, verify=verify, slot=slot),
+            read_member=lambda m, copy=True: self.read_member(m, verify=verify, slot=slot, copy=copy),
             read_head=self.read_head,
             member_size=self.member_size,
             where=f"{self.label} slot {slot!r}",
@@ -248,6 +277,35 @@ class PackReader:
             return arr
 
         return _ser.decode_pickle(data, trusted, where, load_array=load_array, file=self.label, slot=slot)
+
+
+def _map(f: BinaryIO) -> Optional[mmap.mmap]:
+    """A read-only mapping of a real file (None for in-memory or unmappable files)."""
+    try:
+        fileno = f.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+    try:
+        return mmap.mmap(fileno, 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None
+
+
+_HASH_SLICE = 64 * 1024 * 1024
+
+
+def _sha256(view: memoryview) -> str:
+    h = hashlib.sha256()
+    for start in range(0, len(view), _HASH_SLICE):  # slices: hashlib releases the GIL on large updates
+        h.update(view[start:start + _HASH_SLICE])
+    return h.hexdigest()
+
+
+def _crc32(view: memoryview) -> int:
+    crc = 0
+    for start in range(0, len(view), _HASH_SLICE):
+        crc = zlib.crc32(view[start:start + _HASH_SLICE], crc)
+    return crc
 
 
 # -- writing ----------------------------------------------------------------

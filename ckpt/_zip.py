@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
+import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator, NoReturn, Optional, Union
 
@@ -46,6 +48,20 @@ _DOS_DATE = (0 << 9) | (1 << 5) | 1  # 1980-01-01: fixed, so output is determini
 _MADE_BY = (3 << 8) | 45  # Unix, spec 4.5
 _EXTERNAL_ATTR = (0o100644 << 16)
 _ALIGN_EXTRA_ID = 0xD935  # the id Android's zipalign uses for padding records
+
+
+_OVERLAP_MIN = 1 << 20
+_POOL: Optional[ThreadPoolExecutor] = None
+_POOL_LOCK = threading.Lock()
+
+
+def _hasher() -> ThreadPoolExecutor:
+    """One process-wide thread that hashes chunks while the caller writes them."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-hash")
+        return _POOL
 
 
 @dataclass
@@ -133,9 +149,16 @@ class ZipWriter:
             view = memoryview(chunk).cast("B")
             if written + len(view) > size:
                 raise FormatError(f"internal error: member {name!r} longer than its declared {size} bytes")
-            crc = zlib.crc32(view, crc)
-            sha.update(view)
-            self._write(view)
+            if len(view) >= _OVERLAP_MIN:
+                # sha256 in a helper thread while this one writes and CRCs: all three release the GIL.
+                pending = _hasher().submit(sha.update, view)
+                self._write(view)
+                crc = zlib.crc32(view, crc)
+                pending.result()
+            else:
+                crc = zlib.crc32(view, crc)
+                sha.update(view)
+                self._write(view)
             written += len(view)
         if written != size:
             raise FormatError(f"internal error: member {name!r} is {written} bytes, declared {size}")

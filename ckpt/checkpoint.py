@@ -8,12 +8,15 @@ deleted, and temp files are never listed, restored or counted.
 
 from __future__ import annotations
 
+import atexit
 import errno as _errno
 import logging
 import os
 import re
 import time
 import warnings
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Mapping, Optional
 
 from . import _io, collections as _coll, deps as _deps, serializers as _ser
@@ -28,7 +31,7 @@ from .errors import (
     SaveError,
 )
 from .pack import check_slot_name
-from .varfile import PreparedRestore, open_reader, prepare_restore, write_file
+from .varfile import PreparedRestore, encode_slots, open_reader, prepare_restore, write_encoded
 
 log = logging.getLogger("ckpt")
 
@@ -72,7 +75,8 @@ class Checkpoint:
     LOCK_NAME: str = ".ckpt.lock"
 
     def __init__(self, logdir: str, keep_ckpts: int = 5, makedir: bool = True, verbose: bool = True, *,
-                 deps: str = "warn", verify: bool = True, lock_timeout: Optional[float] = None):
+                 deps: str = "warn", verify: bool = True, lock_timeout: Optional[float] = None,
+                 async_save: bool = False):
         if isinstance(keep_ckpts, bool) or not isinstance(keep_ckpts, int) or keep_ckpts < 1:
             raise ValueError(f"keep_ckpts must be an integer >= 1 (the newest checkpoint is always kept), "
                              f"not {keep_ckpts!r}")
@@ -82,6 +86,10 @@ class Checkpoint:
         self.deps = _deps.check_mode(deps)
         self.verify = verify
         self.lock_timeout = lock_timeout
+        self.async_save = async_save
+        self._executor: Optional[ThreadPoolExecutor] = None
+        self._pending: Optional[Future[None]] = None
+        self._pending_idx: Optional[int] = None
         self._pattern = _format_regex(self.FILE_FORMAT)
         if makedir:
             os.makedirs(self.directory, exist_ok=True)
@@ -168,8 +176,14 @@ class Checkpoint:
                 log.warning("could not remove stale temp file %s: %s", name, e)
 
     def save(self, vc: Any, idx: int, *, extras: Optional[Mapping[str, Any]] = None,
-             metadata: Optional[Mapping[str, Any]] = None, module: Any = None) -> str:
+             metadata: Optional[Mapping[str, Any]] = None, module: Any = None, block: Optional[bool] = None) -> str:
         """Write checkpoint ``idx`` atomically, then rotate old ones; returns its path.
+
+        With ``async_save=True`` on the manager (or ``block=False`` here) it returns
+        once a consistent snapshot is taken (JAX arrays are immutable and kept by
+        reference; writable numpy arrays are copied) and writes in a background
+        thread; :meth:`wait` blocks until it is durable, and a background error is
+        raised by the next ``save``, ``wait`` or ``close``.
 
         ``extras`` are more slots in the same file (optimizer state, RNG keys,
         metrics, config, ...), each stored by type as arrays, JSON, raw or pickle.
@@ -193,11 +207,26 @@ class Checkpoint:
             serializers["module"] = "pickle"
         if not os.path.isdir(self.directory):
             raise FileNotFoundError(f"checkpoint directory {self.directory} does not exist (makedir=False)")
+        background = self.async_save if block is None else not block
+        self._finish_pending(raise_error=True)  # one snapshot in flight at most; surfaces earlier errors
+        encoded = encode_slots(slots, serializers, snapshot=background)
         path = self.path(idx)
+        if not background:
+            self._commit(idx, path, encoded, metadata)
+            return path
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-save")
+            _live_managers.add(self)
+        self._pending = self._executor.submit(self._commit, idx, path, encoded, metadata)
+        self._pending_idx = idx
+        return path
+
+    def _commit(self, idx: int, path: str, encoded: Mapping[str, Any], metadata: Optional[Mapping[str, Any]]) -> None:
+        """Write, fsync, rename, then rotate: under the directory lock, in the caller's or the save thread."""
         with self._lock():
             self._clean_stale_temps()
             try:
-                write_file(path, slots, metadata=metadata, serializers=serializers)
+                write_encoded(path, encoded, metadata=metadata)
             except CkptError:
                 raise
             except OSError as e:
@@ -206,7 +235,37 @@ class Checkpoint:
                     "intact", errno=e.errno, file=path) from e
             self._log("saved checkpoint %s", path)
             self._rotate(idx)
-        return path
+
+    def _finish_pending(self, *, raise_error: bool) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        error = pending.exception()
+        if error is None:
+            return
+        if raise_error:
+            raise error
+        self._pending = pending  # keep it for the next save/wait/close to raise
+
+    def wait(self) -> None:
+        """Block until every background save is durable; raise the error of one that failed."""
+        self._finish_pending(raise_error=True)
+
+    def close(self) -> None:
+        """Wait for background saves (raising their error), then stop the save thread."""
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+                _live_managers.discard(self)
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def _rotate(self, just_written: int) -> None:
         """Delete all but the newest ``keep_ckpts`` (by step), never the file just written."""
@@ -251,6 +310,7 @@ class Checkpoint:
         entry (e.g. None) is replaced by the stored value. Everything is read and
         verified before anything is assigned.
         """
+        self._finish_pending(raise_error=False)  # see our own in-flight save; its error stays for save/wait
         extras = extras if extras is not None else {}
         if idx is not None:
             resolved = self._resolve(idx)
@@ -362,3 +422,20 @@ def _pid_alive(pid: int) -> bool:
     except OSError as e:
         return e.errno != _errno.ESRCH
     return True
+
+
+#: Managers with a save thread, so that interpreter exit can finish their saves.
+_live_managers: "weakref.WeakSet[Checkpoint]" = weakref.WeakSet()
+
+
+@atexit.register
+def _finish_at_exit() -> None:
+    """Let in-flight background saves finish at interpreter exit; log (never swallow) their errors."""
+    for manager in list(_live_managers):
+        pending = manager._pending
+        if pending is None:
+            continue
+        error = pending.exception()
+        if error is not None:
+            log.error("background save of checkpoint %s in %s failed: %s", manager._pending_idx,
+                      manager.directory, error, exc_info=error)

@@ -218,7 +218,7 @@ def _place_like(old: Any, arr: np.ndarray) -> Any:
         jax = _jax()
         sharding = getattr(old, "sharding", None)
         return jax.device_put(arr, sharding) if sharding is not None else jax.numpy.asarray(arr)
-    return arr
+    return np.array(arr)  # own, writable memory: ``arr`` may be a read-only view of a mapped file
 
 
 def _dict_target(d: dict, key: str) -> Target:
@@ -257,7 +257,7 @@ def targets_of(obj: Any) -> tuple[list[Target], Callable[[], Any]]:
         shape, dtype = shape_dtype(leaf)
 
         def assign(arr: np.ndarray, i: int = i, leaf: Any = leaf) -> None:
-            new_leaves[i] = _place_like(leaf, arr) if not isinstance(leaf, np.generic) else arr[()]
+            new_leaves[i] = _place_like(leaf, arr) if not isinstance(leaf, np.generic) else arr[()].copy()
 
         targets.append(Target([name], shape, dtype, assign))
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
-from . import serializers as _ser
+from . import deps as _deps, serializers as _ser
 from ._packfile import DEFAULT_SLOT
-from .pack import Pack
-from .varfile import PathOrFile, write_file
+from .varfile import PathOrFile, open_reader, write_file
 
 __all__ = ["dump", "load"]
 
@@ -26,5 +25,9 @@ def dump(obj: Any, file: PathOrFile, *, serializer: Optional[str] = None,
 
 def load(file: PathOrFile, *, trusted: _ser.Trusted = False, deps: str = "warn", verify: bool = True) -> Any:
     """Read the default slot of a pack (or the arrays of a plain ``.npz``/objax file)."""
-    with Pack(file, deps=deps, verify=verify) as pack:
-        return pack.load(DEFAULT_SLOT, trusted=trusted)
+    mode = _deps.check_mode(deps)
+    # Read with a reader, not a Pack: a Pack treats an empty file as a new pack, but for
+    # ``load`` an empty file is not a pack at all (NotAPackError, like any other non-zip).
+    with open_reader(file) as reader:
+        _deps.report(reader.dependency_mismatches([DEFAULT_SLOT]), mode, reader.label)
+        return reader.load(DEFAULT_SLOT, trusted=trusted, verify=verify)

@@ -219,6 +219,9 @@ class Pack:
     def _rewrite(self, *, new: Mapping[str, _ser.Encoded], drop: tuple[str, ...],
                  metadata: Optional[dict[str, Any]] = None) -> None:
         r = self._reader
+        if self._fobj is not None and not _writable(self._fobj):
+            raise ReadOnlyPackError(f"{self.label}: file object is not writable; open it with 'w+b' to change the pack",
+                                    file=self.label)
         if self._fobj is not None and not _readable(self._fobj) and self._written_once():
             raise ReadOnlyPackError(
                 f"{self.label}: cannot change a pack in a write-only file object after the first write; "
@@ -277,6 +280,14 @@ def _readable(f: Any) -> bool:
         return bool(f.readable())
     except (AttributeError, OSError, ValueError):
         return False
+
+
+def _writable(f: Any) -> bool:
+    """False only when the object says it cannot be written (duck-typed objects are given a try)."""
+    try:
+        return bool(f.writable())
+    except (AttributeError, OSError, ValueError):
+        return True
 
 
 def _truncate(f: Any) -> None:

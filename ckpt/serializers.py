@@ -75,16 +75,30 @@ def choose(obj: Any) -> str:
     return "pickle"
 
 
-def encode(obj: Any, serializer: Optional[str], prefix: str) -> Encoded:
+def snapshot_leaf(leaf: Any) -> Any:
+    """A leaf that later mutation cannot change: writable numpy arrays are copied, JAX arrays are
+    immutable and kept by reference (their device-to-host copy is started now)."""
+    if isinstance(leaf, np.ndarray):
+        return leaf.copy() if leaf.flags.writeable else leaf
+    if _coll.is_jax_array(leaf):
+        start = getattr(leaf, "copy_to_host_async", None)
+        if start is not None and not all(d.platform == "cpu" for d in getattr(leaf, "devices", lambda: [])()):
+            start()
+    return leaf
+
+
+def encode(obj: Any, serializer: Optional[str], prefix: str, *, snapshot: bool = False) -> Encoded:
+    """Members and manifest info for ``obj``. With ``snapshot``, the result does not change when
+    ``obj`` is mutated afterwards (for saves that write in the background)."""
     name = serializer or choose(obj)
     if name == "arrays":
-        return encode_arrays(obj, prefix)
+        return encode_arrays(obj, prefix, snapshot=snapshot)
     if name == "json":
         return encode_json(obj, prefix)
     if name == "raw":
         return encode_raw(obj, prefix)
     if name == "pickle":
-        return encode_pickle(obj, prefix)
+        return encode_pickle(obj, prefix, snapshot=snapshot)
     raise ValueError(f"unknown serializer {name!r}; choose one of arrays, json, raw, pickle")
 
 
@@ -117,7 +131,7 @@ def _names_array(names: list[str]) -> np.ndarray:
     return np.array(names, dtype=f"<U{max([1, *map(len, names)])}")
 
 
-def encode_arrays(obj: Any, prefix: str) -> Encoded:
+def encode_arrays(obj: Any, prefix: str, *, snapshot: bool = False) -> Encoded:
     flat = _coll.flatten(obj)
     if flat is None:
         raise TypeError(f"cannot store a {type(obj).__name__} as arrays: expected an array, a dict of arrays, "
@@ -126,7 +140,8 @@ def encode_arrays(obj: Any, prefix: str) -> Encoded:
     members = [_npy_source("names.npy", names_arr)]
     members[0].identity = None
     arrays_info = []
-    for i, (name, leaf) in enumerate(zip(flat.names, flat.leaves)):
+    leaves = [snapshot_leaf(x) for x in flat.leaves] if snapshot else flat.leaves
+    for i, (name, leaf) in enumerate(zip(flat.names, leaves)):
         members.append(_npy_source(f"{i}.npy", leaf))
         shape, dtype = _coll.shape_dtype(leaf)
         arrays_info.append({"name": name, "shape": list(shape), "dtype": _npy.dtype_name(dtype)})
@@ -181,8 +196,9 @@ class ArraysView:
         self._index = {n: m for n, m in zip(self.names, self._members)}
         self._headers: dict[str, _npy.NpyHeader] = {}
 
-    def _array(self, member: str, *, expect_names: bool = False, dtype: Optional[np.dtype] = None) -> np.ndarray:
-        data = self._read_member(member)
+    def _array(self, member: str, *, expect_names: bool = False, dtype: Optional[np.dtype] = None,
+               copy: bool = True) -> np.ndarray:
+        data = self._read_member(member, copy)
         header = _npy.parse_header(bytes(data[:_limits.MAX_NPY_HEADER_BYTES]), len(data),
                                    where=f"{self.where} member {member!r}")
         return _npy.array_from_buffer(data, header, dtype=dtype)
@@ -206,12 +222,13 @@ class ArraysView:
         h = self.header(name)
         return h.shape, h.dtype
 
-    def read(self, name: str) -> np.ndarray:
-        """One array, verified, in its own writable memory."""
+    def read(self, name: str, *, copy: bool = True) -> np.ndarray:
+        """One array, verified: in its own writable memory, or with ``copy=False`` a read-only
+        view of the memory-mapped file where possible (no copy until the caller assigns it)."""
         if name not in self._index:
             raise KeyError(name)
         h = self.header(name)
-        arr = self._array(self._index[name], dtype=h.dtype)
+        arr = self._array(self._index[name], dtype=h.dtype, copy=copy)
         if arr.shape != h.shape:
             raise FormatError(f"{self.where}: array {name!r} header changed between reads")
         return arr
@@ -253,9 +270,11 @@ def encode_raw(obj: Any, prefix: str) -> Encoded:
 
 
 # -- pickle ---------------------------------------------------------------
-def encode_pickle(obj: Any, prefix: str) -> Encoded:
+def encode_pickle(obj: Any, prefix: str, *, snapshot: bool = False) -> Encoded:
     """A pickle member holding structure only, then one .npy member per array it referenced."""
     data, arrays = _module_pickle.dumps(obj)
+    if snapshot:
+        arrays = [snapshot_leaf(a) for a in arrays]
     globals_ = scan_globals(data)
     members = [MemberSource("data.pkl", len(data), lambda: [data])]
     arrays_info = []

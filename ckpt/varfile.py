@@ -19,18 +19,29 @@ from ._packfile import DEFAULT_SLOT, PackReader
 
 PathOrFile = Union[str, "os.PathLike[str]", BinaryIO]
 
-__all__ = ["save_var_collection", "load_var_collection", "write_file", "open_reader", "PreparedRestore",
-           "prepare_restore"]
+__all__ = ["save_var_collection", "load_var_collection", "write_file", "write_encoded", "encode_slots",
+           "open_reader", "PreparedRestore", "prepare_restore"]
+
+
+def encode_slots(slots: Mapping[str, Any], serializers: Optional[Mapping[str, str]] = None, *,
+                 snapshot: bool = False) -> dict[str, _ser.Encoded]:
+    """Encode every slot's value (name -> value) ready for :func:`write_encoded`."""
+    serializers = serializers or {}
+    return {
+        name: _ser.encode(value, serializers.get(name), _packfile.member_prefix(name), snapshot=snapshot)
+        for name, value in slots.items()
+    }
 
 
 def write_file(file: PathOrFile, slots: Mapping[str, Any], *, metadata: Optional[Mapping[str, Any]] = None,
                serializers: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
     """Write a new pack holding ``slots`` (name -> value): atomically for a path, in place for a file object."""
-    serializers = serializers or {}
-    encoded = {
-        name: _ser.encode(value, serializers.get(name), _packfile.member_prefix(name))
-        for name, value in slots.items()
-    }
+    return write_encoded(file, encode_slots(slots, serializers), metadata=metadata)
+
+
+def write_encoded(file: PathOrFile, encoded: Mapping[str, _ser.Encoded], *,
+                  metadata: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """Write already-encoded slots as a new pack (atomically for a path)."""
 
     def write(f: BinaryIO) -> dict[str, Any]:
         return _packfile.write_pack(f, new=encoded, metadata=metadata)
@@ -87,7 +98,8 @@ def prepare_restore(reader: PackReader, slot: str, target: Any, *, renamer: _col
     targets, rebuild = _coll.targets_of(target)
     stored = {n: view.shape_dtype(n) for n in view.names}
     pairs, report = _coll.plan(targets, stored, renamer=renamer, strict=strict, file=reader.label, slot=slot)
-    loaded = [(t, view.read(name)) for t, name in pairs]
+    # Views of the mapped file: assigning copies each array once (into the target or the device).
+    loaded = [(t, view.read(name, copy=False)) for t, name in pairs]
     return PreparedRestore(loaded, rebuild, report)
 
 
