@@ -10,6 +10,7 @@ this module works with numpy alone.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Union
 
@@ -45,9 +46,54 @@ def is_array(x: Any) -> bool:
     return is_jax_array(x)
 
 
+def is_typed_key(x: Any) -> bool:
+    """A new-style typed JAX PRNG key array (``jax.random.key``), stored as its raw key data."""
+    jax = _jax()
+    if jax is None or not hasattr(x, "dtype"):
+        return False
+    try:
+        return bool(jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))
+    except (TypeError, AttributeError):
+        return False
+
+
+def key_impl_name(key: Any) -> str:
+    """The name ``jax.random.wrap_key_data(impl=...)`` accepts for a typed key's implementation."""
+    impl = _jax().random.key_impl(key)
+    return str(getattr(impl, "name", impl))
+
+
+def wrap_key(data: np.ndarray, impl: str, *, where: str) -> Any:
+    """A typed PRNG key from stored key data (plain uint32 data when JAX is not installed)."""
+    jax = _jax()
+    if jax is None:
+        return data
+    try:
+        return jax.random.wrap_key_data(np.array(data), impl=impl)
+    except (ValueError, TypeError, KeyError) as e:
+        raise FormatError(f"{where}: cannot rebuild a {impl!r} PRNG key from data of shape {data.shape}: {e}") from None
+
+
+def is_abstract(x: Any) -> bool:
+    """A ``jax.ShapeDtypeStruct`` leaf: a shape, dtype and sharding with no data."""
+    jax = _jax()
+    return jax is not None and isinstance(x, jax.ShapeDtypeStruct)
+
+
+def storable(leaf: Any) -> Any:
+    """The array that represents a leaf on disk (typed keys become their uint32 key data)."""
+    if is_typed_key(leaf):
+        return _jax().random.key_data(leaf)
+    return leaf
+
+
 def shape_dtype(leaf: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a leaf as stored (a typed key or an abstract key: its key data's)."""
     if isinstance(leaf, np.generic):
         return (), leaf.dtype
+    if is_typed_key(leaf):
+        data = _jax().eval_shape(_jax().random.key_data, leaf)
+        return tuple(int(s) for s in data.shape), np.dtype(data.dtype)
     return tuple(int(s) for s in leaf.shape), np.dtype(leaf.dtype)
 
 
@@ -55,7 +101,7 @@ def to_host(leaf: Any) -> np.ndarray:
     """A numpy array with the leaf's data: numpy arrays as they are, device arrays copied once."""
     if isinstance(leaf, np.ndarray):
         return leaf
-    return np.asarray(leaf)
+    return np.asarray(storable(leaf))
 
 
 @dataclass
@@ -65,6 +111,11 @@ class Flat:
     kind: str  # "array" | "scalar" | "dict" | "tree" | "varcollection"
     tree: Any = None
     frameworks: set[str] = field(default_factory=set)
+
+    def leaf_info(self, i: int) -> dict[str, Any]:
+        """Extra facts the manifest records about leaf ``i`` (a typed key's implementation)."""
+        leaf = self.leaves[i]
+        return {"key_impl": key_impl_name(leaf)} if is_typed_key(leaf) else {}
 
 
 def _frameworks_of(leaves: list[Any]) -> set[str]:
@@ -122,13 +173,17 @@ def _flatten_tree(obj: Any, path: tuple[str, ...], names: list[str], leaves: lis
     jax = _jax()
     if jax is None:
         raise _NotArrays
-    pairs, _ = jax.tree_util.tree_flatten_with_path(obj)
-    if not pairs or (len(pairs) == 1 and pairs[0][1] is obj):
-        raise _NotArrays
+    if isinstance(obj, Iterator):
+        raise _NotArrays  # generators and iterators are never pytrees (and JAX warns about them)
+    pairs, _ = jax.tree_util.tree_flatten_with_path(obj, is_leaf=lambda x: isinstance(x, Iterator))
+    if len(pairs) == 1 and pairs[0][1] is obj:
+        raise _NotArrays  # not a pytree node: an object that is not an array
+    # A custom pytree node (optax state, equinox module, flax struct, dataclass): its array
+    # leaves are stored; other leaves (functions, ints, strings) come back from the template.
+    # A node without any (optax's EmptyState) is an empty subtree.
+    pairs = [(k, leaf) for k, leaf in pairs if is_array(leaf)]
     nested: dict[str, Any] = {}
     for keypath, leaf in pairs:
-        if not is_array(leaf):
-            raise _NotArrays
         parts = [_key_name(k) for k in keypath]
         d = nested
         for p in parts[:-1]:
@@ -247,6 +302,8 @@ def targets_of(obj: Any) -> tuple[list[Target], Callable[[], Any]]:
         return out, lambda: obj
     if type(obj) is dict and all(is_array(v) for v in obj.values()) and all(type(k) is str for k in obj):
         return [_dict_target(obj, k) for k in obj], lambda: obj
+    if _jax() is not None:
+        return _template_targets(obj)
     flat = flatten(obj)
     if flat is None or flat.kind not in ("tree", "array", "scalar"):
         raise TypeError(f"cannot restore into a {type(obj).__name__}: expected an objax VarCollection, a dict of "
@@ -264,25 +321,54 @@ def targets_of(obj: Any) -> tuple[list[Target], Callable[[], Any]]:
     def rebuild() -> Any:
         if flat.kind in ("array", "scalar"):
             return new_leaves[0]
-        jax = _jax()
-        if jax is not None:
-            treedef = jax.tree_util.tree_structure(obj)
-            return jax.tree_util.tree_unflatten(treedef, _leaves_in_jax_order(obj, flat, new_leaves))
         return unflatten_tree(flat.tree, new_leaves, where="restore")
 
     return targets, rebuild
 
 
-def _leaves_in_jax_order(obj: Any, flat: Flat, new_leaves: list[Any]) -> list[Any]:
-    """Map our names back to jax's leaf order (they agree on plain containers, not always on others)."""
+def _materialize(template: Any, arr: np.ndarray) -> Any:
+    """A leaf like ``template`` (array, abstract ShapeDtypeStruct, typed key) holding ``arr``,
+    placed where the template says: its sharding, or the default device."""
+    if isinstance(template, np.generic):
+        return arr[()].copy()
+    if isinstance(template, np.ndarray):
+        return np.array(arr)
     jax = _jax()
-    pairs, _ = jax.tree_util.tree_flatten_with_path(obj)
-    index = {n: i for i, n in enumerate(flat.names)}
-    out = []
-    for keypath, _leaf in pairs:
+    sharding = getattr(template, "sharding", None)
+    if is_typed_key(template):
+        impl = key_impl_name(template) if not is_abstract(template) else _abstract_key_impl(template)
+        key = jax.random.wrap_key_data(np.array(arr), impl=impl)
+        return jax.device_put(key, sharding) if sharding is not None else key
+    if sharding is not None:
+        return jax.device_put(arr, sharding)
+    return jax.numpy.asarray(arr)
+
+
+def _abstract_key_impl(sds: Any) -> str:
+    jax = _jax()
+    return key_impl_name(jax.random.wrap_key_data(np.zeros(shape_dtype(sds)[0], np.uint32)))
+
+
+def _template_targets(obj: Any) -> tuple[list[Target], Callable[[], Any]]:
+    """Targets from any JAX pytree: array and ShapeDtypeStruct leaves take stored arrays (named by
+    key path); other leaves are kept from the template. Nothing is allocated until assignment."""
+    jax = _jax()
+    pairs, treedef = jax.tree_util.tree_flatten_with_path(obj)
+    new_leaves = [leaf for _, leaf in pairs]
+    targets = []
+    for i, (keypath, leaf) in enumerate(pairs):
+        if not (is_array(leaf) or is_abstract(leaf)):
+            continue
         name = "/".join(_key_name(k) for k in keypath) or "array"
-        out.append(new_leaves[index[name]])
-    return out
+        shape, dtype = shape_dtype(leaf)
+
+        def assign(arr: np.ndarray, i: int = i, leaf: Any = leaf) -> None:
+            new_leaves[i] = _materialize(leaf, arr)
+
+        targets.append(Target([name], shape, dtype, assign))
+    if not targets:
+        raise TypeError(f"cannot restore into a {type(obj).__name__}: it has no array or ShapeDtypeStruct leaves")
+    return targets, lambda: jax.tree_util.tree_unflatten(treedef, new_leaves)
 
 
 def _renamed(names: list[str], renamer: Renamer) -> dict[str, str]:
@@ -294,10 +380,12 @@ def _renamed(names: list[str], renamer: Renamer) -> dict[str, str]:
 
 
 def plan(targets: list[Target], stored: Mapping[str, tuple[tuple[int, ...], np.dtype]], *, renamer: Renamer,
-         strict: bool, file: Optional[str], slot: Optional[str]) -> tuple[list[tuple[Target, str]], dict[str, Any]]:
+         strict: bool, file: Optional[str], slot: Optional[str], cast: bool = False
+         ) -> tuple[list[tuple[Target, str]], dict[str, Any]]:
     """Match targets to stored arrays; raise one MismatchError listing every problem (when strict).
 
     Returns the (target, stored name) pairs to assign and a report of what was skipped.
+    With ``cast``, a dtype difference is not a mismatch (the array is converted on assignment).
     """
     index = _renamed(list(stored), renamer)
     pairs: list[tuple[Target, str]] = []
@@ -310,7 +398,7 @@ def plan(targets: list[Target], stored: Mapping[str, tuple[tuple[int, ...], np.d
                 src = index[n]
                 used.add(src)
                 shape, dtype = stored[src]
-                if tuple(shape) != tuple(t.shape) or np.dtype(dtype) != t.dtype:
+                if tuple(shape) != tuple(t.shape) or (np.dtype(dtype) != t.dtype and not cast):
                     mismatched.append((n, f"{t.dtype}{list(t.shape)}", f"{np.dtype(dtype)}{list(shape)}"))
                 else:
                     pairs.append((t, src))
@@ -329,7 +417,8 @@ def plan(targets: list[Target], stored: Mapping[str, tuple[tuple[int, ...], np.d
             lines.append(f"  {name}: expected {exp}, found {found}")
         if len(mismatched) > 50:
             lines.append(f"  ... and {len(mismatched) - 50} more shape/dtype mismatches")
-        lines.append("  (pass strict=False to restore only what matches, or a renamer to map names)")
+        lines.append("  (pass strict=False to restore only what matches, cast=True to convert dtypes, or a renamer "
+                     "to map names)")
         raise MismatchError("\n".join(lines), file=file, slot=slot, missing=missing, unused=unused,
                             mismatched=mismatched)
     return pairs, report

@@ -92,14 +92,18 @@ class PreparedRestore:
 
 
 def prepare_restore(reader: PackReader, slot: str, target: Any, *, renamer: _coll.Renamer = None,
-                    strict: bool = True, verify: bool = True) -> PreparedRestore:
+                    strict: bool = True, verify: bool = True, cast: bool = False) -> PreparedRestore:
     """Match ``target`` against a stored arrays slot and read what it needs, assigning nothing."""
     view = reader.arrays(slot, verify=verify)
     targets, rebuild = _coll.targets_of(target)
     stored = {n: view.shape_dtype(n) for n in view.names}
-    pairs, report = _coll.plan(targets, stored, renamer=renamer, strict=strict, file=reader.label, slot=slot)
-    # Views of the mapped file: assigning copies each array once (into the target or the device).
-    loaded = [(t, view.read(name, copy=False)) for t, name in pairs]
+    pairs, report = _coll.plan(targets, stored, renamer=renamer, strict=strict, file=reader.label, slot=slot,
+                               cast=cast)
+    loaded = []
+    for t, name in pairs:
+        # A view of the mapped file: assigning copies each array once (into the target or the device).
+        arr = view.read(name, copy=False)
+        loaded.append((t, arr if arr.dtype == t.dtype else arr.astype(t.dtype)))
     return PreparedRestore(loaded, rebuild, report)
 
 
@@ -116,17 +120,24 @@ def save_var_collection(file: PathOrFile, vc: Any, *, metadata: Optional[Mapping
 
 
 def load_var_collection(file: PathOrFile, vc: Any, renamer: _coll.Renamer = None, *, strict: bool = True,
-                        deps: str = "warn", verify: bool = True) -> Any:
+                        cast: bool = False, deps: str = "warn", verify: bool = True) -> Any:
     """Restore ``vc`` from ``file`` (written by ckpt, objax or ``numpy.savez``); returns the restored collection.
 
     objax VarCollections and dicts of arrays are updated in place (and returned);
-    other pytrees are immutable, so the restored tree is returned. ``renamer`` maps
-    names in the file to names in ``vc`` (a callable or a dict). With ``strict``
-    (the default) any missing, unused, or mismatched name raises
-    :class:`~ckpt.errors.MismatchError` before anything is assigned.
+    other pytrees are immutable, so the restored tree is returned. A pytree template
+    may hold ``jax.ShapeDtypeStruct`` leaves (e.g. from ``jax.eval_shape``): arrays
+    are then built directly where their ``sharding`` says. ``renamer`` maps names
+    in the file to names in ``vc`` (a callable or a dict). With ``strict`` (the
+    default) any missing, unused or mismatched name raises
+    :class:`~ckpt.errors.MismatchError` before anything is assigned; with
+    ``strict=False`` the intersection is restored and ``(restored, skipped)`` is
+    returned, ``skipped`` holding the missing, unused and mismatched names. Dtypes
+    are converted only when asked (``cast=True``).
     """
     mode = _deps.check_mode(deps)
     with open_reader(file) as reader:
         _deps.report(reader.dependency_mismatches([DEFAULT_SLOT]), mode, reader.label)
-        prepared = prepare_restore(reader, DEFAULT_SLOT, vc, renamer=renamer, strict=strict, verify=verify)
-    return prepared.commit()
+        prepared = prepare_restore(reader, DEFAULT_SLOT, vc, renamer=renamer, strict=strict, verify=verify,
+                                   cast=cast)
+    restored = prepared.commit()
+    return restored if strict else (restored, prepared.report)
