@@ -38,21 +38,33 @@ def dtype_name(dtype: np.dtype) -> str:
 
 
 def dtype_from_name(name: str, *, where: str = "") -> np.dtype:
-    """The dtype a manifest name stands for; ml_dtypes names need ml_dtypes installed."""
+    """The dtype a manifest name stands for; ml_dtypes names need ml_dtypes installed.
+
+    The name comes from the file, so anything that is not a plain numpy or ml_dtypes
+    dtype (an object dtype, an attribute of the ml_dtypes module that is not a dtype,
+    a malformed or oversized dtype string) is refused with a FormatError.
+    """
     try:
-        return np.dtype(name)
-    except TypeError:
-        pass
-    try:
-        import ml_dtypes
-    except ImportError:
-        raise FormatError(
-            f"{where}: arrays of dtype {name!r} need the ml_dtypes package (pip install ml_dtypes)"
-        ) from None
-    dt = getattr(ml_dtypes, name, None)
+        dt: Optional[np.dtype] = np.dtype(name)
+    except (TypeError, ValueError):
+        dt = None
     if dt is None:
-        raise FormatError(f"{where}: unknown dtype {name!r} (not numpy's, not ml_dtypes')")
-    return np.dtype(dt)
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise FormatError(
+                f"{where}: arrays of dtype {name!r} need the ml_dtypes package (pip install ml_dtypes)"
+            ) from None
+        found = getattr(ml_dtypes, name, None) if name.isidentifier() else None
+        try:
+            dt = np.dtype(found) if isinstance(found, type) else None
+        except (TypeError, ValueError):
+            dt = None
+        if dt is None or not is_extension_dtype(dt):
+            raise FormatError(f"{where}: unknown dtype {name!r:.200} (not numpy's, not ml_dtypes')")
+    if dt.hasobject:
+        raise FormatError(f"{where}: dtype {name!r:.200} holds Python objects; object arrays are refused")
+    return dt
 
 
 def header_bytes(shape: tuple[int, ...], dtype: np.dtype, fortran_order: bool = False) -> bytes:
@@ -138,6 +150,8 @@ def parse_header(head: bytes, member_size: int, *, where: str) -> NpyHeader:
     if dtype.hasobject:
         raise FormatError(f"{where}: object arrays are refused (they would need pickle); dtype {dtype}")
     header = NpyHeader(dtype, shape, d["fortran_order"], total)
+    if header.count > np.iinfo(np.intp).max:
+        raise FormatError(f"{where}: .npy header shape {shape!r:.200} has more elements than numpy can index")
     if total + header.nbytes != member_size:
         raise FormatError(
             f"{where}: .npy header claims shape {shape} of {dtype} ({header.nbytes} bytes) but the member "
@@ -153,5 +167,8 @@ def array_from_buffer(buf: Any, header: NpyHeader, *, dtype: Optional[np.dtype] 
         if dtype.itemsize != dt.itemsize:
             raise FormatError(f"dtype {dtype} does not match the stored {dt} (itemsize differs)")
         dt = dtype
+    order = "F" if header.fortran_order else "C"
+    if dt.itemsize == 0:  # nothing to read (np.frombuffer refuses these; numpy.load builds them like this)
+        return np.ndarray(header.shape, dtype=dt, order=order)
     arr = np.frombuffer(buf, dtype=dt, count=header.count, offset=header.header_len)
-    return arr.reshape(header.shape, order="F" if header.fortran_order else "C")
+    return arr.reshape(header.shape, order=order)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import mmap
+import os
 import sys
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterable, Mapping, Optional
 
@@ -71,6 +73,7 @@ class PackReader:
                                 "a bare file", file=label)
         self.zip = _zip.ZipReader(f, file=label)
         self.mm = _map(f) if start == 0 else None
+        self._verified: set[str] = set()
         self.members: dict[str, _Member] = {}
         if MANIFEST_MEMBER in self.zip.members:
             self._read_manifest()
@@ -151,16 +154,22 @@ class PackReader:
         """
         m = self.members[name]
         if self.mm is not None and m.zip.method == _zip.STORED and not copy:
-            view = memoryview(self.mm)[m.zip.data_offset:m.zip.data_offset + m.zip.size]
-            if verify:
+            view = self._view(m)
+            if verify and name not in self._verified:
                 self._check(view, m, name, slot)
+                self._verified.add(name)
             return view
-        buf = bytearray(m.zip.size)
-        view = memoryview(buf)
+        # A stored member's size is bounded by the file's own; a deflated one's is only a claim (up to
+        # MAX_COMPRESSION_RATIO times its compressed size), so its buffer grows with what really inflates.
+        stored = m.zip.method == _zip.STORED
+        buf = bytearray(m.zip.size if stored else 0)
         pos = 0
         sha = hashlib.sha256() if (verify and m.sha256) else None
         for chunk in self.zip.chunks(m.zip, check_crc=verify and m.sha256 is None):
-            view[pos:pos + len(chunk)] = chunk
+            if stored:
+                buf[pos:pos + len(chunk)] = chunk
+            else:
+                buf += chunk
             pos += len(chunk)
             if sha is not None:
                 sha.update(chunk)
@@ -171,6 +180,33 @@ class PackReader:
                 file=self.label, slot=slot, member=name, expected=m.sha256, found=sha.hexdigest(),
             )
         return buf
+
+    def _view(self, m: _Member) -> memoryview:
+        if self.mm is None:
+            raise FormatError(f"{self.label}: internal error: no mapping", file=self.label)
+        return memoryview(self.mm)[m.zip.data_offset:m.zip.data_offset + m.zip.size]
+
+    def verify_members(self, names: Iterable[str], *, slot: Optional[str] = None) -> None:
+        """Check many members' hashes at once, on every core (hashlib releases the GIL).
+
+        Later zero-copy reads of these members skip the check. Without a mapping,
+        members are checked one by one as they are read.
+        """
+        todo = [n for n in dict.fromkeys(names) if n not in self._verified]
+        if self.mm is None or not todo:
+            return
+        mapped = [n for n in todo if self.members[n].zip.method == _zip.STORED]
+        big = sum(self.members[n].zip.size for n in mapped)
+        if len(mapped) < 2 or big < (8 << 20):
+            for n in mapped:
+                self._check(self._view(self.members[n]), self.members[n], n, slot)
+                self._verified.add(n)
+            return
+        with ThreadPoolExecutor(max_workers=min(len(mapped), os.cpu_count() or 1),
+                                thread_name_prefix="ckpt-verify") as pool:
+            for n, _ in zip(mapped, pool.map(lambda n: self._check(self._view(self.members[n]), self.members[n],
+                                                                     n, slot), mapped)):
+                self._verified.add(n)
 
     def _check(self, view: memoryview, m: _Member, name: str, slot: Optional[str]) -> None:
         if m.sha256 is None:
@@ -225,6 +261,7 @@ class PackReader:
             read_head=self.read_head,
             member_size=self.member_size,
             where=f"{self.label} slot {slot!r}",
+            verify_members=(lambda names: self.verify_members(names, slot=slot)) if verify else None,
         )
 
     def load(self, slot: str, *, trusted: _ser.Trusted = False, verify: bool = True) -> Any:

@@ -124,6 +124,25 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
+def _check_info(slot: str, serializer: str, info: dict[str, Any], file: Optional[str]) -> None:
+    """The types of the ``info`` fields readers rely on (arrays and pickle slots, section 3)."""
+    if serializer not in ("arrays", "pickle"):
+        return
+    arrays = info.get("arrays", [])
+    _require(isinstance(arrays, list) and all(isinstance(a, dict) for a in arrays), file,
+             f"slot {slot!r} info.arrays is not a list of objects")
+    for i, a in enumerate(arrays):
+        for key, kind in (("name", str), ("dtype", str), ("shape", list)):
+            _require(key not in a or isinstance(a[key], kind), file,
+                     f"slot {slot!r} info.arrays[{i}].{key} is not a {kind.__name__}")
+    if serializer == "arrays":
+        layout = info.get("layout", "objax")
+        _require(layout in ("objax", "named"), file, f"slot {slot!r} has unknown arrays layout {layout!r:.80}")
+        _require(isinstance(info.get("kind", "dict"), str), file, f"slot {slot!r} info.kind is not a string")
+        if layout == "named":
+            _require(all("name" in a for a in arrays), file, f"slot {slot!r} has a named layout without names")
+
+
 def decode(data: bytes, file: Optional[str], zip_members: Mapping[str, int]) -> tuple[dict[str, Any], dict[str, SlotInfo]]:
     """Parse and validate a manifest against the zip's members (name -> size)."""
     try:
@@ -178,5 +197,6 @@ def decode(data: bytes, file: Optional[str], zip_members: Mapping[str, int]) -> 
             for v in deps.values()), file, f"slot {name!r} has malformed dependencies")
         info = s.get("info", {})
         _require(isinstance(info, dict), file, f"slot {name!r} info is not an object")
+        _check_info(name, ser, info, file)
         slots[name] = SlotInfo(ser, mem, s["size"], sha, s.get("created_at"), deps, info)
     return doc, slots

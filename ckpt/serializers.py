@@ -144,7 +144,7 @@ def encode_arrays(obj: Any, prefix: str, *, snapshot: bool = False) -> Encoded:
     for i, (name, leaf) in enumerate(zip(flat.names, leaves)):
         members.append(_npy_source(f"{i}.npy", leaf))
         shape, dtype = _coll.shape_dtype(leaf)
-        arrays_info.append({"name": name, "shape": list(shape), "dtype": _npy.dtype_name(dtype)})
+        arrays_info.append({"name": name, "shape": list(shape), "dtype": _npy.dtype_name(dtype), **flat.leaf_info(i)})
     info: dict[str, Any] = {"kind": flat.kind, "layout": "objax", "arrays": arrays_info}
     if flat.tree is not None:
         info["tree"] = flat.tree
@@ -161,8 +161,10 @@ class ArraysView:
     """
 
     def __init__(self, members: list[str], info: dict[str, Any], read_member: Callable[[str], Any],
-                 read_head: Callable[[str], bytes], member_size: Callable[[str], int], where: str):
+                 read_head: Callable[[str], bytes], member_size: Callable[[str], int], where: str,
+                 verify_members: Optional[Callable[[list[str]], None]] = None):
         self._read_member = read_member
+        self._verify_members = verify_members
         self._read_head = read_head
         self._size = member_size
         self.where = where
@@ -203,6 +205,11 @@ class ArraysView:
                                    where=f"{self.where} member {member!r}")
         return _npy.array_from_buffer(data, header, dtype=dtype)
 
+    def verify(self, names: Iterable[str]) -> None:
+        """Check the hashes of these arrays up front, in parallel where the file is mapped."""
+        if self._verify_members is not None:
+            self._verify_members([self._index[n] for n in names if n in self._index])
+
     def header(self, name: str) -> _npy.NpyHeader:
         """Shape and dtype of one array, from its .npy header (not yet verified by hash)."""
         if name not in self._headers:
@@ -236,7 +243,10 @@ class ArraysView:
     def as_value(self) -> Any:
         """The slot's value as it was dumped: an array, a scalar, a dict, or a nested tree."""
         kind = self.info.get("kind", "dict")
-        arrays = {n: self.read(n) for n in self.names}
+        arrays: dict[str, Any] = {n: self.read(n) for n in self.names}  # copies: callers may write to them
+        for n, rec in zip(self.names, self.info.get("arrays") or []):
+            if isinstance(rec, dict) and isinstance(rec.get("key_impl"), str):
+                arrays[n] = _coll.wrap_key(arrays[n], rec["key_impl"], where=self.where)
         if kind == "array" and len(self.names) == 1:
             return arrays[self.names[0]]
         if kind == "scalar" and len(self.names) == 1:

@@ -99,6 +99,8 @@ def prepare_restore(reader: PackReader, slot: str, target: Any, *, renamer: _col
     stored = {n: view.shape_dtype(n) for n in view.names}
     pairs, report = _coll.plan(targets, stored, renamer=renamer, strict=strict, file=reader.label, slot=slot,
                                cast=cast)
+    if verify:
+        view.verify(name for _, name in pairs)
     loaded = []
     for t, name in pairs:
         # A view of the mapped file: assigning copies each array once (into the target or the device).
