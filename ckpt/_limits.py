@@ -12,6 +12,9 @@ ALIGNMENT = 64
 #: Largest manifest member accepted, in bytes.
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 
+#: Most JSON objects and arrays in a manifest (bounds the memory parsing takes: ~100 bytes each).
+MAX_MANIFEST_CONTAINERS = 1_000_000
+
 #: Most members (zip entries) accepted in one file (keeps a hostile directory's parse under ~50 MB).
 MAX_MEMBERS = 100_000
 

@@ -148,11 +148,34 @@ def dumps(obj: Any) -> tuple[bytes, list[Any]]:
     return buf.getvalue(), arrays
 
 
+#: Globals that run arbitrary code, import arbitrary modules or touch the system. No allow-list
+#: admits them, however broad its patterns (``"*"`` included); only ``trusted=True`` does. This is
+#: a backstop for wildcards, not the defence: the defence is an allow-list of exact names.
+NEVER_ALLOWED = (
+    "cloudpickle.*",  # rebuilds functions from bytecode and imports modules by name (subimport)
+    "builtins.eval", "builtins.exec", "builtins.compile", "builtins.__import__", "builtins.getattr",
+    "builtins.setattr", "builtins.delattr", "builtins.open", "builtins.globals", "builtins.locals",
+    "builtins.vars", "builtins.breakpoint", "builtins.input", "builtins.help", "builtins.memoryview",
+    "__builtin__.*", "types.CodeType", "types.FunctionType", "types.ModuleType", "types.LambdaType",
+    "os.*", "posix.*", "nt.*", "subprocess.*", "sys.*", "importlib.*", "runpy.*", "pickle.*", "_pickle.*",
+    "marshal.*", "shutil.*", "socket.*", "ctypes.*", "code.*", "codeop.*", "pty.*", "multiprocessing.*",
+    "operator.attrgetter", "operator.methodcaller", "functools.reduce", "copyreg.*", "pdb.*", "webbrowser.*",
+    "asyncio.*", "threading.*", "signal.*", "tempfile.*", "io.open", "io.FileIO", "pathlib.*", "glob.*",
+)
+
+
+def never_allowed(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in NEVER_ALLOWED)
+
+
 def allowed(name: str, patterns: Sequence[str]) -> bool:
-    """True if ``module.qualname`` matches an allow-list pattern (``fnmatch``: ``mypkg.models.*``)."""
+    """True if ``module.qualname`` matches an allow-list pattern (``fnmatch``: ``mypkg.models.*``)
+    and is not one of the code-execution primitives in :data:`NEVER_ALLOWED`."""
     if name == DYNAMIC or name.startswith("<"):
         return False
-    return name in SAFE_HELPERS or any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    if name in SAFE_HELPERS:
+        return True
+    return not never_allowed(name) and any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 class _Unpickler(pickle.Unpickler):
@@ -187,6 +210,10 @@ class _Unpickler(pickle.Unpickler):
             target = getattr(target, part)
             if isinstance(target, types.ModuleType):
                 raise self._refuse(full, f"which reaches the module {target.__name__} through an attribute")
+        # A re-export (``somepkg.run = os.system``) is judged by what it really is, too.
+        real = f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', '')}"
+        if full not in SAFE_HELPERS and never_allowed(real):
+            raise self._refuse(full, f"which is {real}, a code-execution primitive only trusted=True permits")
         return target
 
 

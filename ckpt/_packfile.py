@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, Iterable, Mapping, Optional
 
 from . import _limits, _npy, _zip, deps as _deps, manifest as _manifest, serializers as _ser
 from ._pickle_scan import scan_globals
-from .errors import ChecksumError, FormatError, NotAPackError, SlotNotFoundError
+from .errors import ChecksumError, FormatError, NotAPackError, SlotKindError, SlotNotFoundError
 from .manifest import MANIFEST_MEMBER, SlotInfo
 
 DEFAULT_SLOT = "main"
@@ -108,13 +108,9 @@ class PackReader:
         for n in npy:
             self.members[n] = _Member(self.zip.members[n], None)
         size = sum(self.zip.members[n].size for n in npy)
-        if "names.npy" in self.zip.members:
-            count = len(npy) - 1
-            ordered = ["names.npy"] + [f"{i}.npy" for i in range(count)]
-            missing = [n for n in ordered if n not in self.zip.members]
-            if missing:
-                raise FormatError(f"{self.label}: objax-style file has names.npy but lacks {missing[:5]}",
-                                  file=self.label)
+        count = len(npy) - 1
+        ordered = ["names.npy"] + [f"{i}.npy" for i in range(count)]
+        if "names.npy" in self.zip.members and all(n in self.zip.members for n in ordered):
             info = {"kind": "dict", "layout": "objax"}
             self.slots[DEFAULT_SLOT] = SlotInfo("arrays", ordered, size, None, None, {}, info)
         elif npy:
@@ -254,7 +250,8 @@ class PackReader:
     def arrays(self, slot: str, *, verify: bool = True) -> _ser.ArraysView:
         info = self.slot(slot)
         if info.serializer != "arrays":
-            raise TypeError(f"{self.label}: slot {slot!r} holds {info.serializer} data, not arrays")
+            raise SlotKindError(f"{self.label}: slot {slot!r} holds {info.serializer} data, not arrays",
+                                file=self.label, slot=slot)
         return _ser.ArraysView(
             info.members, info.info,
             read_member=lambda m, copy=True: self.read_member(m, verify=verify, slot=slot, copy=copy),
@@ -425,13 +422,13 @@ def write_pack(
                 names.append(by_identity[src.identity])
                 continue
             name = prefix + src.suffix
-            written = writer.add(name, src.size, src.chunks())
-            key = (written.sha256, src.size)
+            written = writer.add(name, src.size, src.chunks(), exact=src.exact)
+            key = (written.sha256, written.member.size)
             if dedup and key in by_hash and writer.can_rollback:
                 writer.rollback(written.member)
                 name = by_hash[key]
             else:
-                record(name, src.size, written.sha256)
+                record(name, written.member.size, written.sha256)
             if src.identity is not None:
                 by_identity[src.identity] = name
             names.append(name)

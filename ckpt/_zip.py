@@ -117,8 +117,13 @@ class ZipWriter:
         self._f.write(view)
         self._pos += view.nbytes
 
-    def add(self, name: str, size: int, chunks: Iterable[Buffer]) -> Written:
-        """Write one member of exactly ``size`` bytes taken from ``chunks``."""
+    def add(self, name: str, size: int, chunks: Iterable[Buffer], *, exact: bool = True) -> Written:
+        """Write one member of exactly ``size`` bytes taken from ``chunks``.
+
+        With ``exact=False``, ``size`` is only an upper bound (a compressed member):
+        the real size is patched into the local header afterwards (or given by a
+        data descriptor when ``f`` cannot seek).
+        """
         if name in self._names:
             raise FormatError(f"internal error: member {name!r} written twice")
         encoded = name.encode("utf-8")
@@ -148,7 +153,8 @@ class ZipWriter:
         for chunk in chunks:
             view = memoryview(chunk).cast("B")
             if written + len(view) > size:
-                raise FormatError(f"internal error: member {name!r} longer than its declared {size} bytes")
+                raise FormatError(f"internal error: member {name!r} longer than its {'declared' if exact else 'bound of'} "
+                                  f"{size} bytes")
             if len(view) >= _OVERLAP_MIN:
                 # sha256 in a helper thread while this one writes and CRCs: all three release the GIL.
                 pending = _hasher().submit(sha.update, view)
@@ -160,12 +166,18 @@ class ZipWriter:
                 sha.update(view)
                 self._write(view)
             written += len(view)
-        if written != size:
+        if exact and written != size:
             raise FormatError(f"internal error: member {name!r} is {written} bytes, declared {size}")
+        size = written
         if self._seekable:
             end = self._f.tell()
             self._f.seek(self._base + header_offset + 14)
-            self._f.write(struct.pack("<I", crc))
+            if zip64:
+                self._f.write(struct.pack("<I", crc))
+                self._f.seek(self._base + header_offset + _LOCAL.size + len(encoded) + 4)
+                self._f.write(struct.pack("<QQ", size, size))
+            else:
+                self._f.write(struct.pack("<III", crc, size, size))
             self._f.seek(end)
         else:
             if zip64:

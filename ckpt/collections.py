@@ -210,7 +210,7 @@ def flatten(obj: Any) -> Optional[Flat]:
         return Flat(["array"], [obj], "scalar")
     if is_array(obj):
         return Flat(["array"], [obj], "array", frameworks=_frameworks_of([obj]))
-    if type(obj) is dict and obj and all(type(k) is str for k in obj) and all(is_array(v) for v in obj.values()):
+    if type(obj) is dict and all(type(k) is str for k in obj) and all(is_array(v) for v in obj.values()):
         leaves = list(obj.values())
         return Flat(list(obj.keys()), leaves, "dict", frameworks=_frameworks_of(leaves))
     if isinstance(obj, (str, bytes, int, float, bool)) or obj is None:

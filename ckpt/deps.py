@@ -9,6 +9,7 @@ pickle rebuilds objects through the classes of the installed code.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import platform
 import warnings
@@ -27,6 +28,7 @@ Strictness = Literal["major", "minor"]
 _DIST_NAMES = {"jaxlib": "jaxlib", "ml_dtypes": "ml-dtypes", "ckpt": "ckpt"}
 
 
+@functools.lru_cache(maxsize=None)
 def installed_version(package: str) -> Optional[str]:
     """The installed version of a package (``python`` for the interpreter), or None."""
     if package == "python":

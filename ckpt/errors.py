@@ -25,6 +25,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "ReadOnlyPackError",
     "SaveError",
+    "SlotKindError",
     "LockedError",
     "CorruptCheckpointWarning",
 ]
@@ -72,6 +73,10 @@ class ChecksumError(FormatError):
 
 class SlotNotFoundError(CkptError, KeyError):
     """A pack has no slot of the requested name."""
+
+
+class SlotKindError(CkptError, TypeError):
+    """A slot holds another kind of data than the call needs (e.g. JSON where arrays are restored)."""
 
 
 class SlotExistsError(CkptError, ValueError):

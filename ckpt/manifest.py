@@ -145,6 +145,10 @@ def _check_info(slot: str, serializer: str, info: dict[str, Any], file: Optional
 
 def decode(data: bytes, file: Optional[str], zip_members: Mapping[str, int]) -> tuple[dict[str, Any], dict[str, SlotInfo]]:
     """Parse and validate a manifest against the zip's members (name -> size)."""
+    containers = data.count(b"{") + data.count(b"[")  # an upper bound, counted before parsing
+    if containers > _limits.MAX_MANIFEST_CONTAINERS:
+        raise FormatError(f"{file}: manifest has up to {containers} JSON objects/arrays, over the limit of "
+                          f"{_limits.MAX_MANIFEST_CONTAINERS}", file=file)
     try:
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:

@@ -118,6 +118,12 @@ class Pack:
             self._handle = None
         self._closed = True
 
+    def __del__(self) -> None:
+        # Like zipfile.ZipFile: a pack dropped without close() still releases its handle.
+        handle = getattr(self, "_handle", None)
+        if handle is not None:
+            handle.close()
+
     def _live(self) -> None:
         if self._closed:
             raise ValueError(f"{self.label}: pack is closed")
@@ -195,14 +201,18 @@ class Pack:
             r.verify_slot(slot)
 
     # -- changing ----------------------------------------------------------
-    def dump(self, slot: str, obj: Any, *, serializer: Optional[str] = None) -> None:
-        """Store ``obj`` in a new slot (raises SlotExistsError if it exists; ``remove`` it first)."""
+    def dump(self, slot: str, obj: Any, *, serializer: Optional[str] = None, compression: Any = None) -> None:
+        """Store ``obj`` in a new slot (raises SlotExistsError if it exists; ``remove`` it first).
+
+        ``compression`` ("zstd", "lz4" or (codec, level)) compresses the arrays of an
+        arrays slot that a sample shows will shrink (docs/FORMAT.md section 2.2).
+        """
         self._live()
         check_slot_name(slot)
         if slot in self:
             raise SlotExistsError(f"{self.label}: slot {slot!r} already exists; remove() it before dumping again",
                                   file=self.label, slot=slot)
-        encoded = _ser.encode(obj, serializer, _packfile.member_prefix(slot))
+        encoded = _ser.encode(obj, serializer, _packfile.member_prefix(slot), compression=compression)
         self._rewrite(new={slot: encoded}, drop=())
 
     def remove(self, slot: str) -> None:

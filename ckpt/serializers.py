@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _limits, _module_pickle, _npy, collections as _coll
+from . import _codec, _limits, _module_pickle, _npy, collections as _coll
 from ._pickle_scan import scan_globals, top_level_packages
 from .errors import FormatError, UntrustedPickleError
 
@@ -31,6 +32,7 @@ class MemberSource:
     size: int
     chunks: Callable[[], Iterable[Buffer]]
     identity: Optional[int] = None  # id() of the source object, to store one object once
+    exact: bool = True  # False: ``size`` is an upper bound (compressed members)
 
 
 @dataclass
@@ -87,12 +89,14 @@ def snapshot_leaf(leaf: Any) -> Any:
     return leaf
 
 
-def encode(obj: Any, serializer: Optional[str], prefix: str, *, snapshot: bool = False) -> Encoded:
+def encode(obj: Any, serializer: Optional[str], prefix: str, *, snapshot: bool = False,
+           compression: Any = None) -> Encoded:
     """Members and manifest info for ``obj``. With ``snapshot``, the result does not change when
-    ``obj`` is mutated afterwards (for saves that write in the background)."""
+    ``obj`` is mutated afterwards (for saves that write in the background). ``compression``
+    ("zstd", "lz4", (codec, level)) applies to arrays slots."""
     name = serializer or choose(obj)
     if name == "arrays":
-        return encode_arrays(obj, prefix, snapshot=snapshot)
+        return encode_arrays(obj, prefix, snapshot=snapshot, compression=_codec.Compression.parse(compression))
     if name == "json":
         return encode_json(obj, prefix)
     if name == "raw":
@@ -114,6 +118,25 @@ def _data_chunks(leaf: Any) -> Iterable[memoryview]:
         yield memoryview(flat[start:start + step])
 
 
+def _compressed_source(index: int, leaf: Any, compression: Optional[_codec.Compression]) -> Optional[MemberSource]:
+    """A compressed member for ``leaf`` if compression is on and a sample shows it pays; else None."""
+    if compression is None:
+        return None
+    arr = _coll.to_host(leaf)
+    fortran = arr.ndim > 1 and arr.flags.f_contiguous and not arr.flags.c_contiguous
+    data = np.ascontiguousarray(arr.T if fortran else arr)
+    if data.nbytes < 4096:
+        return None
+    raw = memoryview(data.reshape(-1).view(np.uint8))
+    shape, dtype = _coll.shape_dtype(leaf)
+    if not _codec.worth_compressing(raw, dtype.itemsize, compression):
+        return None
+    head = _codec.header(shape, dtype, fortran, compression, raw.nbytes)
+    bound = _codec.max_size(raw.nbytes, dtype.itemsize)
+    return MemberSource(f"{index}.ckz", bound, lambda: _codec.encode_chunks(head, raw, dtype.itemsize, compression),
+                        id(leaf), exact=False)
+
+
 def _npy_source(suffix: str, leaf: Any) -> MemberSource:
     shape, dtype = _coll.shape_dtype(leaf)
     fortran = isinstance(leaf, np.ndarray) and leaf.ndim > 1 and leaf.flags.f_contiguous and not leaf.flags.c_contiguous
@@ -131,20 +154,28 @@ def _names_array(names: list[str]) -> np.ndarray:
     return np.array(names, dtype=f"<U{max([1, *map(len, names)])}")
 
 
-def encode_arrays(obj: Any, prefix: str, *, snapshot: bool = False) -> Encoded:
+def encode_arrays(obj: Any, prefix: str, *, snapshot: bool = False,
+                  compression: Optional[_codec.Compression] = None) -> Encoded:
     flat = _coll.flatten(obj)
     if flat is None:
         raise TypeError(f"cannot store a {type(obj).__name__} as arrays: expected an array, a dict of arrays, "
                         "an objax VarCollection or a pytree of arrays")
+    bad = [n for n in flat.names if n.endswith("\x00")]
+    if bad:  # names.npy is a numpy unicode array, which drops trailing NULs
+        raise ValueError(f"array names cannot end with a NUL character: {bad[:5]!r}")
     names_arr = _names_array(flat.names)
     members = [_npy_source("names.npy", names_arr)]
     members[0].identity = None
     arrays_info = []
     leaves = [snapshot_leaf(x) for x in flat.leaves] if snapshot else flat.leaves
     for i, (name, leaf) in enumerate(zip(flat.names, leaves)):
-        members.append(_npy_source(f"{i}.npy", leaf))
+        packed = _compressed_source(i, leaf, compression)
+        members.append(packed or _npy_source(f"{i}.npy", leaf))
         shape, dtype = _coll.shape_dtype(leaf)
-        arrays_info.append({"name": name, "shape": list(shape), "dtype": _npy.dtype_name(dtype), **flat.leaf_info(i)})
+        record = {"name": name, "shape": list(shape), "dtype": _npy.dtype_name(dtype), **flat.leaf_info(i)}
+        if packed is not None and compression is not None:
+            record["encoding"] = compression.codec + ("+shuffle" if dtype.itemsize > 1 else "")
+        arrays_info.append(record)
     info: dict[str, Any] = {"kind": flat.kind, "layout": "objax", "arrays": arrays_info}
     if flat.tree is not None:
         info["tree"] = flat.tree
@@ -177,6 +208,8 @@ class ArraysView:
             if names_arr.ndim != 1 or names_arr.dtype.kind != "U":
                 raise FormatError(f"{where}: names member is not a 1-D unicode array (found {names_arr.dtype} "
                                   f"with shape {names_arr.shape})")
+            if names_arr.shape[0] != len(members) - 1:  # before converting: a huge names.npy costs memory
+                raise FormatError(f"{where}: {names_arr.shape[0]} names for {len(members) - 1} array members")
             self.names = [str(n) for n in names_arr]
             self._members = list(members[1:])
         elif layout == "named":
@@ -187,7 +220,7 @@ class ArraysView:
         if len(self.names) != len(self._members):
             raise FormatError(f"{where}: {len(self.names)} names for {len(self._members)} array members")
         if len(set(self.names)) != len(self.names):
-            dup = sorted({n for n in self.names if self.names.count(n) > 1})
+            dup = sorted(n for n, c in Counter(self.names).items() if c > 1)
             raise FormatError(f"{where}: duplicate array names {dup[:10]}")
         recorded = info.get("arrays")
         self._dtypes: dict[str, Optional[np.dtype]] = {}
@@ -196,11 +229,17 @@ class ArraysView:
                 dt = a.get("dtype") if isinstance(a, dict) else None
                 self._dtypes[n] = _npy.dtype_from_name(dt, where=where) if isinstance(dt, str) else None
         self._index = {n: m for n, m in zip(self.names, self._members)}
+        self._names_by_member = {m: n for n, m in self._index.items()}
         self._headers: dict[str, _npy.NpyHeader] = {}
 
     def _array(self, member: str, *, expect_names: bool = False, dtype: Optional[np.dtype] = None,
                copy: bool = True) -> np.ndarray:
-        data = self._read_member(member, copy)
+        data = self._read_member(member, copy and not member.endswith(".ckz"))
+        if member.endswith(".ckz"):
+            name = self._names_by_member.get(member)
+            where = f"{self.where} array {name!r} (member {member!r})" if name else f"{self.where} member {member!r}"
+            return _codec.decode(data, _codec.parse_header(data[:_limits.MAX_NPY_HEADER_BYTES + 8], where=where),
+                                 where=where, dtype=dtype)
         header = _npy.parse_header(bytes(data[:_limits.MAX_NPY_HEADER_BYTES]), len(data),
                                    where=f"{self.where} member {member!r}")
         return _npy.array_from_buffer(data, header, dtype=dtype)
@@ -216,7 +255,11 @@ class ArraysView:
             member = self._index[name]
             size = self._size(member)
             head = self._read_head(member)
-            h = _npy.parse_header(head, size, where=f"{self.where} array {name!r}")
+            if member.endswith(".ckz"):
+                c = _codec.parse_header(head, where=f"{self.where} array {name!r}")
+                h = _npy.NpyHeader(c.dtype, c.shape, c.fortran_order, -1)
+            else:
+                h = _npy.parse_header(head, size, where=f"{self.where} array {name!r}")
             true = self._dtypes.get(name)
             if true is not None and true != h.dtype:
                 if true.itemsize != h.dtype.itemsize or h.dtype.kind != "V":
@@ -262,7 +305,7 @@ def encode_json(obj: Any, prefix: str) -> Encoded:
         raise TypeError(f"{type(obj).__name__} value is not JSON-serialisable exactly (tuples, sets, numpy "
                         "values and non-str keys are not); use serializer='pickle' or convert it")
     data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    return Encoded("json", [MemberSource("data.json", len(data), lambda: [data])])
+    return Encoded("json", [MemberSource("data.json", len(data), lambda: [data])], informational={"numpy"})
 
 
 def decode_json(data: Any, where: str) -> Any:
@@ -276,7 +319,7 @@ def decode_json(data: Any, where: str) -> Any:
 
 def encode_raw(obj: Any, prefix: str) -> Encoded:
     data = bytes(obj)
-    return Encoded("raw", [MemberSource("data.bin", len(data), lambda: [data])])
+    return Encoded("raw", [MemberSource("data.bin", len(data), lambda: [data])], informational={"numpy"})
 
 
 # -- pickle ---------------------------------------------------------------
@@ -307,17 +350,24 @@ def check_trusted(trusted: Trusted, globals_: list[str], where: str, *, file: Op
         return
     if trusted is False or trusted is None or isinstance(trusted, (str, bytes)):
         shown = ", ".join(globals_) if globals_ else "(none)"
+        exact = [g for g in globals_ if g not in _module_pickle.SAFE_HELPERS]
+        primitives = [g for g in globals_ if _module_pickle.never_allowed(g) or g.startswith("<")]
+        hint = (f" It uses {', '.join(primitives)}, which can run any code: only trusted=True loads it."
+                if primitives else f" To accept exactly these, pass trusted={exact!r}.")
         raise UntrustedPickleError(
             f"{where} is a pickle, and unpickling runs code chosen by whoever wrote the file. It would import: "
-            f"{shown}. Pass trusted=True if you trust this file, or trusted=[...] with the globals you accept "
-            "(e.g. trusted=['objax.*']).",
+            f"{shown}. Pass trusted=True if you trust this file, or trusted=[...] listing the globals you "
+            f"accept.{hint}",
             file=file, slot=slot, globals=globals_,
         )
     patterns = list(trusted)
     refused = [g for g in globals_ if not _module_pickle.allowed(g, patterns)]
     if refused:
+        primitives = [g for g in refused if _module_pickle.never_allowed(g)]
+        why = (f"; {', '.join(primitives)} can run any code, so no allow-list admits them (only trusted=True)"
+               if primitives else "")
         raise UntrustedPickleError(
-            f"{where}: the pickle would import {', '.join(refused)}, not in the allow-list {patterns}; "
+            f"{where}: the pickle would import {', '.join(refused)}, not in the allow-list {patterns}{why}; "
             "nothing was executed",
             file=file, slot=slot, globals=refused,
         )

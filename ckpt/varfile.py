@@ -24,19 +24,20 @@ __all__ = ["save_var_collection", "load_var_collection", "write_file", "write_en
 
 
 def encode_slots(slots: Mapping[str, Any], serializers: Optional[Mapping[str, str]] = None, *,
-                 snapshot: bool = False) -> dict[str, _ser.Encoded]:
+                 snapshot: bool = False, compression: Any = None) -> dict[str, _ser.Encoded]:
     """Encode every slot's value (name -> value) ready for :func:`write_encoded`."""
     serializers = serializers or {}
     return {
-        name: _ser.encode(value, serializers.get(name), _packfile.member_prefix(name), snapshot=snapshot)
+        name: _ser.encode(value, serializers.get(name), _packfile.member_prefix(name), snapshot=snapshot,
+                          compression=compression)
         for name, value in slots.items()
     }
 
 
 def write_file(file: PathOrFile, slots: Mapping[str, Any], *, metadata: Optional[Mapping[str, Any]] = None,
-               serializers: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
+               serializers: Optional[Mapping[str, str]] = None, compression: Any = None) -> dict[str, Any]:
     """Write a new pack holding ``slots`` (name -> value): atomically for a path, in place for a file object."""
-    return write_encoded(file, encode_slots(slots, serializers), metadata=metadata)
+    return write_encoded(file, encode_slots(slots, serializers, compression=compression), metadata=metadata)
 
 
 def write_encoded(file: PathOrFile, encoded: Mapping[str, _ser.Encoded], *,
@@ -49,6 +50,10 @@ def write_encoded(file: PathOrFile, encoded: Mapping[str, _ser.Encoded], *,
     if isinstance(file, (str, os.PathLike)):
         return _io.atomic_write(os.fspath(file), write)
     result = write(file)
+    try:
+        file.truncate()  # a reused file object may hold a longer, older pack after ours
+    except (AttributeError, OSError, ValueError):
+        pass
     file.flush()
     return result
 
@@ -109,16 +114,20 @@ def prepare_restore(reader: PackReader, slot: str, target: Any, *, renamer: _col
     return PreparedRestore(loaded, rebuild, report)
 
 
-def save_var_collection(file: PathOrFile, vc: Any, *, metadata: Optional[Mapping[str, Any]] = None) -> None:
+def save_var_collection(file: PathOrFile, vc: Any, *, metadata: Optional[Mapping[str, Any]] = None,
+                        compression: Any = None) -> None:
     """Save a collection of arrays to ``file`` (a path, written atomically, or a binary file object, left open).
 
     ``vc`` may be an objax VarCollection, a dict of name -> array, or a JAX pytree of
-    arrays. The file opens with ``numpy.load`` and ``objax.io.load_var_collection``.
+    arrays. The file opens with ``numpy.load`` and ``objax.io.load_var_collection``,
+    unless ``compression`` ("zstd", "lz4" or (codec, level)) is given: compressed
+    arrays use ckpt's own encoding (``ckpt export`` turns such a file into a plain npz).
     """
     if _coll.flatten(vc) is None:
         raise TypeError(f"cannot save a {type(vc).__name__} as a variable collection: expected an objax "
                         "VarCollection, a dict of arrays or a pytree of arrays")
-    write_file(file, {DEFAULT_SLOT: vc}, metadata=metadata, serializers={DEFAULT_SLOT: "arrays"})
+    write_file(file, {DEFAULT_SLOT: vc}, metadata=metadata, serializers={DEFAULT_SLOT: "arrays"},
+               compression=compression)
 
 
 def load_var_collection(file: PathOrFile, vc: Any, renamer: _coll.Renamer = None, *, strict: bool = True,

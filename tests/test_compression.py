@@ -1,0 +1,199 @@
+"""Opt-in compression: byte shuffle + zstd/lz4 in parallel chunks, raw fallback, corruption."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+import zipfile
+
+import numpy as np
+import pytest
+
+import ckpt
+from ckpt import _codec
+from ckpt.errors import ChecksumError, FormatError
+
+CODECS = [c for c in ("zstd", "lz4") if pytest.importorskip("importlib").util.find_spec(
+    {"zstd": "zstandard", "lz4": "lz4"}[c]) is not None]
+
+
+def trained_like(rng, shape, dtype=np.float32):
+    """Weights with the exponent spread of trained layers: mostly small, a few larger outliers."""
+    w = rng.standard_normal(shape) * 0.02
+    w[rng.random(shape) < 0.01] *= 50
+    return w.astype(dtype)
+
+
+def model(rng):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    return {
+        "dense/kernel": trained_like(rng, (512, 1024)),
+        "dense/bias": np.zeros(1024, np.float32),
+        "emb": trained_like(rng, (1000, 256)).astype(ml_dtypes.bfloat16),
+        "half": trained_like(rng, (256, 256), np.float16),
+        "f64": trained_like(rng, (128, 128), np.float64),
+        "fortran": np.asfortranarray(trained_like(rng, (300, 200))),
+        "step": np.array(1234, np.int64),
+        "noise": rng.integers(0, 256, 1 << 20, dtype=np.uint8),  # high entropy: stored raw
+        "tiny": np.arange(3, dtype=np.float32),
+    }
+
+
+def raw_bytes(a):
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+
+
+def members_of(path):
+    return ckpt.inspect(path)["slots"]["main"]
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_roundtrip_is_exact_for_every_dtype(tmp_path, codec):
+    rng = np.random.default_rng(0)
+    w = model(rng)
+    path = tmp_path / "c.npz"
+    ckpt.save_var_collection(path, w, compression=codec)
+    back = ckpt.load(path)
+    assert list(back) == list(w)
+    for k in w:
+        assert back[k].dtype == w[k].dtype, k
+        assert back[k].shape == w[k].shape, k
+        np.testing.assert_array_equal(raw_bytes(back[k]), raw_bytes(w[k]), err_msg=k)
+    assert back["fortran"].flags.f_contiguous
+    # Restoring into a collection works the same way.
+    target = {k: np.zeros_like(v) for k, v in w.items()}
+    ckpt.load_var_collection(path, target)
+    np.testing.assert_array_equal(target["dense/kernel"], w["dense/kernel"])
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_each_array_decides_and_records_its_encoding(tmp_path, codec):
+    path = tmp_path / "c.npz"
+    ckpt.save_var_collection(path, model(np.random.default_rng(1)), compression=codec)
+    slot = members_of(path)
+    enc = {a["name"]: a.get("encoding") for a in slot["arrays"]}
+    assert enc["dense/kernel"] == f"{codec}+shuffle"
+    assert enc["emb"] == f"{codec}+shuffle"
+    assert enc["noise"] is None  # sampled ratio says it will not compress: stored raw
+    assert enc["tiny"] is None and enc["step"] is None  # too small to bother
+    names = dict(zip([a["name"] for a in slot["arrays"]], slot["members"][1:]))
+    assert names["dense/kernel"].endswith(".ckz") and names["noise"].endswith(".npy")
+    # Raw members are still ordinary .npy members numpy can read.
+    with np.load(path) as z:
+        np.testing.assert_array_equal(z[names["noise"][:-4]], model(np.random.default_rng(1))["noise"])
+
+
+def test_compression_makes_trained_like_weights_smaller_and_shuffle_matters(tmp_path):
+    pytest.importorskip("zstandard")
+    rng = np.random.default_rng(2)
+    w = {"k": trained_like(rng, (1024, 1024))}
+    plain, packed = tmp_path / "p.npz", tmp_path / "z.npz"
+    ckpt.save_var_collection(plain, w)
+    ckpt.save_var_collection(packed, w, compression="zstd")
+    ratio = packed.stat().st_size / plain.stat().st_size
+    assert ratio < 0.9, ratio
+    import zstandard
+    no_shuffle = len(zstandard.ZstdCompressor(level=3).compress(w["k"].tobytes())) / w["k"].nbytes
+    assert ratio < no_shuffle, (ratio, no_shuffle)
+
+
+def test_default_stays_uncompressed_and_aligned(tmp_path):
+    path = tmp_path / "p.npz"
+    ckpt.save_var_collection(path, {"a": np.ones((100, 100), np.float32)})
+    with zipfile.ZipFile(path) as z:
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
+        assert all(not n.endswith(".ckz") for n in z.namelist())
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_checkpoint_manager_option_and_per_save_override(tmp_path, codec):
+    ck = ckpt.Checkpoint(tmp_path, keep_ckpts=3, compression=(codec, 1))
+    w = {"k": trained_like(np.random.default_rng(3), (256, 256))}
+    p1 = ck.save(w, 1)
+    p2 = ck.save(w, 2, compression=None)
+    assert members_of(p1)["members"][1].endswith(".ckz")
+    assert members_of(p2)["members"][1].endswith(".npy")
+    target = {"k": np.zeros((256, 256), np.float32)}
+    assert ck.restore(target, idx=1)[0] == 1
+    np.testing.assert_array_equal(target["k"], w["k"])
+    with pytest.raises(ValueError, match="unknown codec"):
+        ckpt.Checkpoint(tmp_path, compression="brotli")
+
+
+def _corrupt_member(path, member, offset_from_end):
+    """Flip a byte inside a member and re-hash it in the manifest, so only the codec's own checks can notice."""
+    import hashlib
+    from ckpt.manifest import slot_digest
+    with zipfile.ZipFile(path) as z:
+        items = {n: z.read(n) for n in z.namelist()}
+    data = bytearray(items[member])
+    data[len(data) - offset_from_end] ^= 0x40
+    items[member] = bytes(data)
+    manifest = json.loads(items["__ckpt__/manifest.json"])
+    manifest["members"][member]["sha256"] = hashlib.sha256(data).hexdigest()
+    for s in manifest["slots"].values():
+        s["sha256"] = slot_digest([manifest["members"][m]["sha256"] for m in s["members"]])
+    items["__ckpt__/manifest.json"] = json.dumps(manifest).encode()
+    with zipfile.ZipFile(path, "w") as z:
+        for n, b in items.items():
+            z.writestr(n, b)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_corrupt_chunk_is_a_checksum_error_naming_the_array(tmp_path, codec):
+    w = {"weights": trained_like(np.random.default_rng(4), (512, 512))}
+    path = tmp_path / "c.npz"
+    ckpt.save_var_collection(path, w, compression=codec)
+    member = members_of(path)["members"][1]
+    # 1) Without re-hashing: the member's sha256 catches it.
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(member)
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    raw[start + info.file_size - 100] ^= 0x01
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(raw)
+    with pytest.raises(ChecksumError, match="0.ckz"):
+        ckpt.load(bad)
+    # 2) With a consistent manifest (the hash matches the damaged bytes): the codec's chunk checks catch it.
+    for offset in (100, 5000):
+        forged = tmp_path / f"forged{offset}.npz"
+        forged.write_bytes(path.read_bytes())
+        _corrupt_member(forged, member, offset)
+        with pytest.raises(ChecksumError) as err:
+            ckpt.load(forged)
+        assert "weights" in str(err.value) and "chunk" in str(err.value)
+
+
+def test_truncated_or_garbage_compressed_member_is_refused(tmp_path):
+    pytest.importorskip("zstandard")
+    h = _codec.header((10,), np.dtype(np.float32), False, _codec.Compression("zstd"), 40)
+    with pytest.raises(ChecksumError, match="truncated"):
+        _codec.decode(h, _codec.parse_header(h, where="x"), where="x")
+    with pytest.raises(FormatError, match="magic"):
+        _codec.parse_header(b"NOPE" + h[4:], where="x")
+    bad_header = _codec.MAGIC + (12).to_bytes(4, "little") + b'{"codec": 1}'
+    with pytest.raises(FormatError):
+        _codec.parse_header(bad_header, where="x")
+
+
+def test_compressed_save_memory_is_bounded_by_chunks_not_the_model(tmp_path):
+    pytest.importorskip("zstandard")
+    w = {f"w{i}": trained_like(np.random.default_rng(i), (1024, 1024)) for i in range(8)}  # 32 MiB
+    tracemalloc.start()
+    try:
+        ckpt.save_var_collection(tmp_path / "m.npz", w, compression="zstd")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, peak  # a few 1 MiB chunks and their compressed output, not 32 MiB
+
+
+def test_compressed_pack_slot_and_export_style_read(tmp_path):
+    pytest.importorskip("zstandard")
+    w = {"k": trained_like(np.random.default_rng(5), (300, 300))}
+    with ckpt.Pack(tmp_path / "p.npz") as pack:
+        pack.dump("ema", w, compression="zstd")
+        assert pack.slots_info["ema"].members[1].endswith(".ckz")
+        np.testing.assert_array_equal(pack.load("ema")["k"], w["k"])
+        pack.verify()
