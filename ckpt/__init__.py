@@ -17,6 +17,7 @@ _logging.getLogger("ckpt").addHandler(_logging.NullHandler())
 from . import errors
 from ._inspect import inspect
 from ._packfile import DEFAULT_SLOT
+from .averaging import average, ema
 from .checkpoint import Checkpoint
 from .compat import dump, load
 from .errors import (
@@ -32,11 +33,15 @@ from .errors import (
 )
 from .manifest import ManifestInfo, SlotInfo
 from .pack import Pack
+from .retention import RetentionPolicy
 from .varfile import load_var_collection, save_var_collection
 
 __all__ = [
     "__version__",
     "Checkpoint",
+    "RetentionPolicy",
+    "average",
+    "ema",
     "Pack",
     "SlotInfo",
     "ManifestInfo",

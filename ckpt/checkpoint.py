@@ -13,13 +13,14 @@ import errno as _errno
 import logging
 import os
 import re
+import threading
 import time
 import warnings
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Mapping, Optional
 
-from . import _io, collections as _coll, deps as _deps, serializers as _ser
+from . import _codec, _io, collections as _coll, deps as _deps, retention as _ret, serializers as _ser
 from ._packfile import DEFAULT_SLOT
 from .errors import (
     CheckpointNotFoundError,
@@ -65,6 +66,16 @@ class Checkpoint:
     'runs/exp1/ckpt/0000001000.npz'
     >>> idx, path = ck.restore(net.vars())                    # doctest: +SKIP
 
+    Retention policies compose: a checkpoint is kept if any policy keeps it.
+    ``keep_ckpts`` keeps the latest k (None turns it off), ``keep_every=N`` keeps
+    indices divisible by N forever, ``keep_best=k`` keeps the k best by
+    ``metric`` (``mode`` "min" or "max", values given to ``save(metrics=...)``;
+    NaN, infinite or missing values are never best), ``max_bytes`` keeps the
+    newest files whose total size fits. The newest checkpoint and the file just
+    written are never deleted; with every policy off, nothing is. Policies are
+    recomputed from the files on disk (metrics live in each manifest), so they
+    survive restarts.
+
     ``lock_timeout`` bounds how long ``save`` waits for another writer holding the
     directory's lock (None waits forever; a timeout raises ``filelock.Timeout``).
     """
@@ -74,12 +85,19 @@ class Checkpoint:
     FILE_FORMAT: str = "%010d.npz"
     LOCK_NAME: str = ".ckpt.lock"
 
-    def __init__(self, logdir: str, keep_ckpts: int = 5, makedir: bool = True, verbose: bool = True, *,
+    def __init__(self, logdir: str, keep_ckpts: Optional[int] = 5, makedir: bool = True, verbose: bool = True, *,
+                 keep_every: Optional[int] = None, keep_best: Optional[int] = None, metric: Optional[str] = None,
+                 mode: str = "min", max_bytes: Optional[int] = None,
                  deps: str = "warn", verify: bool = True, lock_timeout: Optional[float] = None,
-                 async_save: bool = False):
-        if isinstance(keep_ckpts, bool) or not isinstance(keep_ckpts, int) or keep_ckpts < 1:
+                 async_save: bool = False, compression: Any = None):
+        if keep_ckpts is not None and (isinstance(keep_ckpts, bool) or not isinstance(keep_ckpts, int)
+                                       or keep_ckpts < 1):
             raise ValueError(f"keep_ckpts must be an integer >= 1 (the newest checkpoint is always kept), "
-                             f"not {keep_ckpts!r}")
+                             f"or None to turn the keep-latest policy off, not {keep_ckpts!r}")
+        self.retention = _ret.RetentionPolicy(keep_last=keep_ckpts, keep_every=keep_every, keep_best=keep_best,
+                                              metric=metric, mode=mode, max_bytes=max_bytes)
+        self._meta_cache: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        self._meta_lock = threading.Lock()
         self.logdir = os.fspath(logdir)
         self.keep_ckpts = keep_ckpts
         self.verbose = verbose
@@ -87,6 +105,8 @@ class Checkpoint:
         self.verify = verify
         self.lock_timeout = lock_timeout
         self.async_save = async_save
+        self.compression = compression
+        _codec.Compression.parse(compression)  # refuse an unknown codec now, not at the first save
         self._executor: Optional[ThreadPoolExecutor] = None
         self._pending: Optional[Future[None]] = None
         self._pending_idx: Optional[int] = None
@@ -117,7 +137,9 @@ class Checkpoint:
         out = []
         for name in names:
             m = self._pattern.match(name)
-            if m and os.path.isfile(os.path.join(self.directory, name)):
+            # Only the exact name path() gives: '7.npz' or '00000000007.npz' would be listed as 7,
+            # but restore would open '0000000007.npz' and rotation would count a file it cannot remove.
+            if m and name == self.FILE_FORMAT % int(m.group(1)) and os.path.isfile(os.path.join(self.directory, name)):
                 out.append(int(m.group(1)))
         return sorted(set(out))
 
@@ -176,7 +198,8 @@ class Checkpoint:
                 log.warning("could not remove stale temp file %s: %s", name, e)
 
     def save(self, vc: Any, idx: int, *, extras: Optional[Mapping[str, Any]] = None,
-             metadata: Optional[Mapping[str, Any]] = None, module: Any = None, block: Optional[bool] = None) -> str:
+             metadata: Optional[Mapping[str, Any]] = None, metrics: Optional[Mapping[str, Any]] = None,
+             module: Any = None, block: Optional[bool] = None, compression: Any = "default") -> str:
         """Write checkpoint ``idx`` atomically, then rotate old ones; returns its path.
 
         With ``async_save=True`` on the manager (or ``block=False`` here) it returns
@@ -189,9 +212,20 @@ class Checkpoint:
         metrics, config, ...), each stored by type as arrays, JSON, raw or pickle.
         ``module`` (e.g. the whole objax network) is pickled into the ``module``
         slot with its arrays stored once, shared with ``vc``'s; read it back with
-        :meth:`load_module`.
+        :meth:`load_module`. ``compression`` overrides the manager's setting for this
+        save ("zstd", "lz4", (codec, level) or None).
+
+        ``metrics`` (name -> number, e.g. ``{"val_loss": 0.31}``) are recorded in
+        the manifest as ``metadata["ckpt"]["metrics"]``, where ``keep_best`` and
+        :meth:`best` read them back, also after a restart. The ``"ckpt"``
+        metadata key is the library's own.
         """
         idx = _check_idx(idx)
+        metadata = self._manifest_metadata(idx, metadata, metrics)
+        wanted = self.retention.metric
+        if metrics is not None and self.retention.keep_best is not None and wanted not in metrics:
+            log.warning("checkpoint %d: metrics %s have no %r, so keep_best cannot rank it", idx, sorted(metrics),
+                        wanted)
         if _coll.flatten(vc) is None:
             raise TypeError(f"cannot checkpoint a {type(vc).__name__}: expected an objax VarCollection, a dict "
                             "of arrays or a pytree of arrays (use extras= for other values)")
@@ -209,7 +243,8 @@ class Checkpoint:
             raise FileNotFoundError(f"checkpoint directory {self.directory} does not exist (makedir=False)")
         background = self.async_save if block is None else not block
         self._finish_pending(raise_error=True)  # one snapshot in flight at most; surfaces earlier errors
-        encoded = encode_slots(slots, serializers, snapshot=background)
+        encoded = encode_slots(slots, serializers, snapshot=background,
+                               compression=self.compression if compression == "default" else compression)
         path = self.path(idx)
         if not background:
             self._commit(idx, path, encoded, metadata)
@@ -267,21 +302,131 @@ class Checkpoint:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _rotate(self, just_written: int) -> None:
-        """Delete all but the newest ``keep_ckpts`` (by step), never the file just written."""
-        idx = self.indices()
-        keep = set(idx[-self.keep_ckpts:]) | {just_written}
-        if just_written not in idx[-self.keep_ckpts:]:
-            log.warning("checkpoint %d is older than the %d newest in %s; it is kept anyway, so %d files remain",
-                        just_written, self.keep_ckpts, self.directory, len(keep))
-        for old in idx:
-            if old not in keep:
-                path = self.path(old)
-                try:
-                    _io.remove(path)
-                    self._log("removed old checkpoint %s", path)
-                except FileNotFoundError:
-                    pass
+    def _rotate(self, just_written: Optional[int], *, dry_run: bool = False) -> list[int]:
+        """Delete what no retention policy keeps (never the newest, nor ``just_written``); returns the indices.
+
+        Runs under the lock, after the new file's rename and directory fsync, so a
+        checkpoint is only deleted once its successor is durable.
+        """
+        policy = self.retention
+        if not policy.active:
+            return []
+        entries = self._entries(metrics=policy.keep_best is not None)
+        if not entries:
+            return []
+        newest = entries[-1].idx
+        keep = _ret.select(entries, policy, newest, just_written)
+        if just_written is not None and just_written not in _ret.select(entries, policy, newest):
+            log.warning("checkpoint %d is older than the newest in %s and no retention policy keeps it; it is kept "
+                        "anyway as the file just written, so %d files remain", just_written, self.directory,
+                        len(keep & {e.idx for e in entries}))
+        removed = []
+        for e in entries:
+            if e.idx in keep:
+                continue
+            removed.append(e.idx)
+            if dry_run:
+                continue
+            path = self.path(e.idx)
+            try:
+                _io.remove(path)
+                self._log("removed old checkpoint %s", path)
+            except FileNotFoundError:
+                pass
+            with self._meta_lock:
+                self._meta_cache.pop(path, None)
+        return removed
+
+    def prune(self, dry_run: bool = False) -> list[int]:
+        """Apply the retention policies now; returns the indices removed (or, with ``dry_run``, that would be).
+
+        Useful after changing the policies of an existing run, or for a lower index
+        kept only because it was just written. The newest checkpoint always stays.
+        """
+        self._finish_pending(raise_error=False)  # see our own in-flight save; its error stays for save/wait
+        if not os.path.isdir(self.directory):
+            return []
+        if dry_run:
+            return self._rotate(None, dry_run=True)
+        with self._lock():
+            return self._rotate(None)
+
+    def best(self, metric: Optional[str] = None, mode: Optional[str] = None) -> Optional[tuple[int, dict[str, Any]]]:
+        """``(idx, metrics)`` of the best checkpoint on disk by ``metric`` (default: the manager's), or None.
+
+        NaN, infinite, missing and non-numeric values are never best; among equal
+        values the newer checkpoint wins.
+        """
+        metric = metric if metric is not None else self.retention.metric
+        if metric is None:
+            raise ValueError("best() needs a metric: pass best(metric=...) or Checkpoint(..., metric=...)")
+        mode = mode if mode is not None else self.retention.mode
+        self._finish_pending(raise_error=False)
+        found = _ret.best(self._entries(metrics=True), metric, mode)
+        return None if found is None else (found.idx, dict(found.metrics))
+
+    def metadata(self, idx: Optional[int] = None) -> dict[str, Any]:
+        """The manifest metadata of checkpoint ``idx`` (or the latest); ``["ckpt"]["metrics"]`` holds its metrics.
+
+        Reads only the zip directory and the manifest, not the arrays.
+        """
+        resolved = self._resolve(idx)
+        if resolved is None:
+            raise CheckpointNotFoundError(f"no checkpoint in {self.directory}", file=self.directory)
+        path = self.path(resolved)
+        return self._read_metadata(path, os.stat(path), strict=True)
+
+    @staticmethod
+    def _manifest_metadata(idx: int, metadata: Optional[Mapping[str, Any]],
+                           metrics: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+        """User metadata plus the library's ``"ckpt"`` record (index, metrics)."""
+        out = dict(metadata or {})
+        if "ckpt" in out:
+            raise ValueError('metadata key "ckpt" is reserved for the checkpoint\'s index and metrics; use '
+                             "save(..., metrics={...}) for metrics, or another key")
+        record: dict[str, Any] = {"idx": idx}
+        if metrics is not None:
+            record["metrics"] = _ret.normalize_metrics(metrics)
+        out["ckpt"] = record
+        return out
+
+    def _read_metadata(self, path: str, st: os.stat_result, *, strict: bool = False) -> dict[str, Any]:
+        """A file's manifest metadata, cached by (size, mtime, inode); ``{}`` for an unreadable file unless strict."""
+        key = (st.st_size, st.st_mtime_ns, st.st_ino)
+        with self._meta_lock:
+            cached = self._meta_cache.get(path)
+        if cached is not None and cached[0] == key and not strict:
+            return dict(cached[1])
+        try:
+            with open_reader(path) as reader:
+                meta = dict(reader.metadata)
+        except FileNotFoundError:
+            raise
+        except (CkptError, OSError) as e:
+            if strict:
+                raise
+            log.warning("cannot read the manifest of %s (%s); its metrics are treated as missing", path, e)
+            meta = {}
+        with self._meta_lock:
+            self._meta_cache[path] = (key, meta)
+        return dict(meta)
+
+    def _entries(self, *, metrics: bool) -> list[_ret.Entry]:
+        """The committed checkpoints as retention entries (index, size, metrics), ascending."""
+        out = []
+        for idx in self.indices():
+            path = self.path(idx)
+            try:
+                st = os.stat(path)
+                found: dict[str, Any] = {}
+                if metrics:
+                    record = self._read_metadata(path, st).get("ckpt")
+                    stored = record.get("metrics") if isinstance(record, dict) else None
+                    found = stored if isinstance(stored, dict) else {}
+            except FileNotFoundError:
+                continue  # removed by a concurrent writer's rotation
+            out.append(_ret.Entry(idx, st.st_size, found))
+        return out
 
     # -- restoring ---------------------------------------------------------
     def _resolve(self, idx: Optional[int]) -> Optional[int]:
@@ -353,6 +498,8 @@ class Checkpoint:
                 else:
                     loaded[name] = reader.load(name, trusted=trusted, verify=self.verify)
         prepared.commit()
+        if not strict and any(prepared.report.values()):
+            log.warning("restored %s partially; skipped %s", path, prepared.report)
         for name, p in staged.items():
             extras[name] = p.commit()
         extras.update(loaded)
@@ -375,15 +522,30 @@ class Checkpoint:
                 return None
             time.sleep(poll_interval if deadline is None else max(0.0, min(poll_interval, deadline - time.monotonic())))
 
-    def load(self, idx: Optional[int] = None) -> dict[str, Any]:
-        """The stored arrays of checkpoint ``idx`` (or the latest) as {name: numpy array}."""
+    def load(self, idx: Optional[int] = None, template: Any = None, *, strict: bool = True,
+             cast: bool = False) -> Any:
+        """The variables of checkpoint ``idx`` (or the latest), for JAX pytrees and other immutable state.
+
+        Without ``template``: numpy arrays, as a nested dict for a saved pytree
+        (``{"params": {"Dense_0": {"kernel": ...}}}``) or a flat {name: array} dict
+        for a saved objax VarCollection or dict. With ``template`` (a pytree of
+        arrays, or of ``jax.ShapeDtypeStruct`` from ``jax.eval_shape``, possibly
+        with shardings): a tree of the template's structure, each array placed
+        where the template's leaf says; non-array leaves are kept from the
+        template. ``strict=False`` restores the intersection and returns
+        ``(tree, skipped)``; ``cast=True`` converts dtypes that differ.
+        """
+        self._finish_pending(raise_error=False)
         resolved = self._resolve(idx)
         if resolved is None:
             raise CheckpointNotFoundError(f"no checkpoint in {self.directory}", file=self.directory)
         with open_reader(self.path(resolved)) as reader:
             _deps.report(reader.dependency_mismatches([DEFAULT_SLOT]), self.deps, reader.label)
-            view = reader.arrays(DEFAULT_SLOT, verify=self.verify)
-            return {n: view.read(n) for n in view.names}
+            if template is None:
+                return reader.arrays(DEFAULT_SLOT, verify=self.verify).as_value()
+            prepared = prepare_restore(reader, DEFAULT_SLOT, template, strict=strict, verify=self.verify, cast=cast)
+        restored = prepared.commit()
+        return restored if strict else (restored, prepared.report)
 
     def load_module(self, idx: Optional[int] = None, *, trusted: _ser.Trusted = False) -> Any:
         """The module saved with ``save(..., module=...)`` in checkpoint ``idx`` (or the latest).
@@ -409,7 +571,13 @@ class Checkpoint:
             return {n: reader.load(n, trusted=trusted, verify=self.verify) for n in wanted}
 
     def __repr__(self) -> str:
-        return f"Checkpoint({self.logdir!r}, keep_ckpts={self.keep_ckpts})"
+        p = self.retention
+        extra = "".join(f", {k}={v!r}" for k, v in (("keep_every", p.keep_every), ("keep_best", p.keep_best),
+                                                       ("metric", p.metric), ("max_bytes", p.max_bytes))
+                        if v is not None)
+        if p.keep_best is not None:
+            extra += f", mode={p.mode!r}"
+        return f"Checkpoint({self.logdir!r}, keep_ckpts={self.keep_ckpts}{extra})"
 
 
 def _pid_alive(pid: int) -> bool:

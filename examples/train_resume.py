@@ -11,14 +11,18 @@ This demo trains a small objax MLP with Adam three times, each in its own proces
 All three run the same training code, which restores before it trains:
 
     ck = ckpt.Checkpoint(logdir, keep_ckpts=3)
-    step, path = ck.restore(model.vars(), extras={"opt": opt.vars()})  # (0, '') if none yet
+    extras = {"opt": opt.vars(), "rng": None, "loader": None, "step": None, "config": None}
+    step, path = ck.restore(model.vars(), extras=extras)   # (0, '') if none yet
     ...
-    ck.save(model.vars(), idx=step, extras={"opt": opt.vars(), "metrics": {"loss": loss}})
+    ck.save(model.vars(), idx=step, extras={"opt": opt.vars(), "rng": key, "loader": loader,
+                                            "step": step, "config": CONFIG}, metrics={"loss": loss})
 
 The resumed run ends with the same loss and bit-identical weights as the
-reference run, because the checkpoint holds everything the next step depends
-on: the weights, Adam's moments and step counter (``opt.vars()``), and the
-step number, which picks the mini-batch.
+reference run, because one atomic save holds everything the next step depends
+on: the weights, Adam's moments and step counter (``opt.vars()``), the
+``jax.random`` key that draws each step's input noise, the data loader's
+position (epoch and offset into that epoch's shuffled order), the step, and the
+run's config (JSON; a resume with a different config is refused).
 
 Run it with:  python examples/train_resume.py            (about 15 s on a laptop CPU)
 Options:      --steps, --every, --crash-at, --logdir, --keep; see --help.
@@ -44,7 +48,11 @@ import ckpt
 SEED = 0
 N_SAMPLES, N_FEATURES, BATCH = 1024, 8, 64
 LEARNING_RATE = 1e-2
+INPUT_NOISE = 0.05  # std of the Gaussian noise added to each step's inputs (drawn with jax.random)
 KEEP_CKPTS = 3
+#: The run's config, checkpointed as JSON: a resume checks that it is continuing the same run.
+CONFIG = {"seed": SEED, "n_samples": N_SAMPLES, "n_features": N_FEATURES, "batch": BATCH, "hidden": 32,
+          "learning_rate": LEARNING_RATE, "input_noise": INPUT_NOISE, "optimizer": "adam"}
 
 
 # -- the training script: what a user's train.py looks like ---------------------------------------
@@ -57,9 +65,18 @@ def make_data(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y.astype(np.float32)
 
 
-def batch_indices(step: int, seed: int) -> np.ndarray:
-    """The mini-batch of a step depends on (seed, step) only, so a resumed run sees the same data."""
-    return np.random.default_rng([seed, step]).choice(N_SAMPLES, size=BATCH, replace=False)
+def next_batch(loader: dict[str, int], seed: int) -> np.ndarray:
+    """A shuffling data loader: each epoch visits the samples in its own random order.
+
+    Its whole state is ``{"epoch", "offset"}`` (plain JSON), which goes into the
+    checkpoint, so a resumed run continues from the very next batch.
+    """
+    order = np.random.default_rng([seed, loader["epoch"]]).permutation(N_SAMPLES)
+    batch = order[loader["offset"]:loader["offset"] + BATCH]
+    loader["offset"] += BATCH
+    if loader["offset"] + BATCH > N_SAMPLES:  # drop the last partial batch; next epoch
+        loader["epoch"], loader["offset"] = loader["epoch"] + 1, 0
+    return batch
 
 
 def crash() -> None:
@@ -75,11 +92,14 @@ def train(logdir: str, steps: int, every: int, crash_at: int | None) -> None:
     # objax 1.8 reads a deprecated JAX name on every Variable.assign; silence it (and only
     # warnings raised from objax's own code) so that `python -W error` still checks everything else.
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"objax\b")
+    import jax
     import objax
 
     x, y = make_data(SEED)
     objax.random.DEFAULT_GENERATOR.seed(SEED)
-    model = objax.nn.Sequential([objax.nn.Linear(N_FEATURES, 32), objax.functional.relu, objax.nn.Linear(32, 1)])
+    hidden = CONFIG["hidden"]
+    model = objax.nn.Sequential([objax.nn.Linear(N_FEATURES, hidden), objax.functional.relu,
+                                 objax.nn.Linear(hidden, 1)])
     opt = objax.optimizer.Adam(model.vars())
 
     def loss_fn(xb, yb):
@@ -87,28 +107,40 @@ def train(logdir: str, steps: int, every: int, crash_at: int | None) -> None:
 
     grad_values = objax.GradValues(loss_fn, model.vars())
 
-    def train_op(xb, yb):
-        grads, values = grad_values(xb, yb)
+    def train_op(xb, yb, key):
+        key, sub = jax.random.split(key)  # the key is state too: it is checkpointed and restored
+        noisy = xb + INPUT_NOISE * jax.random.normal(sub, xb.shape)
+        grads, values = grad_values(noisy, yb)
         opt(LEARNING_RATE, grads)
-        return values[0]
+        return values[0], key
 
     train_op = objax.Jit(train_op, grad_values.vars() + opt.vars())
 
-    # Resume if there is a checkpoint; a fresh run gets (0, '') and keeps its initial weights.
+    # Resume if there is a checkpoint; a fresh run gets (0, '') and keeps its initial state.
     ck = ckpt.Checkpoint(logdir, keep_ckpts=KEEP_CKPTS)
-    start, path = ck.restore(model.vars(), extras={"opt": opt.vars()})
+    extras = {"opt": opt.vars(), "rng": None, "loader": None, "step": None, "config": None}
+    start, path = ck.restore(model.vars(), extras=extras)  # arrays in place, the others (None) filled in
     if path:
+        if extras["config"] != CONFIG:
+            raise SystemExit(f"{path} was written with config {extras['config']}, not {CONFIG}; refusing to resume")
+        if extras["step"] != start:
+            raise SystemExit(f"{path} records step {extras['step']} under index {start}")
+        key, loader = jax.numpy.asarray(extras["rng"]), extras["loader"]
         adam_step = int(opt.vars()["(Adam).step"].value)
-        print(f"restored step {start} from {os.path.relpath(path, logdir)} (Adam step counter: {adam_step})")
+        print(f"restored step {start} from {os.path.relpath(path, logdir)} (Adam step counter: {adam_step}, "
+              f"loader at epoch {loader['epoch']} offset {loader['offset']}, rng key {np.asarray(key).tolist()})")
     else:
+        key, loader = jax.random.PRNGKey(SEED), {"epoch": 0, "offset": 0}
         print("no checkpoint yet: starting from step 0")
 
     for step in range(start, steps):
-        idx = batch_indices(step, SEED)
-        loss = float(train_op(x[idx], y[idx]))
+        idx = next_batch(loader, SEED)
+        loss_value, key = train_op(x[idx], y[idx], key)
+        loss = float(loss_value)
         done = step + 1  # steps completed; a checkpoint with idx=done resumes at step `done`
         if done % every == 0 or done == steps:
-            ck.save(model.vars(), idx=done, extras={"opt": opt.vars(), "metrics": {"loss": loss}})
+            state = {"opt": opt.vars(), "rng": key, "loader": dict(loader), "step": done, "config": CONFIG}
+            ck.save(model.vars(), idx=done, extras=state, metrics={"loss": loss})
             print(f"step {done:4d}  loss {loss:.6f}  saved checkpoint {done}")
         if done == crash_at:
             print(f"step {done:4d}  SIGKILL!")
@@ -133,11 +165,13 @@ def run_worker(title: str, logdir: str, args: argparse.Namespace, crash_at: int 
     return proc.returncode
 
 
-def final_state(logdir: str) -> tuple[int | None, dict[str, np.ndarray], dict[str, np.ndarray], float]:
+def final_state(logdir: str) -> tuple[int | None, dict[str, np.ndarray], dict[str, np.ndarray], float,
+                                       dict[str, object]]:
     """Read the last checkpoint of a run with plain ckpt calls (no objax needed)."""
     ck = ckpt.Checkpoint(logdir, makedir=False)
-    extras = ck.load_extras(names=["opt", "metrics"])
-    return ck.latest(), ck.load(), extras["opt"], extras["metrics"]["loss"]
+    extras = ck.load_extras(names=["opt", "rng", "loader", "step", "config"])
+    loss = ck.metadata()["ckpt"]["metrics"]["loss"]  # save(metrics=...) lands in the manifest
+    return ck.latest(), ck.load(), extras["opt"], loss, extras
 
 
 def compare(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list[str]:
@@ -169,10 +203,13 @@ def demo(args: argparse.Namespace, root: str) -> list[str]:
     if rc != 0:
         return [f"the resumed run failed with exit code {rc}"]
 
-    ref_step, ref_weights, ref_opt, ref_loss = final_state(reference_dir)
-    res_step, res_weights, res_opt, res_loss = final_state(crashed_dir)
+    ref_step, ref_weights, ref_opt, ref_loss, ref_extras = final_state(reference_dir)
+    res_step, res_weights, res_opt, res_loss, res_extras = final_state(crashed_dir)
     n_values = sum(w.size for w in ref_weights.values())
     weights_diff, opt_diff = compare(ref_weights, res_weights), compare(ref_opt, res_opt)
+    rng_same = np.array_equal(ref_extras["rng"], res_extras["rng"]) and ref_extras["rng"].dtype == np.uint32
+    loader_same = ref_extras["loader"] == res_extras["loader"]
+    config_same = ref_extras["config"] == res_extras["config"] == CONFIG
 
     print("\nSummary")
     print(f"  reference run : final loss {ref_loss!r} at step {ref_step}")
@@ -183,6 +220,10 @@ def demo(args: argparse.Namespace, root: str) -> list[str]:
           f"({len(ref_weights)} arrays, {n_values} values)")
     print(f"  Adam state    : {'bit-identical' if not opt_diff else 'DIFFERENT'} "
           f"({len(ref_opt)} arrays, moments and step counter)")
+    print(f"  rng key       : {'bit-identical' if rng_same else 'DIFFERENT'} ({ref_extras['rng'].tolist()})")
+    print(f"  data loader   : {'same position' if loader_same else 'DIFFERENT'} ({ref_extras['loader']})")
+    print(f"  step, config  : {ref_extras['step']}, {'same' if config_same else 'DIFFERENT'} "
+          f"({len(CONFIG)} settings)")
 
     problems = []
     if ref_step != args.steps or res_step != args.steps:
@@ -193,6 +234,14 @@ def demo(args: argparse.Namespace, root: str) -> list[str]:
         problems.append(f"final weights differ: {', '.join(weights_diff)}")
     if opt_diff:
         problems.append(f"optimizer state differs: {', '.join(opt_diff)}")
+    if not rng_same:
+        problems.append(f"rng keys differ: reference {ref_extras['rng']}, resumed {res_extras['rng']}")
+    if not loader_same:
+        problems.append(f"data loader positions differ: reference {ref_extras['loader']}, "
+                        f"resumed {res_extras['loader']}")
+    if not config_same or not ref_extras["step"] == res_extras["step"] == args.steps:
+        problems.append(f"step or config differ: {ref_extras['step']}/{res_extras['step']}, "
+                        f"{ref_extras['config']} / {res_extras['config']}")
     return problems
 
 
@@ -236,8 +285,9 @@ def main() -> int:
         os.makedirs(root, exist_ok=True)
 
     print(f"ckpt {ckpt.__version__} demo: interrupt training with SIGKILL, resume, compare with an "
-          f"uninterrupted run.\nMLP {N_FEATURES}-32-1, Adam, batch {BATCH}, {args.steps} steps, checkpoint "
-          f"every {args.every} (keep {KEEP_CKPTS}), seed {SEED}.")
+          f"uninterrupted run.\nMLP {N_FEATURES}-{CONFIG['hidden']}-1, Adam, batch {BATCH} from a shuffling "
+          f"loader, input noise from a jax.random key, {args.steps} steps, checkpoint every {args.every} "
+          f"(keep {KEEP_CKPTS}), seed {SEED}.")
     t0 = time.perf_counter()
     problems = demo(args, root)
     elapsed = time.perf_counter() - t0
