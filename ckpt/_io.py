@@ -88,6 +88,30 @@ def atomic_write(path: str, write: Callable[[BinaryIO], T]) -> T:
     return result
 
 
+def makedirs(path: str) -> None:
+    """Create ``path`` and any missing parents, fsyncing each new entry's parent directory.
+
+    Without those fsyncs a power loss can drop a freshly created directory, and the
+    first checkpoint inside it with it, after its save has returned.
+    """
+    path = os.path.abspath(path)
+    missing = []
+    current = path
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
+        ops.fsync_dir(os.path.dirname(directory))
+
+
 def remove(path: str) -> None:
     """Delete a committed file and make the deletion durable."""
     ops.unlink(path)

@@ -112,7 +112,7 @@ class Checkpoint:
         self._pending_idx: Optional[int] = None
         self._pattern = _format_regex(self.FILE_FORMAT)
         if makedir:
-            os.makedirs(self.directory, exist_ok=True)
+            _io.makedirs(self.directory)
 
     # -- naming and listing ------------------------------------------------
     @property
@@ -324,8 +324,8 @@ class Checkpoint:
         for e in entries:
             if e.idx in keep:
                 continue
-            removed.append(e.idx)
             if dry_run:
+                removed.append(e.idx)
                 continue
             path = self.path(e.idx)
             try:
@@ -333,6 +333,10 @@ class Checkpoint:
                 self._log("removed old checkpoint %s", path)
             except FileNotFoundError:
                 pass
+            except OSError as err:  # the new checkpoint is durable: the save succeeded; retry at the next one
+                log.warning("could not remove old checkpoint %s (kept; retried at the next save): %s", path, err)
+                continue
+            removed.append(e.idx)
             with self._meta_lock:
                 self._meta_cache.pop(path, None)
         return removed
