@@ -77,7 +77,7 @@ class Compression:
         return c
 
 
-def _codec_functions(codec: str, level: Optional[int]) -> tuple[Callable[[bytes], bytes], Callable[[bytes, int], bytes]]:
+def _codec_functions(codec: str, level: Optional[int]) -> tuple[Callable[[Any], bytes], Callable[[Any, int], bytes]]:
     if codec == "zstd":
         try:
             import zstandard
@@ -85,10 +85,10 @@ def _codec_functions(codec: str, level: Optional[int]) -> tuple[Callable[[bytes]
             raise ImportError("compression='zstd' needs the zstandard package: pip install 'ckpt[zstd]'") from None
         lvl = 1 if level is None else int(level)  # on shuffled floats, level 1 compresses about as well as 3
 
-        def compress(data: bytes) -> bytes:
+        def compress(data: Any) -> bytes:
             return zstandard.ZstdCompressor(level=lvl).compress(data)
 
-        def decompress(data: bytes, size: int) -> bytes:
+        def decompress(data: Any, size: int) -> bytes:
             return zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
 
         return compress, decompress
@@ -99,10 +99,10 @@ def _codec_functions(codec: str, level: Optional[int]) -> tuple[Callable[[bytes]
             raise ImportError("compression='lz4' needs the lz4 package: pip install 'ckpt[lz4]'") from None
         accel = 1 if level is None else max(1, int(level))
 
-        def compress_lz4(data: bytes) -> bytes:
+        def compress_lz4(data: Any) -> bytes:
             return lz4.block.compress(data, mode="fast", acceleration=accel, store_size=False)
 
-        def decompress_lz4(data: bytes, size: int) -> bytes:
+        def decompress_lz4(data: Any, size: int) -> bytes:
             return lz4.block.decompress(data, uncompressed_size=size)
 
         return compress_lz4, decompress_lz4

@@ -89,7 +89,8 @@ def _make_pickler(f: io.BytesIO, arrays: list[Any]) -> Any:
             objax = sys.modules.get("objax")
             if objax is not None:
                 if isinstance(obj, objax.BaseVar):
-                    return (copyreg.__newobj__, (type(obj),), dict(vars(obj)), None, None, set_state)
+                    return (copyreg.__newobj__, (type(obj),), dict(vars(obj)), None, None,  # type: ignore[attr-defined]
+                            set_state)
                 if type(obj) is objax.Jit:
                     return (objax.Jit, (obj.__wrapped__, obj.vc, obj.static_argnums))
             if type(obj).__name__ == "PjitFunction":

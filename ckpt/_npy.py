@@ -13,7 +13,7 @@ import ast
 import io
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 
@@ -167,7 +167,7 @@ def array_from_buffer(buf: Any, header: NpyHeader, *, dtype: Optional[np.dtype] 
         if dtype.itemsize != dt.itemsize:
             raise FormatError(f"dtype {dtype} does not match the stored {dt} (itemsize differs)")
         dt = dtype
-    order = "F" if header.fortran_order else "C"
+    order: Literal["F", "C"] = "F" if header.fortran_order else "C"
     if dt.itemsize == 0:  # nothing to read (np.frombuffer refuses these; numpy.load builds them like this)
         return np.ndarray(header.shape, dtype=dt, order=order)
     arr = np.frombuffer(buf, dtype=dt, count=header.count, offset=header.header_len)

@@ -111,11 +111,11 @@ class PackReader:
         count = len(npy) - 1
         ordered = ["names.npy"] + [f"{i}.npy" for i in range(count)]
         if "names.npy" in self.zip.members and all(n in self.zip.members for n in ordered):
-            info = {"kind": "dict", "layout": "objax"}
-            self.slots[DEFAULT_SLOT] = SlotInfo("arrays", ordered, size, None, None, {}, info)
+            objax_info: dict[str, Any] = {"kind": "dict", "layout": "objax"}
+            self.slots[DEFAULT_SLOT] = SlotInfo("arrays", ordered, size, None, None, {}, objax_info)
         elif npy:
-            info = {"kind": "dict", "layout": "named", "arrays": [{"name": n[:-4]} for n in npy]}
-            self.slots[DEFAULT_SLOT] = SlotInfo("arrays", npy, size, None, None, {}, info)
+            named: dict[str, Any] = {"kind": "dict", "layout": "named", "arrays": [{"name": n[:-4]} for n in npy]}
+            self.slots[DEFAULT_SLOT] = SlotInfo("arrays", npy, size, None, None, {}, named)
 
     # -- reading -----------------------------------------------------------
     def slot(self, name: str) -> SlotInfo:
@@ -252,9 +252,12 @@ class PackReader:
         if info.serializer != "arrays":
             raise SlotKindError(f"{self.label}: slot {slot!r} holds {info.serializer} data, not arrays",
                                 file=self.label, slot=slot)
+        def read(member: str, copy: bool = True) -> Any:
+            return self.read_member(member, verify=verify, slot=slot, copy=copy)
+
         return _ser.ArraysView(
             info.members, info.info,
-            read_member=lambda m, copy=True: self.read_member(m, verify=verify, slot=slot, copy=copy),
+            read_member=read,
             read_head=self.read_head,
             member_size=self.member_size,
             where=f"{self.label} slot {slot!r}",

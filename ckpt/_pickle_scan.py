@@ -31,10 +31,10 @@ def scan_globals(data: bytes, *, where: str = "pickle") -> list[str]:
                 found.append(f"{module}.{qualname}")
                 stack.append(None)
             elif name == "STACK_GLOBAL":
-                qual = stack.pop() if stack else None
-                module = stack.pop() if stack else None
-                if isinstance(module, str) and isinstance(qual, str):
-                    found.append(f"{module}.{qual}")
+                qual: Any = stack.pop() if stack else None
+                owner: Any = stack.pop() if stack else None
+                if isinstance(owner, str) and isinstance(qual, str):
+                    found.append(f"{owner}.{qual}")
                 else:
                     found.append(DYNAMIC)
                 stack.append(None)
@@ -46,9 +46,9 @@ def scan_globals(data: bytes, *, where: str = "pickle") -> list[str]:
             elif name == "MEMOIZE":
                 memo[len(memo)] = stack[-1] if stack else None
             elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                memo[int(arg)] = stack[-1] if stack else None
+                memo[int(arg or 0)] = stack[-1] if stack else None
             elif name in ("GET", "BINGET", "LONG_BINGET"):
-                stack.append(memo.get(int(arg)))
+                stack.append(memo.get(int(arg or 0)))
             elif name in ("MARK",):
                 stack.append(None)
             else:

@@ -17,7 +17,7 @@ import numpy as np
 
 __all__ = ["merge_strings", "split_strings", "squeeze_bits", "disassemble_sparse_matrix", "assemble_sparse_matrix"]
 
-_INT_DTYPES = [np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64, np.int64]
+_INT_DTYPES: list[Any] = [np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64, np.int64]
 
 
 def squeeze_bits(arr: Any) -> np.ndarray:
@@ -45,7 +45,7 @@ def merge_strings(strings: Sequence[Union[str, bytes]]) -> dict[str, np.ndarray]
     is_bytes = bool(items) and isinstance(items[0], (bytes, bytearray))
     if any(isinstance(s, (bytes, bytearray)) != is_bytes for s in items):
         raise TypeError("merge_strings takes all str or all bytes, not a mix")
-    encoded = [bytes(s) if is_bytes else str(s).encode("utf-8") for s in items]
+    encoded = [bytes(s) if isinstance(s, (bytes, bytearray)) else str(s).encode("utf-8") for s in items]
     buffer = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
     lengths = squeeze_bits(np.array([len(e) for e in encoded], dtype=np.int64))
     return {"strings": buffer, "lengths": lengths, "is_bytes": np.array(is_bytes)}

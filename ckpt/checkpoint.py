@@ -130,17 +130,26 @@ class Checkpoint:
 
     def indices(self) -> list[int]:
         """Indices of committed checkpoints, ascending (temp files never count)."""
-        try:
-            names = os.listdir(self.directory)
-        except FileNotFoundError:
-            return []
-        out = []
-        for name in names:
-            m = self._pattern.match(name)
-            # Only the exact name path() gives: '7.npz' or '00000000007.npz' would be listed as 7,
-            # but restore would open '0000000007.npz' and rotation would count a file it cannot remove.
-            if m and name == self.FILE_FORMAT % int(m.group(1)) and os.path.isfile(os.path.join(self.directory, name)):
-                out.append(int(m.group(1)))
+        for _attempt in range(10):
+            try:
+                before = os.stat(self.directory).st_mtime_ns
+                # One directory read: the file type comes with each entry (no second look that a
+                # concurrent rotation could invalidate).
+                with os.scandir(self.directory) as it:
+                    entries = [(e.name, e.is_file()) for e in it]
+                changed = os.stat(self.directory).st_mtime_ns != before
+            except FileNotFoundError:
+                return []
+            out = []
+            for name, is_file in entries:
+                m = self._pattern.match(name)
+                # Only the exact name path() gives: '7.npz' or '00000000007.npz' would be listed as 7,
+                # but restore would open '0000000007.npz' and rotation would count a file it cannot remove.
+                if m and is_file and name == self.FILE_FORMAT % int(m.group(1)):
+                    out.append(int(m.group(1)))
+            # A rename and a deletion during the read may both be missed; read again if it changed.
+            if out or not changed:
+                break
         return sorted(set(out))
 
     def latest(self) -> Optional[int]:
@@ -463,6 +472,8 @@ class Checkpoint:
         extras = extras if extras is not None else {}
         if idx is not None:
             resolved = self._resolve(idx)
+            if resolved is None:  # _resolve raises for a missing idx; this only narrows the type
+                raise CheckpointNotFoundError(f"no checkpoint {idx} in {self.directory}", file=self.directory)
             return self._restore_one(resolved, vc, extras, renamer=renamer, strict=strict, trusted=trusted)
         tried: set[int] = set()
         while True:

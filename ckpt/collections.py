@@ -276,6 +276,13 @@ def _place_like(old: Any, arr: np.ndarray) -> Any:
     return np.array(arr)  # own, writable memory: ``arr`` may be a read-only view of a mapped file
 
 
+def _var_assigner(var: Any, jnp: Any) -> Callable[[np.ndarray], None]:
+    def assign(arr: np.ndarray) -> None:
+        var.assign(jnp.asarray(arr), check=False)
+
+    return assign
+
+
 def _dict_target(d: dict, key: str) -> Target:
     old = d[key]
     shape, dtype = shape_dtype(old)
@@ -298,7 +305,7 @@ def targets_of(obj: Any) -> tuple[list[Target], Callable[[], Any]]:
         for names, var in _var_collection_items(obj):
             shape, dtype = shape_dtype(var.value)
             # Shapes and dtypes were checked by plan(); objax's own check trips a JAX deprecation.
-            out.append(Target(names, shape, dtype, lambda a, v=var: v.assign(jnp.asarray(a), check=False)))
+            out.append(Target(names, shape, dtype, _var_assigner(var, jnp)))
         return out, lambda: obj
     if type(obj) is dict and all(is_array(v) for v in obj.values()) and all(type(k) is str for k in obj):
         return [_dict_target(obj, k) for k in obj], lambda: obj

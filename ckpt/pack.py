@@ -70,7 +70,8 @@ class Pack:
             self._open_path()
         else:
             self._fobj = file
-            self.label = getattr(file, "name", None) if isinstance(getattr(file, "name", None), str) else repr(file)
+            name = getattr(file, "name", None)
+            self.label = name if isinstance(name, str) else repr(file)
             self._base = file.tell() if _seekable(file) else 0
             self._open_fobj()
 

@@ -115,7 +115,7 @@ def _data_chunks(leaf: Any) -> Iterable[memoryview]:
     flat = arr.reshape(-1).view(np.uint8)
     step = _limits.CHUNK_BYTES
     for start in range(0, flat.nbytes, step):
-        yield memoryview(flat[start:start + step])
+        yield flat[start:start + step].data
 
 
 def _compressed_source(index: int, leaf: Any, compression: Optional[_codec.Compression]) -> Optional[MemberSource]:
@@ -127,7 +127,7 @@ def _compressed_source(index: int, leaf: Any, compression: Optional[_codec.Compr
     data = np.ascontiguousarray(arr.T if fortran else arr)
     if data.nbytes < 4096:
         return None
-    raw = memoryview(data.reshape(-1).view(np.uint8))
+    raw = data.reshape(-1).view(np.uint8).data
     shape, dtype = _coll.shape_dtype(leaf)
     if not _codec.worth_compressing(raw, dtype.itemsize, compression):
         return None
@@ -191,7 +191,7 @@ class ArraysView:
     ``read_member`` must return the member's complete, verified bytes.
     """
 
-    def __init__(self, members: list[str], info: dict[str, Any], read_member: Callable[[str], Any],
+    def __init__(self, members: list[str], info: dict[str, Any], read_member: Callable[..., Any],
                  read_head: Callable[[str], bytes], member_size: Callable[[str], int], where: str,
                  verify_members: Optional[Callable[[list[str]], None]] = None):
         self._read_member = read_member
