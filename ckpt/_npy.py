@@ -10,6 +10,7 @@ recorded in the manifest and restored on load.
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import math
 from dataclasses import dataclass
@@ -67,8 +68,11 @@ def dtype_from_name(name: str, *, where: str = "") -> np.dtype:
     return dt
 
 
+@functools.lru_cache(maxsize=4096)
 def header_bytes(shape: tuple[int, ...], dtype: np.dtype, fortran_order: bool = False) -> bytes:
-    """The .npy magic and header for an array of this shape and dtype (length a multiple of 64)."""
+    """The .npy magic and header for an array of this shape and dtype (length a multiple of 64).
+
+    Cached: models repeat a few shapes many times, and numpy's writer costs ~20 us a call."""
     if dtype.hasobject:
         raise TypeError(f"arrays of dtype {dtype} hold Python objects and cannot be stored as .npy data")
     descr: Any = f"|V{dtype.itemsize}" if is_extension_dtype(dtype) else np.lib.format.dtype_to_descr(dtype)

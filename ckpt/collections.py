@@ -49,8 +49,8 @@ def is_array(x: Any) -> bool:
 def is_typed_key(x: Any) -> bool:
     """A new-style typed JAX PRNG key array (``jax.random.key``), stored as its raw key data."""
     jax = _jax()
-    if jax is None or not hasattr(x, "dtype"):
-        return False
+    if jax is None or not hasattr(x, "dtype") or isinstance(x.dtype, np.dtype):
+        return False  # numpy dtypes (ml_dtypes' included) are never key types: the cheap common case
     try:
         return bool(jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))
     except (TypeError, AttributeError):

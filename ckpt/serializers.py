@@ -193,8 +193,10 @@ class ArraysView:
 
     def __init__(self, members: list[str], info: dict[str, Any], read_member: Callable[..., Any],
                  read_head: Callable[[str], bytes], member_size: Callable[[str], int], where: str,
-                 verify_members: Optional[Callable[[list[str]], None]] = None):
+                 verify_members: Optional[Callable[[list[str]], None]] = None,
+                 read_many: Optional[Callable[[list[str]], dict[str, Any]]] = None):
         self._read_member = read_member
+        self._read_many = read_many
         self._verify_members = verify_members
         self._read_head = read_head
         self._size = member_size
@@ -231,17 +233,23 @@ class ArraysView:
         self._index = {n: m for n, m in zip(self.names, self._members)}
         self._names_by_member = {m: n for n, m in self._index.items()}
         self._headers: dict[str, _npy.NpyHeader] = {}
+        self._raw_headers: dict[str, tuple[bytes, _npy.NpyHeader]] = {}
 
     def _array(self, member: str, *, expect_names: bool = False, dtype: Optional[np.dtype] = None,
-               copy: bool = True) -> np.ndarray:
-        data = self._read_member(member, copy and not member.endswith(".ckz"))
+               copy: bool = True, known: Optional[tuple[bytes, _npy.NpyHeader]] = None,
+               data: Any = None) -> np.ndarray:
+        if data is None:
+            data = self._read_member(member, copy and not member.endswith(".ckz"))
         if member.endswith(".ckz"):
             name = self._names_by_member.get(member)
             where = f"{self.where} array {name!r} (member {member!r})" if name else f"{self.where} member {member!r}"
             return _codec.decode(data, _codec.parse_header(data[:_limits.MAX_NPY_HEADER_BYTES + 8], where=where),
                                  where=where, dtype=dtype)
-        header = _npy.parse_header(bytes(data[:_limits.MAX_NPY_HEADER_BYTES]), len(data),
-                                   where=f"{self.where} member {member!r}")
+        if known is not None and bytes(data[:len(known[0])]) == known[0]:
+            header = known[1]  # the verified bytes hold the header already parsed: no second parse
+        else:
+            header = _npy.parse_header(bytes(data[:_limits.MAX_NPY_HEADER_BYTES]), len(data),
+                                       where=f"{self.where} member {member!r}")
         return _npy.array_from_buffer(data, header, dtype=dtype)
 
     def verify(self, names: Iterable[str]) -> None:
@@ -260,6 +268,7 @@ class ArraysView:
                 h = _npy.NpyHeader(c.dtype, c.shape, c.fortran_order, -1)
             else:
                 h = _npy.parse_header(head, size, where=f"{self.where} array {name!r}")
+                self._raw_headers[name] = (head[:h.header_len], h)
             true = self._dtypes.get(name)
             if true is not None and true != h.dtype:
                 if true.itemsize != h.dtype.itemsize or h.dtype.kind != "V":
@@ -272,13 +281,31 @@ class ArraysView:
         h = self.header(name)
         return h.shape, h.dtype
 
+    def read_all(self) -> dict[str, np.ndarray]:
+        """Every array, verified, each in its own writable memory (read and hashed two at a time)."""
+        if self._read_many is None:
+            return {n: self.read(n) for n in self.names}
+        plain = [n for n in self.names if not self._index[n].endswith(".ckz")]
+        for n in plain:
+            self.header(n)
+        buffers = self._read_many([self._index[n] for n in plain])
+        out = {}
+        for n in self.names:
+            if n not in buffers and self._index[n] in buffers:
+                h = self.header(n)
+                data = buffers[self._index[n]]
+                out[n] = self._array(self._index[n], dtype=h.dtype, known=self._raw_headers.get(n), data=data)
+            else:
+                out[n] = self.read(n)
+        return out
+
     def read(self, name: str, *, copy: bool = True) -> np.ndarray:
         """One array, verified: in its own writable memory, or with ``copy=False`` a read-only
         view of the memory-mapped file where possible (no copy until the caller assigns it)."""
         if name not in self._index:
             raise KeyError(name)
         h = self.header(name)
-        arr = self._array(self._index[name], dtype=h.dtype, copy=copy)
+        arr = self._array(self._index[name], dtype=h.dtype, copy=copy, known=self._raw_headers.get(name))
         if arr.shape != h.shape:
             raise FormatError(f"{self.where}: array {name!r} header changed between reads")
         return arr
@@ -286,7 +313,7 @@ class ArraysView:
     def as_value(self) -> Any:
         """The slot's value as it was dumped: an array, a scalar, a dict, or a nested tree."""
         kind = self.info.get("kind", "dict")
-        arrays: dict[str, Any] = {n: self.read(n) for n in self.names}  # copies: callers may write to them
+        arrays: dict[str, Any] = self.read_all()  # copies: callers may write to them
         for n, rec in zip(self.names, self.info.get("arrays") or []):
             if isinstance(rec, dict) and isinstance(rec.get("key_impl"), str):
                 arrays[n] = _coll.wrap_key(arrays[n], rec["key_impl"], where=self.where)
