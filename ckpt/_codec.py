@@ -248,8 +248,8 @@ def decode(data: Any, h: Header, *, where: str, dtype: Optional[np.dtype] = None
         pos += clen
     if pos != len(view):
         raise ChecksumError(f"{where}: {len(view) - pos} unexpected bytes after the last chunk")
-    out = bytearray(h.nbytes)
-    out_view = memoryview(out)
+    out = np.empty(h.nbytes, dtype=np.uint8)  # every byte is written below: no zero-fill
+    out_view = out.data
     itemsize = h.dtype.itemsize
 
     def job(frame: tuple[int, memoryview, int, int]) -> None:
@@ -271,6 +271,6 @@ def decode(data: Any, h: Header, *, where: str, dtype: Optional[np.dtype] = None
     for _ in _pool().map(job, frames):
         pass
     dt = dtype if dtype is not None else h.dtype
-    arr = np.frombuffer(out, dtype=dt, count=math.prod(h.shape)) if h.nbytes else np.zeros(0, dt)
+    arr = out.view(dt) if h.nbytes else np.zeros(0, dt)
     return arr.reshape(h.shape, order="F" if h.fortran_order else "C")
 

@@ -286,6 +286,7 @@ class ArraysView:
         if self._read_many is None:
             return {n: self.read(n) for n in self.names}
         plain = [n for n in self.names if not self._index[n].endswith(".ckz")]
+        self.verify([n for n in self.names if n not in plain])  # compressed members: hashed in parallel
         for n in plain:
             self.header(n)
         buffers = self._read_many([self._index[n] for n in plain])
