@@ -469,6 +469,10 @@ class Checkpoint:
         verified before anything is assigned.
         """
         self._finish_pending(raise_error=False)  # see our own in-flight save; its error stays for save/wait
+        if not _coll.restores_in_place(vc):
+            raise TypeError(
+                f"restore() updates its target in place, and a {type(vc).__name__} pytree cannot be updated in "
+                "place: use tree = ck.load(idx, template=tree) (or a jax.eval_shape template) instead")
         extras = extras if extras is not None else {}
         if idx is not None:
             resolved = self._resolve(idx)

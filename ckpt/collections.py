@@ -297,6 +297,12 @@ def _dict_target(d: dict, key: str) -> Target:
     return Target([key], shape, dtype, assign)
 
 
+def restores_in_place(obj: Any) -> bool:
+    """True for collections a restore can update in place (objax VarCollections, dicts of arrays)."""
+    return is_var_collection(obj) or (
+        type(obj) is dict and all(type(k) is str for k in obj) and all(is_array(v) for v in obj.values()))
+
+
 def targets_of(obj: Any) -> tuple[list[Target], Callable[[], Any]]:
     """Targets of a collection, and a function returning the restored collection afterwards."""
     if is_var_collection(obj):

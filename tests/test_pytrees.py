@@ -266,3 +266,20 @@ def test_named_sharding_restores_into_a_different_sharding(tmp_path):
     # The file written from 8 shards restores in this process (one CPU device) without any sharding info.
     plain = ckpt.load(tmp_path / "s.npz")
     np.testing.assert_array_equal(plain["w"], np.arange(256.0).reshape(16, 16))
+
+
+def test_restore_refuses_an_immutable_pytree_instead_of_dropping_the_result(tmp_path):
+    ck = ckpt.Checkpoint(tmp_path, keep_ckpts=1)
+    state = {"params": {"w": jnp.ones(3)}, "opt": (jnp.zeros(3),)}
+    ck.save(state, 1)
+    template = jax.tree_util.tree_map(jnp.zeros_like, state)
+    with pytest.raises(TypeError, match="template"):
+        ck.restore(template)
+    # The documented way returns the restored tree.
+    restored = ck.load(1, template=template)
+    np.testing.assert_array_equal(restored["params"]["w"], np.ones(3))
+    # A flat dict of arrays is still restored in place, as objax users expect.
+    flat = {"w": np.zeros(3, np.float32)}
+    ck.save({"w": np.arange(3, dtype=np.float32)}, 2)
+    assert ck.restore(flat) == (2, ck.path(2))
+    np.testing.assert_array_equal(flat["w"], np.arange(3))
