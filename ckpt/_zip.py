@@ -50,7 +50,7 @@ _EXTERNAL_ATTR = (0o100644 << 16)
 _ALIGN_EXTRA_ID = 0xD935  # the id Android's zipalign uses for padding records
 
 
-_OVERLAP_MIN = 1 << 20
+_OVERLAP_MIN = 64 << 10  # compressed frames are ~0.5-1 MiB: overlap those too
 _POOL: Optional[ThreadPoolExecutor] = None
 _POOL_LOCK = threading.Lock()
 
