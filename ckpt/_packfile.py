@@ -158,27 +158,35 @@ class PackReader:
                 self._verified.add(name)
             # A copy straight from the mapping: no zero-filled buffer, no chunked reads.
             return bytearray(view) if copy else view
+        return self._stream(name, verify=verify, slot=slot, keep=True)
+
+    def _stream(self, name: str, *, verify: bool, slot: Optional[str], keep: bool) -> bytearray:
+        """Read a member chunk by chunk (no mapping, or deflated), hashing as it goes; keep the bytes or not."""
+        m = self.members[name]
         # A stored member's size is bounded by the file's own; a deflated one's is only a claim (up to
         # MAX_COMPRESSION_RATIO times its compressed size), so its buffer grows with what really inflates.
         stored = m.zip.method == _zip.STORED
-        buf = bytearray(m.zip.size if stored else 0)
+        buf = bytearray(m.zip.size if stored and keep else 0)
         pos = 0
         sha = hashlib.sha256() if (verify and m.sha256) else None
         for chunk in self.zip.chunks(m.zip, check_crc=verify and m.sha256 is None):
-            if stored:
+            if keep and stored:
                 buf[pos:pos + len(chunk)] = chunk
-            else:
+            elif keep:
                 buf += chunk
             pos += len(chunk)
             if sha is not None:
                 sha.update(chunk)
         if sha is not None and sha.hexdigest() != m.sha256:
-            raise ChecksumError(
-                f"{self.label}: slot {slot!r} member {name!r} is corrupt: sha256 {sha.hexdigest()} does not match "
-                f"the recorded {m.sha256}",
-                file=self.label, slot=slot, member=name, expected=m.sha256, found=sha.hexdigest(),
-            )
+            raise self._corrupt(name, m, slot, sha.hexdigest())
         return buf
+
+    def _corrupt(self, name: str, m: _Member, slot: Optional[str], found: str) -> ChecksumError:
+        return ChecksumError(
+            f"{self.label}: slot {slot!r} member {name!r} is corrupt: sha256 {found} does not match the "
+            f"recorded {m.sha256}",
+            file=self.label, slot=slot, member=name, expected=m.sha256, found=found,
+        )
 
     def read_members(self, names: list[str], *, verify: bool = True, slot: Optional[str] = None) -> dict[str, Any]:
         """Several stored members read into new writable buffers, two at a time: each is read with
@@ -252,32 +260,18 @@ class PackReader:
             return
         found = _sha256(view)
         if found != m.sha256:
-            raise ChecksumError(
-                f"{self.label}: slot {slot!r} member {name!r} is corrupt: sha256 {found} does not match "
-                f"the recorded {m.sha256}",
-                file=self.label, slot=slot, member=name, expected=m.sha256, found=found,
-            )
+            raise self._corrupt(name, m, slot, found)
 
     def member_chunks(self, name: str) -> Iterable[bytes]:
         return self.zip.chunks(self.members[name].zip, check_crc=False)
 
     def verify_slot(self, name: str) -> None:
         """Check every member of a slot against its hash without keeping the data."""
-        for member in self.slot(name).members:
-            m = self.members[member]
-            if m.sha256 is None:
-                for _ in self.zip.chunks(m.zip, check_crc=True):
-                    pass
-                continue
-            sha = hashlib.sha256()
-            for chunk in self.zip.chunks(m.zip, check_crc=False):
-                sha.update(chunk)
-            if sha.hexdigest() != m.sha256:
-                raise ChecksumError(
-                    f"{self.label}: slot {name!r} member {member!r} is corrupt: sha256 {sha.hexdigest()} does not "
-                    f"match the recorded {m.sha256}",
-                    file=self.label, slot=name, member=member, expected=m.sha256, found=sha.hexdigest(),
-                )
+        members = self.slot(name).members
+        self.verify_members(members, slot=name)  # mapped members: on every core
+        for member in members:
+            if member not in self._verified:
+                self._stream(member, verify=True, slot=name, keep=False)
 
     def dependency_mismatches(self, slots: Iterable[str]) -> list[_deps.Mismatch]:
         out = []
@@ -330,7 +324,7 @@ class PackReader:
         where = f"{self.label} slot {slot!r}"
         if not info.members:
             raise FormatError(f"{where}: a pickle slot needs its pickle member", file=self.label)
-        data = bytes(self.read_member(info.members[0], verify=verify, slot=slot))
+        data = bytes(self.read_member(info.members[0], verify=verify, slot=slot, copy=False))
         _ser.check_trusted(trusted, scan_globals(data, where=where), where, file=self.label, slot=slot)
         # Everything is verified before anything is unpickled.
         arrays = []
@@ -385,13 +379,6 @@ def _crc32(view: memoryview) -> int:
 
 
 # -- writing ----------------------------------------------------------------
-@dataclass
-class _Out:
-    name: str
-    size: int
-    sha256: str
-
-
 def _unique(name: str, taken: set[str]) -> str:
     if name not in taken:
         return name

@@ -9,6 +9,7 @@ deleted, and temp files are never listed, restored or counted.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno as _errno
 import logging
 import os
@@ -18,7 +19,7 @@ import time
 import warnings
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 from . import _codec, _io, collections as _coll, deps as _deps, retention as _ret, serializers as _ser
 from ._packfile import DEFAULT_SLOT
@@ -161,29 +162,24 @@ class Checkpoint:
         log.log(logging.INFO if self.verbose else logging.DEBUG, msg, *args)
 
     # -- saving ------------------------------------------------------------
-    def _lock(self) -> Any:
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
         """The directory's writer lock (an OS lock: a writer killed with SIGKILL releases it)."""
         import filelock  # imported here so that `import ckpt` needs numpy alone
 
         lock = filelock.FileLock(os.path.join(self.directory, self.LOCK_NAME),
                                  timeout=-1 if self.lock_timeout is None else self.lock_timeout)
-        directory = self.directory
-        timeout = self.lock_timeout
-
-        class _Held:
-            def __enter__(self) -> None:
-                try:
-                    lock.acquire()
-                except filelock.Timeout:
-                    raise LockedError(
-                        f"{directory}: another process is saving to this checkpoint directory (lock held for more "
-                        f"than {timeout} s); pass lock_timeout=None to wait for it",
-                        file=directory) from None
-
-            def __exit__(self, *exc: Any) -> None:
-                lock.release()
-
-        return _Held()
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise LockedError(
+                f"{self.directory}: another process is saving to this checkpoint directory (lock held for more "
+                f"than {self.lock_timeout} s); pass lock_timeout=None to wait for it",
+                file=self.directory) from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _clean_stale_temps(self) -> None:
         """Remove temp files left by writers that are gone (killed mid-save)."""

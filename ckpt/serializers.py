@@ -292,7 +292,7 @@ class ArraysView:
         buffers = self._read_many([self._index[n] for n in plain])
         out = {}
         for n in self.names:
-            if n not in buffers and self._index[n] in buffers:
+            if self._index[n] in buffers:
                 h = self.header(n)
                 data = buffers[self._index[n]]
                 out[n] = self._array(self._index[n], dtype=h.dtype, known=self._raw_headers.get(n), data=data)
