@@ -97,7 +97,7 @@ def orbax() -> tuple[Callable[[str, dict], None], Callable[[str], dict]]:
 
 TOOLS: list[tuple[str, Callable[[], tuple[Callable, Callable]]]] = [
     ("ckpt uncompressed", lambda: ckpt_tool(None)),
-    ("ckpt zstd (level 1, default)", lambda: ckpt_tool("zstd")),
+    ("ckpt zstd (default)", lambda: ckpt_tool("zstd")),
     ("ckpt zstd (level 3)", lambda: ckpt_tool(("zstd", 3))),
     ("ckpt lz4", lambda: ckpt_tool("lz4")),
     ("np.savez_compressed", npz_compressed),
@@ -159,7 +159,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
 
 def targets(rows: list[dict[str, Any]], label: str) -> list[str]:
     base = next((r for r in rows if r["tool"] == "ckpt uncompressed" and "save" in r), None)
-    z = next((r for r in rows if r["tool"].startswith("ckpt zstd (level 1") and "save" in r), None)
+    z = next((r for r in rows if r["tool"] == "ckpt zstd (default)" and "save" in r), None)
     if base is None or z is None:
         return [f"- n/a ({label}): missing measurements"]
     s, l_ = z["save"] / base["save"], z["load"] / base["load"]

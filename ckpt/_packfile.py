@@ -13,14 +13,13 @@ import hashlib
 import mmap
 import os
 import sys
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterable, Mapping, Optional
 
 import numpy as np
 
-from . import _limits, _npy, _zip, deps as _deps, manifest as _manifest, serializers as _ser
+from . import _crc, _limits, _npy, _zip, deps as _deps, manifest as _manifest, serializers as _ser
 from ._pickle_scan import scan_globals
 from .errors import ChecksumError, FormatError, NotAPackError, SlotKindError, SlotNotFoundError
 from .manifest import MANIFEST_MEMBER, SlotInfo
@@ -374,7 +373,7 @@ def _sha256(view: memoryview) -> str:
 def _crc32(view: memoryview) -> int:
     crc = 0
     for start in range(0, len(view), _HASH_SLICE):
-        crc = zlib.crc32(view[start:start + _HASH_SLICE], crc)
+        crc = _crc.crc32(view[start:start + _HASH_SLICE], crc)
     return crc
 
 

@@ -14,11 +14,12 @@ import re
 import struct
 import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator, NoReturn, Optional, Union
 
-from . import _limits
+from . import _crc, _limits
 from .errors import ChecksumError, FormatError
 
 Buffer = Union[bytes, bytearray, memoryview]
@@ -51,6 +52,7 @@ _ALIGN_EXTRA_ID = 0xD935  # the id Android's zipalign uses for padding records
 
 
 _OVERLAP_MIN = 64 << 10  # compressed frames are ~0.5-1 MiB: overlap those too
+_HASH_LAG = 3
 _POOL: Optional[ThreadPoolExecutor] = None
 _POOL_LOCK = threading.Lock()
 
@@ -150,22 +152,27 @@ class ZipWriter:
         crc = 0
         sha = hashlib.sha256()
         written = 0
-        for chunk in chunks:
-            view = memoryview(chunk).cast("B")
-            if written + len(view) > size:
-                raise FormatError(f"internal error: member {name!r} longer than its {'declared' if exact else 'bound of'} "
-                                  f"{size} bytes")
-            if len(view) >= _OVERLAP_MIN:
-                # sha256 in a helper thread while this one writes and CRCs: all three release the GIL.
-                pending = _hasher().submit(sha.update, view)
+        hashing: deque[Future[None]] = deque()  # sha256 updates in flight, in order, on one helper thread
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk).cast("B")
+                if written + len(view) > size:
+                    raise FormatError(f"internal error: member {name!r} longer than its "
+                                      f"{'declared' if exact else 'bound of'} {size} bytes")
+                if len(view) >= _OVERLAP_MIN or hashing:
+                    # sha256 runs behind on the helper while this thread CRCs, writes and fetches the
+                    # next chunks (all release the GIL); a lag of a few chunks keeps memory bounded.
+                    hashing.append(_hasher().submit(sha.update, view))
+                    while len(hashing) > _HASH_LAG:
+                        hashing.popleft().result()
+                else:
+                    sha.update(view)
+                crc = _crc.crc32(view, crc)
                 self._write(view)
-                crc = zlib.crc32(view, crc)
-                pending.result()
-            else:
-                crc = zlib.crc32(view, crc)
-                sha.update(view)
-                self._write(view)
-            written += len(view)
+                written += len(view)
+        finally:
+            while hashing:
+                hashing.popleft().result()
         if exact and written != size:
             raise FormatError(f"internal error: member {name!r} is {written} bytes, declared {size}")
         size = written
@@ -426,7 +433,7 @@ class ZipReader:
                 pos += n
                 left -= n
                 if check_crc:
-                    crc = zlib.crc32(data, crc)
+                    crc = _crc.crc32(data, crc)
                 produced += n
                 yield data
         else:
@@ -449,7 +456,7 @@ class ZipReader:
                 if produced > m.size:
                     self._fail(f"member {m.name!r} inflates past its declared {m.size} bytes")
                 if check_crc:
-                    crc = zlib.crc32(out, crc)
+                    crc = _crc.crc32(out, crc)
                 if out:
                     yield out
                 if d.eof:
@@ -466,8 +473,8 @@ class ZipReader:
         """The whole member, uncompressed."""
         if m.method == STORED:
             data = self._pread(m.data_offset, m.size)
-            if check_crc and zlib.crc32(data) != m.crc:
-                found = zlib.crc32(data)
+            if check_crc and _crc.crc32(data) != m.crc:
+                found = _crc.crc32(data)
                 raise ChecksumError(
                     f"{self.file}: member {m.name!r} fails its CRC check (recorded {m.crc:08x}, computed {found:08x})",
                     file=self.file, member=m.name, expected=f"{m.crc:08x}", found=f"{found:08x}",

@@ -118,7 +118,8 @@ def _data_chunks(leaf: Any) -> Iterable[memoryview]:
         yield flat[start:start + step].data
 
 
-def _compressed_source(index: int, leaf: Any, compression: Optional[_codec.Compression]) -> Optional[MemberSource]:
+def _compressed_source(index: int, leaf: Any, compression: Optional[_codec.Compression],
+                       encoder: _codec.Encoder) -> Optional[MemberSource]:
     """A compressed member for ``leaf`` if compression is on and a sample shows it pays; else None."""
     if compression is None:
         return None
@@ -129,11 +130,12 @@ def _compressed_source(index: int, leaf: Any, compression: Optional[_codec.Compr
         return None
     raw = data.reshape(-1).view(np.uint8).data
     shape, dtype = _coll.shape_dtype(leaf)
-    if not _codec.worth_compressing(raw, dtype.itemsize, compression):
+    use = _codec.plan(raw, dtype.itemsize, compression)
+    if use is None:
         return None
     head = _codec.header(shape, dtype, fortran, compression, raw.nbytes)
-    bound = _codec.max_size(raw.nbytes, dtype.itemsize)
-    return MemberSource(f"{index}.ckz", bound, lambda: _codec.encode_chunks(head, raw, dtype.itemsize, compression),
+    job = encoder.add(head, raw, dtype.itemsize, use, compression)
+    return MemberSource(f"{index}.ckz", _codec.max_size(raw.nbytes, dtype.itemsize), lambda: encoder.chunks(job),
                         id(leaf), exact=False)
 
 
@@ -168,8 +170,9 @@ def encode_arrays(obj: Any, prefix: str, *, snapshot: bool = False,
     members[0].identity = None
     arrays_info = []
     leaves = [snapshot_leaf(x) for x in flat.leaves] if snapshot else flat.leaves
+    encoder = _codec.Encoder()  # compresses ahead of the writer, across arrays
     for i, (name, leaf) in enumerate(zip(flat.names, leaves)):
-        packed = _compressed_source(i, leaf, compression)
+        packed = _compressed_source(i, leaf, compression, encoder)
         members.append(packed or _npy_source(f"{i}.npy", leaf))
         shape, dtype = _coll.shape_dtype(leaf)
         record = {"name": name, "shape": list(shape), "dtype": _npy.dtype_name(dtype), **flat.leaf_info(i)}

@@ -197,3 +197,140 @@ def test_compressed_pack_slot_and_export_style_read(tmp_path):
         assert pack.slots_info["ema"].members[1].endswith(".ckz")
         np.testing.assert_array_equal(pack.load("ema")["k"], w["k"])
         pack.verify()
+
+
+# -- byte planes ------------------------------------------------------------
+def _chunk_tables(path, member):
+    """(method per plane) for every chunk of a compressed member, parsed independently of the decoder."""
+    import struct
+    with zipfile.ZipFile(path) as z:
+        data = z.read(member)
+    assert data[:4] == b"CKZ2"
+    n = struct.unpack_from("<I", data, 4)[0]
+    head = json.loads(data[8:8 + n])
+    planes = head["descr"] and (np.dtype(head["descr"]).itemsize if head["filter"] == "shuffle" else 1)
+    pos, tables = 8 + n, []
+    while pos < len(data):
+        pos += 4  # CRC-32
+        entries = [struct.unpack_from("<IB", data, pos + 5 * k) for k in range(planes)]
+        pos += 5 * planes + sum(length for length, _ in entries)
+        tables.append([method for _, method in entries])
+    assert pos == len(data)
+    return head, tables
+
+
+def test_only_the_exponent_plane_of_trained_floats_is_compressed(tmp_path):
+    pytest.importorskip("zstandard")
+    w = {"k": trained_like(np.random.default_rng(6), (1024, 1024))}  # 4 chunks of 1 MiB
+    path = tmp_path / "z.npz"
+    ckpt.save_var_collection(path, w, compression="zstd")
+    head, tables = _chunk_tables(path, members_of(path)["members"][1])
+    assert head["filter"] == "shuffle" and head["chunk_bytes"] == 1 << 20
+    # float32 little-endian: planes 0-2 are mantissa noise (stored), plane 3 is sign + exponent (zstd).
+    assert tables == [[_codec.STORED, _codec.STORED, _codec.STORED, _codec.PACKED]] * 4
+
+
+def test_a_plane_that_stops_compressing_midway_is_stored_in_those_chunks(tmp_path):
+    pytest.importorskip("zstandard")
+    rng = np.random.default_rng(7)
+    a = np.zeros(3 << 20, np.float32)  # 12 MiB; the sample (start and middle) sees only zeros
+    a[(1 << 20):(3 << 19)] = rng.integers(0, 2**32, 1 << 19, dtype=np.uint32).view(np.float32)  # noise
+    path = tmp_path / "z.npz"
+    ckpt.save_var_collection(path, {"a": a}, compression="zstd")
+    _, tables = _chunk_tables(path, members_of(path)["members"][1])
+    assert tables[0] == [_codec.PACKED] * 4  # zeros
+    assert tables[4] == [_codec.STORED] * 4 and tables[5] == [_codec.STORED] * 4  # noise: not worth it
+    np.testing.assert_array_equal(ckpt.load(path)["a"].view(np.uint32), a.view(np.uint32))
+
+
+def test_one_byte_dtypes_are_one_plane(tmp_path):
+    pytest.importorskip("zstandard")
+    q = np.clip(np.random.default_rng(8).normal(0, 6, 1 << 20), -127, 127).astype(np.int8)  # quantized
+    path = tmp_path / "z.npz"
+    ckpt.save_var_collection(path, {"q": q}, compression="zstd")
+    head, tables = _chunk_tables(path, members_of(path)["members"][1])
+    assert head["filter"] == "none" and tables == [[_codec.PACKED]]
+    assert path.stat().st_size < 0.7 * q.nbytes
+    np.testing.assert_array_equal(ckpt.load(path)["q"], q)
+
+
+def test_same_array_twice_and_many_arrays_pipeline_across_members(tmp_path):
+    pytest.importorskip("zstandard")
+    rng = np.random.default_rng(9)
+    shared = trained_like(rng, (512, 512))
+    w = {f"layer{i}": trained_like(rng, (64 + i, 300)) for i in range(40)}  # chunks of many members in flight
+    w.update({"tied/a": shared, "tied/b": shared, "after": trained_like(rng, (700, 700))})
+    # The main slot keeps one member per array (numpy's layout): both copies are written.
+    path = tmp_path / "z.npz"
+    ckpt.save_var_collection(path, w, compression="zstd")
+    back = ckpt.load(path)
+    for k in w:
+        np.testing.assert_array_equal(raw_bytes(back[k]), raw_bytes(w[k]), err_msg=k)
+    # Other slots store one object once: the writer skips the second member the encoder prepared.
+    with ckpt.Pack(tmp_path / "p.npz") as pack:
+        pack.dump("ema", w, compression="zstd")
+        members = dict(zip(list(w), pack.slots_info["ema"].members[1:]))
+        assert members["tied/a"] == members["tied/b"] and members["after"].endswith(".ckz")
+        back = pack.load("ema")
+    for k in w:
+        np.testing.assert_array_equal(raw_bytes(back[k]), raw_bytes(w[k]), err_msg=k)
+
+
+def test_encoder_gives_the_same_bytes_when_a_member_is_asked_for_again():
+    pytest.importorskip("zstandard")
+    rng = np.random.default_rng(10)
+    c = _codec.Compression("zstd")
+    arrays = [trained_like(rng, (700, 900)), trained_like(rng, (300, 300))]
+    enc = _codec.Encoder(window=2)
+    jobs = []
+    for a in arrays:
+        raw = a.reshape(-1).view(np.uint8).data
+        use = _codec.plan(raw, 4, c)
+        assert use == (False, False, False, True)
+        jobs.append(enc.add(_codec.header(a.shape, a.dtype, False, c, a.nbytes), raw, 4, use, c))
+    first = [b"".join(bytes(b) for b in enc.chunks(j)) for j in jobs]
+    again = b"".join(bytes(b) for b in enc.chunks(jobs[0]))  # out of order: encoded on its own
+    assert again == first[0]
+    for a, data in zip(arrays, first):
+        h = _codec.parse_header(data, where="x")
+        np.testing.assert_array_equal(_codec.decode(data, h, where="x"), a)
+
+
+def _first_table_offset(path, member):
+    import struct
+    with zipfile.ZipFile(path) as z:
+        data = z.read(member)
+    return len(data) - (8 + struct.unpack_from("<I", data, 4)[0] + 4)  # from the end, as _corrupt_member counts
+
+
+@pytest.mark.parametrize("at, message", [(4, "plane 0 has a bad table entry"), (18, "runs past the member")])
+def test_damaged_plane_table_is_a_checksum_error(tmp_path, at, message):
+    pytest.importorskip("zstandard")
+    w = {"weights": trained_like(np.random.default_rng(11), (512, 512))}
+    path = tmp_path / "c.npz"
+    ckpt.save_var_collection(path, w, compression="zstd")
+    member = members_of(path)["members"][1]
+    # Table byte 4 is plane 0's method (stored: 0 -> 0x40); byte 18 is the top byte of plane 3's length
+    # (the compressed exponent plane: its length grows by 1 GiB).
+    _corrupt_member(path, member, _first_table_offset(path, member) - at)
+    with pytest.raises(ChecksumError, match=message) as err:
+        ckpt.load(path)
+    assert "weights" in str(err.value)
+
+
+def test_compression_level_must_be_an_int():
+    pytest.importorskip("zstandard")
+    with pytest.raises(ValueError, match="level"):
+        _codec.Compression.parse(("zstd", "3"))
+    assert _codec.Compression.parse(("zstd", 9)) == _codec.Compression("zstd", 9)
+
+
+def test_fast_crc_gives_zlib_values():
+    import zlib
+    from ckpt import _crc
+    rng = np.random.default_rng(12)
+    for n in (0, 1, 7, 4096, 1 << 20, (1 << 20) + 3):
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        assert _crc.crc32(data, 0) == zlib.crc32(data)
+        assert _crc.crc32(data, 0x1234ABCD) == zlib.crc32(data, 0x1234ABCD)
+        assert _crc.crc32(memoryview(data)[1:], 0) == zlib.crc32(data[1:])
