@@ -105,56 +105,78 @@ TOOLS: list[tuple[str, Callable[[], tuple[Callable, Callable]]]] = [
 ]
 
 
-def timed(fn: Callable[[], Any], refill_bytes: int) -> tuple[float, Any]:
+def timed(fn: Callable[[], Any], refill_bytes: int) -> tuple[float, Any, int]:
+    """Seconds, result, and peak RSS growth (bytes) of ``fn``."""
     _measure.refill(refill_bytes)
+    peak = _measure.PeakRSS()
+    peak.start()
     t = time.perf_counter()
     result = fn()
-    return time.perf_counter() - t, result
+    return time.perf_counter() - t, result, peak.growth()
 
 
-def run(size: int, repeat: int, tmp: str) -> list[dict[str, Any]]:
-    model = trained_like(size)
+def run(model: dict[str, np.ndarray], size: int, repeat: int, tmp: str) -> list[dict[str, Any]]:
     raw = sum(a.nbytes for a in model.values())
-    rows = []
+    rows: list[dict[str, Any]] = []
     for label, make in TOOLS:
         try:
             save, load = make()
         except ImportError as e:
             rows.append({"tool": label, "skipped": str(e)})
             continue
-        saves, loads, ok, file_bytes = [], [], True, 0
+        saves, loads, growths, ok, file_bytes = [], [], [], True, 0
         for r in range(repeat):
             path = os.path.join(tmp, f"m{r}" + ("" if "orbax" in label else ".npz"))
-            s, _ = timed(lambda: save(path, model), raw)
+            s, _, grew = timed(lambda: save(path, model), raw)
             file_bytes = _measure.size_of(path)
             _measure.warm(path)
-            t, back = timed(lambda: load(path), raw)
+            t, back, _ = timed(lambda: load(path), raw)
             ok = ok and same(back, model)
             del back
             saves.append(s)
+            growths.append(grew)
             loads.append(t)
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
         rows.append({"tool": label, "save": statistics.median(saves), "load": statistics.median(loads),
-                     "ratio": file_bytes / raw, "ok": ok, "raw": raw})
+                     "ratio": file_bytes / raw, "ok": ok, "raw": raw,
+                     "rss": max(growths)})
         print(f"  {_model.size_label(size)} {label}: save {rows[-1]['save']:.2f} s, load {rows[-1]['load']:.2f} s, "
-              f"ratio {rows[-1]['ratio']:.3f}, correct {ok}", flush=True)
+              f"ratio {rows[-1]['ratio']:.3f}, save peak RSS growth {rows[-1]['rss'] / 2**20:.0f} MiB, correct {ok}",
+              flush=True)
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
     base = next((r for r in rows if r["tool"] == "ckpt uncompressed" and "save" in r), None)
-    out = ["| tool | file / raw | save s | save MiB/s | save vs uncompressed | restore s | restore MiB/s | "
-           "restore vs uncompressed | correct |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    out = ["| tool | file / raw | save s | save MiB/s | save vs uncompressed | save peak ΔRSS | restore s | "
+           "restore MiB/s | restore vs uncompressed | correct |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if "skipped" in r:
-            out.append(f"| {r['tool']} | skipped: {r['skipped']} |||||||")
+            out.append(f"| {r['tool']} | skipped: {r['skipped']} ||||||||")
             continue
         mib = r["raw"] / 2**20
         sv = f"{r['save'] / base['save']:.2f}x" if base else "-"
         lv = f"{r['load'] / base['load']:.2f}x" if base else "-"
         out.append(f"| {r['tool']} | {r['ratio']:.3f} | {r['save']:.2f} | {mib / r['save']:.0f} | {sv} | "
-                   f"{r['load']:.2f} | {mib / r['load']:.0f} | {lv} | {'yes' if r['ok'] else 'NO'} |")
+                   f"{r['rss'] / 2**20:.0f} MiB | {r['load']:.2f} | {mib / r['load']:.0f} | {lv} | {'yes' if r['ok'] else 'NO'} |")
     return out
+
+
+def traced_peak(model: dict[str, np.ndarray], tmp: str) -> int:
+    """Peak bytes allocated (numpy and Python, by tracemalloc) during one compressed ckpt save: what
+    the save itself holds, which RSS cannot show once the allocator has freed memory to reuse."""
+    import tracemalloc
+
+    import ckpt
+
+    path = os.path.join(tmp, "traced.npz")
+    tracemalloc.start()
+    try:
+        ckpt.save_var_collection(path, model, compression="zstd")
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        os.remove(path)
 
 
 def targets(rows: list[dict[str, Any]], label: str) -> list[str]:
@@ -187,8 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for text in args.sizes.split(","):
             size = _model.parse_size(text)
-            rows = run(size, args.repeat, tmp)
-            lines += [f"## {_model.size_label(size)}", ""] + table(rows) + [""] + targets(rows, _model.size_label(size)) + [""]
+            model = trained_like(size)
+            rows = run(model, size, args.repeat, tmp)
+            peak = traced_peak(model, tmp)
+            del model
+            memory = (f"- ckpt zstd save, traced peak allocation (tracemalloc): {peak / 2**20:.1f} MiB for a "
+                      f"{size / 2**20:.0f} MiB model (a few 1 MiB chunks per codec thread)")
+            lines += ([f"## {_model.size_label(size)}", ""] + table(rows) + [""] + targets(rows, _model.size_label(size))
+                      + [memory, ""])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report = "\n".join(lines)

@@ -58,16 +58,17 @@ _WORKERS_LOCK = threading.Lock()
 _LOCAL = threading.local()
 
 
+def _workers() -> int:
+    """Codec threads: every core, up to 16 (past that the disk, not the codec, sets the pace)."""
+    return max(1, min(16, os.cpu_count() or 1))
+
+
 def _pool() -> ThreadPoolExecutor:
     global _WORKERS
     with _WORKERS_LOCK:
         if _WORKERS is None:
-            _WORKERS = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="ckpt-codec")
+            _WORKERS = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="ckpt-codec")
         return _WORKERS
-
-
-def _workers() -> int:
-    return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,8 @@ class Encoder:
 
     The writer asks for members in order; chunks of the next members are already
     being compressed while it writes this one, so no core idles at array boundaries.
-    At most ``window`` chunks are in flight (memory stays bounded by chunks).
+    At most ``window`` chunks are in flight: memory stays bounded by a few chunks per
+    codec thread (8 MiB of input on 2 cores, 36 at most), never by the model.
     """
 
     def __init__(self, window: Optional[int] = None):
@@ -247,7 +249,7 @@ class Encoder:
         self._queue: deque[tuple[int, Future[list[Buffer]]]] = deque()
         self._cursor = (0, 0)  # next (job, chunk) to submit
         self._last = -1  # the last member the writer asked for
-        self._window = window or 4 * _workers()
+        self._window = window or 2 * _workers() + 4
         self._lock = threading.Lock()
 
     def add(self, head: bytes, raw: memoryview, itemsize: int, use: tuple[bool, ...], c: Compression) -> int:
