@@ -253,8 +253,9 @@ def _array_records(reader: PackReader, slot: str) -> list[dict[str, Any]]:
     out = []
     for name in view.names:
         shape, dtype = view.shape_dtype(name)
+        encoding, stored = view.stored(name)
         out.append({"name": name, "shape": list(shape), "dtype": _npy.dtype_name(dtype),
-                    "bytes": math.prod(shape) * dtype.itemsize})
+                    "bytes": math.prod(shape) * dtype.itemsize, "encoding": encoding, "stored": stored})
     return out
 
 

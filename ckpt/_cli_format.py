@@ -234,10 +234,14 @@ def render_info(doc: dict[str, Any], limit: Optional[int]) -> str:
         if not arrays:
             continue
         shown = arrays if limit is None else arrays[:limit]
+        rows = [[a["name"], _shape(a["shape"]), a["dtype"], "-" if a["bytes"] is None else a["bytes"]] for a in shown]
+        headers = ["name", "shape", "dtype", "bytes"]
+        if any(a.get("encoding") for a in arrays):  # a compressed slot: how each array is stored
+            headers += ["stored", "encoding"]
+            for row, a in zip(rows, shown):
+                row += [a.get("stored", "-"), a.get("encoding") or "raw"]
         out += ["", f"arrays in slot {name!r}: {array_summary(arrays)}",
-                table(["name", "shape", "dtype", "bytes"],
-                      [[a["name"], _shape(a["shape"]), a["dtype"], "-" if a["bytes"] is None else a["bytes"]]
-                       for a in shown], right=[3], indent="  ")]
+                table(headers, rows, right=[3, 4], indent="  ")]
         if len(shown) < len(arrays):
             out.append(f"  ... {len(arrays) - len(shown)} more (--all lists every array)")
     dep_rows = []

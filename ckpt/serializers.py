@@ -284,6 +284,18 @@ class ArraysView:
         h = self.header(name)
         return h.shape, h.dtype
 
+    def stored(self, name: str) -> tuple[Optional[str], int]:
+        """How one array is stored: its encoding (None for plain .npy, else e.g. "zstd+shuffle")
+        and its member's size in bytes."""
+        member = self._index[name]
+        encoding = None
+        if member.endswith(".ckz"):
+            records = self.info.get("arrays")
+            i = self.names.index(name)
+            rec = records[i] if isinstance(records, list) and i < len(records) else None
+            encoding = str(rec.get("encoding")) if isinstance(rec, dict) and rec.get("encoding") else "ckz"
+        return encoding, self._size(member)
+
     def read_all(self) -> dict[str, np.ndarray]:
         """Every array, verified, each in its own writable memory (read and hashed two at a time)."""
         if self._read_many is None:

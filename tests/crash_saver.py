@@ -1,6 +1,6 @@
 """A training-like loop that saves a checkpoint every step; test_crash_kill.py SIGKILLs it.
 
-Usage: ``python crash_saver.py LOGDIR COMMITTED_LOG [--steps N] [--keep K]``
+Usage: ``python crash_saver.py LOGDIR COMMITTED_LOG [--steps N] [--keep K] [--compression zstd]``
 
 Resumes at ``latest() + 1`` (like a training job restarting), and for each
 step saves arrays whose content is a deterministic function of the step
@@ -44,6 +44,8 @@ def make_arrays(step: int) -> dict[str, np.ndarray]:
         "w": np.full((7, 5), step * 0.5, np.float32),
         "noise": (np.arange(step % 13 + 1, dtype=np.float64) + step),
         "big": big,
+        # Trained-like float32 weights (1 MiB): the part a compressed save actually compresses.
+        "weights": np.random.default_rng(step).standard_normal(1 << 18, dtype=np.float32) * np.float32(0.02),
     }
 
 
@@ -62,11 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("committed")
     parser.add_argument("--steps", type=int, default=10**6)
     parser.add_argument("--keep", type=int, default=KEEP)
+    parser.add_argument("--compression", default=None)
     args = parser.parse_args(argv)
 
     import ckpt  # after argparse so --help is fast; numpy and ckpt only
 
-    ck = ckpt.Checkpoint(args.logdir, keep_ckpts=args.keep, verbose=False)
+    ck = ckpt.Checkpoint(args.logdir, keep_ckpts=args.keep, verbose=False, compression=args.compression)
     start = (ck.latest() or 0) + 1
     log_fd = os.open(args.committed, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     print(f"ready {start}", flush=True)

@@ -20,7 +20,9 @@ and checks after every kill that:
 The same logdir is reused across kills (each saver resumes at ``latest() + 1``),
 so later savers meet the stale temp files of earlier ones.
 
-The number of kills is ``CKPT_KILLS`` (default 25; the full run uses 200), the
+It runs uncompressed and with ``compression="zstd"`` (whose saves write ``.ckz``
+members through the codec threads). The number of kills is ``CKPT_KILLS``
+(default 25; the full run uses 200; the zstd run makes a third as many), the
 seed of the kill delays ``CKPT_KILL_SEED``. Run with ``-rP`` to see the report
 (kills survived, checkpoints saved, where the kills landed).
 """
@@ -122,7 +124,7 @@ def _start_saver(logdir: str, committed: str, *args: str) -> tuple[subprocess.Po
     return proc, int(line.split()[1])
 
 
-def _check_file(ck: ckpt.Checkpoint, idx: int) -> None:
+def _check_file(ck: ckpt.Checkpoint, idx: int, compression: str | None) -> None:
     """A final-named checkpoint file verifies fully (every member's sha256) and is step ``idx``'s.
 
     The big array's bytes are compared only for the restored checkpoint; here the hashes prove the
@@ -138,14 +140,21 @@ def _check_file(ck: ckpt.Checkpoint, idx: int) -> None:
         for name, arr in expected.items():
             shape, dtype = view.shape_dtype(name)
             assert (tuple(shape), np.dtype(dtype)) == (arr.shape, arr.dtype), (path, name)
-        for name in ("step", "w", "noise"):
+        for name in ("step", "w", "noise", "weights"):
             assert np.array_equal(view.read(name), expected[name]), f"{path}: {name!r} is not step {idx}'s"
+        weights = pack.slots_info["main"].members[1 + view.names.index("weights")]
+        assert weights.endswith(".ckz" if compression else ".npy"), (path, weights)
 
 
-def test_sigkill_during_saves_never_loses_or_corrupts_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_sigkill_during_saves_never_loses_or_corrupts_a_checkpoint(tmp_path, compression):
+    if compression:
+        pytest.importorskip("zstandard")
+    kills = KILLS if compression is None else max(5, KILLS // 3)  # the compressed path: a third as many
+    options = ("--compression", compression) if compression else ()
     timer = KillTimer(random.Random(SEED))
     calibration = str(tmp_path / "calibration.log")
-    proc, _ = _start_saver(str(tmp_path / "calibration"), calibration, "--steps", "4")
+    proc, _ = _start_saver(str(tmp_path / "calibration"), calibration, "--steps", "4", *options)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err.decode(errors="replace")
     assert [s for s, _ in _read_committed(calibration)] == [1, 2, 3, 4]
@@ -159,8 +168,8 @@ def test_sigkill_during_saves_never_loses_or_corrupts_a_checkpoint(tmp_path):
     prev_latest = 0
     started_kills = time.perf_counter()
 
-    for kill in range(1, KILLS + 1):
-        proc, first_step = _start_saver(logdir, committed)
+    for kill in range(1, kills + 1):
+        proc, first_step = _start_saver(logdir, committed, *options)
         assert first_step == prev_latest + 1, "the saver must resume at latest() + 1"
         time.sleep(timer.delay())
         if proc.poll() is not None:
@@ -240,16 +249,16 @@ def test_sigkill_during_saves_never_loses_or_corrupts_a_checkpoint(tmp_path):
 
         # (c) every final-named file verifies fully and holds its step's content.
         for i in indices:
-            _check_file(ck, i)
+            _check_file(ck, i, compression)
         prev_latest = latest
 
     elapsed = time.perf_counter() - started_kills
     total_saves = ck.latest() or 0
-    report = (f"SIGKILL harness: {KILLS} kills survived, {total_saves} checkpoints saved, in {elapsed:.1f} s; "
+    report = (f"SIGKILL harness ({compression or 'uncompressed'}): {kills} kills survived, {total_saves} checkpoints saved, in {elapsed:.1f} s; "
               f"a fresh saver's first save returned after ~{timer.median(timer.first) * 1000:.0f} ms, then one every "
               f"~{timer.median(timer.each) * 1000:.0f} ms; last kill delays uniform in 0..{timer.spread * 1000:.0f} ms; "
               f"outcomes {outcomes}")
     print(report)
     # Not vacuous: the savers made progress, and kills landed inside saves (a temp file left behind).
-    assert total_saves >= max(1, KILLS // 5), f"the savers made too little progress to test anything: {report}"
-    assert outcomes["temp file of the killed saver left"] > 0 or KILLS < 10, f"no kill landed inside a save: {report}"
+    assert total_saves >= max(1, kills // 5), f"the savers made too little progress to test anything: {report}"
+    assert outcomes["temp file of the killed saver left"] > 0 or kills < 10, f"no kill landed inside a save: {report}"
