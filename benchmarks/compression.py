@@ -9,6 +9,9 @@ restores read from a warm page cache. Medians of --repeat runs; every restore is
 
     python benchmarks/compression.py                 # 64M and 1G, 3 repeats
     python benchmarks/compression.py --sizes 64M --repeat 1
+
+It also trains a small MLP (numpy, 300 Adam steps, a few seconds) and compresses its weights and Adam
+moments, as a check that the synthetic weights compress like real ones.
 """
 
 from __future__ import annotations
@@ -43,6 +46,47 @@ def trained_like(total: int, seed: int = 0) -> dict[str, np.ndarray]:
         if len(shape) == 1 and i % 2:
             w = w + np.float32(1.0)  # LayerNorm scales sit around 1
         out[name] = w.astype(_model.dtype_of(dtype))
+    return out
+
+
+def trained_mlp(steps: int = 300, seed: int = 0) -> dict[str, np.ndarray]:
+    """Weights and Adam moments of a real (numpy) MLP 512-1024-1024-10 after ``steps`` Adam steps on a
+    teacher task: what a checkpoint of a small model that has actually trained holds (about 23 MiB)."""
+    rng = np.random.default_rng(seed)
+    sizes = [512, 1024, 1024, 10]
+    teacher = [rng.standard_normal((a, b)).astype(np.float32) / np.sqrt(a) for a, b in zip(sizes, sizes[1:])]
+    params: dict[str, np.ndarray] = {}
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        params[f"layer{i}/w"] = (rng.standard_normal((a, b)) * np.sqrt(2 / a)).astype(np.float32)
+        params[f"layer{i}/b"] = np.zeros(b, np.float32)
+    m = {k: np.zeros_like(v) for k, v in params.items()}
+    v = {k: np.zeros_like(x) for k, x in params.items()}
+    lr, b1, b2, eps = np.float32(1e-3), np.float32(0.9), np.float32(0.999), np.float32(1e-8)
+    for t in range(1, steps + 1):
+        x = rng.standard_normal((128, sizes[0])).astype(np.float32)
+        y = x
+        for w in teacher:
+            y = np.tanh(y @ w)
+        acts, h = [x], x
+        for i in range(3):
+            h = h @ params[f"layer{i}/w"] + params[f"layer{i}/b"]
+            h = np.maximum(h, 0) if i < 2 else h
+            acts.append(h)
+        g = (2 / len(x)) * (acts[-1] - y)  # d(MSE)/d(output)
+        grads = {}
+        for i in reversed(range(3)):
+            grads[f"layer{i}/w"] = acts[i].T @ g
+            grads[f"layer{i}/b"] = g.sum(0)
+            if i:
+                g = (g @ params[f"layer{i}/w"].T) * (acts[i] > 0)
+        for k in params:
+            m[k] = b1 * m[k] + (1 - b1) * grads[k]
+            v[k] = b2 * v[k] + (1 - b2) * grads[k] ** 2
+            step = lr * (m[k] / (1 - b1 ** t)) / (np.sqrt(v[k] / (1 - b2 ** t)) + eps)
+            params[k] = (params[k] - step).astype(np.float32)
+    out = dict(params)
+    out.update({f"adam/m/{k}": a for k, a in m.items()})
+    out.update({f"adam/v/{k}": a for k, a in v.items()})
     return out
 
 
@@ -194,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="64M,1G")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="16M and 64M, one run each")
+    p.add_argument("--no-trained", dest="trained", action="store_false",
+                   help="skip the section on a really trained (numpy) MLP")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args, _ = p.parse_known_args(argv)  # tox passes run.py's options here too; ignore the others
     if args.quick:
@@ -207,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
              "Trained-like weights (see benchmarks/compression.py), durable saves, warm restores, "
              f"medians of {args.repeat}.", ""]
     try:
+        if args.trained:
+            model = trained_mlp()
+            size = sum(a.nbytes for a in model.values())
+            rows = run(model, size, args.repeat, tmp)
+            lines += ([f"## A really trained MLP ({size / 2**20:.0f} MiB: weights and Adam moments after 300 steps)",
+                       ""] + table(rows) + [""] + targets(rows, "trained MLP") + [""])
         for text in args.sizes.split(","):
             size = _model.parse_size(text)
             model = trained_like(size)
