@@ -129,7 +129,18 @@ def _codec_functions(codec: str, level: Optional[int]) -> tuple[Callable[[Any], 
             return _zstd_compressor(level).compress(data)
 
         def decompress(data: Any, size: int) -> bytes:
-            return zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+            # The frame must declare its size (ckpt's writer always does): python-zstandard trusts a
+            # declared size over max_output_size, so a forged frame could otherwise inflate to far
+            # more memory than its plane. Bytes after the frame, which it would skip, are refused.
+            declared = zstandard.frame_content_size(data)
+            if declared != size:
+                raise ValueError(f"the frame declares {declared} bytes (-1: unknown)")
+            frame = zstandard.ZstdDecompressor().decompressobj(write_size=max(1, size))
+            out = frame.decompress(data)
+            if not frame.eof or frame.unused_data:
+                raise ValueError("the frame is cut short" if not frame.eof else
+                                 f"{len(frame.unused_data)} bytes follow the frame")
+            return out
 
         return compress, decompress
     if codec == "lz4":

@@ -379,3 +379,50 @@ def test_cli_reads_compressed_checkpoints_and_exports_a_plain_npz(tmp_path, caps
     assert _cli.main(["verify", str(src)]) == 1
     captured = capsys.readouterr()
     assert member in captured.out + captured.err
+
+
+def test_a_frame_that_expands_past_its_plane_is_refused_before_it_is_inflated():
+    zstandard = pytest.importorskip("zstandard")
+    import struct
+    import zlib
+    arr = np.arange(1024, dtype=np.float32)  # one chunk of 4 planes of 1024 bytes
+    c = _codec.Compression("zstd")
+    head = _codec.header(arr.shape, arr.dtype, False, c, arr.nbytes)
+    bomb = zstandard.ZstdCompressor().compress(b"\0" * (256 << 20))  # ~8 KiB that inflate to 256 MiB
+    planes = [bomb] + [np.ascontiguousarray(arr.view(np.uint8).reshape(-1, 4)[:, k]).tobytes() for k in (1, 2, 3)]
+    table = struct.pack("<IB", len(bomb), _codec.PACKED) + b"".join(struct.pack("<IB", 1024, _codec.STORED)
+                                                                 for _ in range(3))
+    member = head + struct.pack("<I", zlib.crc32(arr.tobytes())) + table + b"".join(planes)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ChecksumError, match="plane 0 does not decompress.*declares 268435456 bytes"):
+            _codec.decode(member, _codec.parse_header(member, where="array 'w'"), where="array 'w'")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda frame: frame + b"junk", "4 bytes follow the frame"),
+    (lambda frame: frame[:-3], "cut short|does not decompress"),
+])
+def test_a_zstd_plane_must_be_exactly_one_whole_frame(tamper, message):
+    zstandard = pytest.importorskip("zstandard")
+    import struct
+    import zlib
+    arr = (np.random.default_rng(15).standard_normal(1024) * 0.02).astype(np.float32)
+    head = _codec.header(arr.shape, arr.dtype, False, _codec.Compression("zstd"), arr.nbytes)
+    planes = [np.ascontiguousarray(arr.view(np.uint8).reshape(-1, 4)[:, k]).tobytes() for k in range(4)]
+
+    def member_with(packed):  # planes 0-2 stored, plane 3 (the exponents) compressed as ``packed``
+        table = b"".join(struct.pack("<IB", 1024, _codec.STORED) for _ in range(3))
+        table += struct.pack("<IB", len(packed), _codec.PACKED)
+        return head + struct.pack("<I", zlib.crc32(arr.tobytes())) + table + b"".join(planes[:3]) + packed
+
+    frame = zstandard.ZstdCompressor().compress(planes[3])
+    good = member_with(frame)
+    np.testing.assert_array_equal(_codec.decode(good, _codec.parse_header(good, where="w"), where="w"), arr)
+    bad = member_with(tamper(frame))
+    with pytest.raises(ChecksumError, match=message):
+        _codec.decode(bad, _codec.parse_header(bad, where="w"), where="w")
