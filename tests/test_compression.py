@@ -426,3 +426,15 @@ def test_a_zstd_plane_must_be_exactly_one_whole_frame(tamper, message):
     bad = member_with(tamper(frame))
     with pytest.raises(ChecksumError, match=message):
         _codec.decode(bad, _codec.parse_header(bad, where="w"), where="w")
+
+
+@pytest.mark.parametrize("itemsize", [1, 2, 3, 4, 8, 16])
+def test_byte_planes_split_and_join_exactly(itemsize):
+    raw = np.random.default_rng(itemsize).integers(0, 256, 1000 * itemsize, dtype=np.uint8)
+    planes = _codec.split_planes(raw.data, itemsize)
+    assert len(planes) == itemsize
+    for k, plane in enumerate(planes):  # plane k is byte k of every element, in memory order
+        np.testing.assert_array_equal(plane, raw.reshape(-1, itemsize)[:, k])
+    back = np.empty_like(raw)
+    _codec.join_planes(back, planes)
+    np.testing.assert_array_equal(back, raw)
