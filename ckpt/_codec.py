@@ -215,7 +215,8 @@ def plan(raw: memoryview, itemsize: int, c: Compression) -> Optional[tuple[bool,
     step = max(itemsize, (_SAMPLE_BYTES // itemsize) * itemsize)
     sizes = [0] * itemsize
     packed = [0] * itemsize
-    for start in sorted({0, (n // 2) // itemsize * itemsize}):
+    starts = [0] if n <= 2 * step else [0, (n // 2) // itemsize * itemsize]  # small arrays: sampled once
+    for start in starts:
         piece = raw[start:start + step]
         piece = piece[:len(piece) // itemsize * itemsize]
         for k, plane in enumerate(split_planes(piece, itemsize)):
@@ -227,6 +228,11 @@ def plan(raw: memoryview, itemsize: int, c: Compression) -> Optional[tuple[bool,
     if not total or stored > RAW_THRESHOLD * total:
         return None
     return use
+
+
+def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """``[fn(x) for x in items]`` on the codec threads (for work that releases the GIL)."""
+    return list(_pool().map(fn, items)) if len(items) > 1 else [fn(x) for x in items]
 
 
 def header(shape: tuple[int, ...], dtype: np.dtype, fortran: bool, c: Compression, nbytes: int) -> bytes:
@@ -430,34 +436,47 @@ def _frames(view: memoryview, h: Header, where: str) -> list[_Frame]:
 
 def decode(data: Any, h: Header, *, where: str, dtype: Optional[np.dtype] = None) -> np.ndarray:
     """Decompress a member into a new array, chunks in parallel, each checked against its CRC."""
-    _, decompress = _codec_functions(h.codec, h.level)
-    frames = _frames(memoryview(data), h, where)
-    out = np.empty(h.nbytes, dtype=np.uint8)  # every byte is written below: no zero-fill
-    itemsize = h.dtype.itemsize if h.shuffle else 1
+    return decode_many([(data, h, where, dtype)])[0]
 
-    def job(f: _Frame) -> None:
-        target = out[f.start:f.start + f.raw_len]
-        plane_len = f.raw_len // itemsize
-        planes = []
-        for k, (method, stored) in enumerate(f.planes):
-            if method == PACKED:
-                try:
-                    plane: Any = decompress(stored, plane_len)
-                except Exception as e:  # the codec's own error types differ; all mean a corrupt chunk
-                    raise ChecksumError(f"{where}: chunk {f.index} plane {k} does not decompress "
-                                        f"({type(e).__name__}: {e})") from None
-                if len(plane) != plane_len:
-                    raise ChecksumError(f"{where}: chunk {f.index} plane {k} decompresses to {len(plane)} bytes, "
-                                        f"expected {plane_len}")
-            else:
-                plane = stored
-            planes.append(np.frombuffer(plane, dtype=np.uint8))
-        join_planes(target, planes)
-        if _crc.crc32(target.data) != f.crc:
-            raise ChecksumError(f"{where}: chunk {f.index} fails its CRC check after decompression")
 
-    for _ in _pool().map(job, frames):
+def decode_many(items: Sequence[tuple[Any, Header, str, Optional[np.dtype]]]) -> list[np.ndarray]:
+    """Decode several members (data, header, where, dtype) at once: the chunks of all of them share
+    the codec threads, so many small arrays decode as fast as one large one."""
+    outs, jobs = [], []
+    for data, h, where, _ in items:
+        _, decompress = _codec_functions(h.codec, h.level)
+        frames = _frames(memoryview(data), h, where)
+        out = np.empty(h.nbytes, dtype=np.uint8)  # every byte is written by the jobs: no zero-fill
+        outs.append(out)
+        jobs += [(f, out, h.dtype.itemsize if h.shuffle else 1, decompress, where) for f in frames]
+    for _ in _pool().map(lambda job: _decode_chunk(*job), jobs):
         pass
-    dt = dtype if dtype is not None else h.dtype
-    arr = out.view(dt) if h.nbytes else np.zeros(0, dt)
-    return arr.reshape(h.shape, order="F" if h.fortran_order else "C")
+    arrays = []
+    for out, (_, h, _, dtype) in zip(outs, items):
+        dt = dtype if dtype is not None else h.dtype
+        arr = out.view(dt) if h.nbytes else np.zeros(0, dt)
+        arrays.append(arr.reshape(h.shape, order="F" if h.fortran_order else "C"))
+    return arrays
+
+
+def _decode_chunk(f: _Frame, out: np.ndarray, itemsize: int, decompress: Callable[[Any, int], bytes],
+                  where: str) -> None:
+    target = out[f.start:f.start + f.raw_len]
+    plane_len = f.raw_len // itemsize
+    planes = []
+    for k, (method, stored) in enumerate(f.planes):
+        if method == PACKED:
+            try:
+                plane: Any = decompress(stored, plane_len)
+            except Exception as e:  # the codec's own error types differ; all mean a corrupt chunk
+                raise ChecksumError(f"{where}: chunk {f.index} plane {k} does not decompress "
+                                    f"({type(e).__name__}: {e})") from None
+            if len(plane) != plane_len:
+                raise ChecksumError(f"{where}: chunk {f.index} plane {k} decompresses to {len(plane)} bytes, "
+                                    f"expected {plane_len}")
+        else:
+            plane = stored
+        planes.append(np.frombuffer(plane, dtype=np.uint8))
+    join_planes(target, planes)
+    if _crc.crc32(target.data) != f.crc:
+        raise ChecksumError(f"{where}: chunk {f.index} fails its CRC check after decompression")

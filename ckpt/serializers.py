@@ -118,11 +118,18 @@ def _data_chunks(leaf: Any) -> Iterable[memoryview]:
         yield flat[start:start + step].data
 
 
-def _compressed_source(index: int, leaf: Any, compression: Optional[_codec.Compression],
-                       encoder: _codec.Encoder) -> Optional[MemberSource]:
-    """A compressed member for ``leaf`` if compression is on and a sample shows it pays; else None."""
-    if compression is None:
-        return None
+@dataclass
+class _Planned:
+    """An array that a sample says is worth compressing, and which of its byte planes to compress."""
+
+    raw: memoryview
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran: bool
+    use: tuple[bool, ...]
+
+
+def _plan_compression(leaf: Any, compression: _codec.Compression) -> Optional[_Planned]:
     arr = _coll.to_host(leaf)
     fortran = arr.ndim > 1 and arr.flags.f_contiguous and not arr.flags.c_contiguous
     data = np.ascontiguousarray(arr.T if fortran else arr)
@@ -131,11 +138,18 @@ def _compressed_source(index: int, leaf: Any, compression: Optional[_codec.Compr
     raw = data.reshape(-1).view(np.uint8).data
     shape, dtype = _coll.shape_dtype(leaf)
     use = _codec.plan(raw, dtype.itemsize, compression)
-    if use is None:
+    return None if use is None else _Planned(raw, shape, dtype, fortran, use)
+
+
+def _compressed_source(index: int, leaf: Any, planned: Optional[_Planned], compression: _codec.Compression,
+                       encoder: _codec.Encoder) -> Optional[MemberSource]:
+    """A compressed member for ``leaf`` if its sample showed compression pays; else None."""
+    if planned is None:
         return None
-    head = _codec.header(shape, dtype, fortran, compression, raw.nbytes)
-    job = encoder.add(head, raw, dtype.itemsize, use, compression)
-    return MemberSource(f"{index}.ckz", _codec.max_size(raw.nbytes, dtype.itemsize), lambda: encoder.chunks(job),
+    p = planned
+    head = _codec.header(p.shape, p.dtype, p.fortran, compression, p.raw.nbytes)
+    job = encoder.add(head, p.raw, p.dtype.itemsize, p.use, compression)
+    return MemberSource(f"{index}.ckz", _codec.max_size(p.raw.nbytes, p.dtype.itemsize), lambda: encoder.chunks(job),
                         id(leaf), exact=False)
 
 
@@ -171,8 +185,11 @@ def encode_arrays(obj: Any, prefix: str, *, snapshot: bool = False,
     arrays_info = []
     leaves = [snapshot_leaf(x) for x in flat.leaves] if snapshot else flat.leaves
     encoder = _codec.Encoder()  # compresses ahead of the writer, across arrays
+    plans: list[Optional[_Planned]] = [None] * len(leaves)
+    if compression is not None:  # sample every array on the codec threads
+        plans = _codec.parallel_map(lambda leaf: _plan_compression(leaf, compression), leaves)
     for i, (name, leaf) in enumerate(zip(flat.names, leaves)):
-        packed = _compressed_source(i, leaf, compression, encoder)
+        packed = None if compression is None else _compressed_source(i, leaf, plans[i], compression, encoder)
         members.append(packed or _npy_source(f"{i}.npy", leaf))
         shape, dtype = _coll.shape_dtype(leaf)
         record = {"name": name, "shape": list(shape), "dtype": _npy.dtype_name(dtype), **flat.leaf_info(i)}
@@ -244,16 +261,19 @@ class ArraysView:
         if data is None:
             data = self._read_member(member, copy and not member.endswith(".ckz"))
         if member.endswith(".ckz"):
-            name = self._names_by_member.get(member)
-            where = f"{self.where} array {name!r} (member {member!r})" if name else f"{self.where} member {member!r}"
-            return _codec.decode(data, _codec.parse_header(data[:_limits.MAX_NPY_HEADER_BYTES + 8], where=where),
-                                 where=where, dtype=dtype)
+            return _codec.decode_many([self._compressed(member, data, dtype)])[0]
         if known is not None and bytes(data[:len(known[0])]) == known[0]:
             header = known[1]  # the verified bytes hold the header already parsed: no second parse
         else:
             header = _npy.parse_header(bytes(data[:_limits.MAX_NPY_HEADER_BYTES]), len(data),
                                        where=f"{self.where} member {member!r}")
         return _npy.array_from_buffer(data, header, dtype=dtype)
+
+    def _compressed(self, member: str, data: Any,
+                    dtype: Optional[np.dtype]) -> tuple[Any, _codec.Header, str, Optional[np.dtype]]:
+        name = self._names_by_member.get(member)
+        where = f"{self.where} array {name!r} (member {member!r})" if name else f"{self.where} member {member!r}"
+        return data, _codec.parse_header(data[:_limits.MAX_NPY_HEADER_BYTES + 8], where=where), where, dtype
 
     def verify(self, names: Iterable[str]) -> None:
         """Check the hashes of these arrays up front, in parallel where the file is mapped."""
@@ -301,18 +321,26 @@ class ArraysView:
         if self._read_many is None:
             return {n: self.read(n) for n in self.names}
         plain = [n for n in self.names if not self._index[n].endswith(".ckz")]
-        self.verify([n for n in self.names if n not in plain])  # compressed members: hashed in parallel
+        packed = [n for n in self.names if n not in plain]
+        self.verify(packed)  # compressed members: hashed in parallel, then decoded all at once
+        decoded = dict(zip(packed, _codec.decode_many(
+            [self._compressed(self._index[n], self._read_member(self._index[n], False), self.header(n).dtype)
+             for n in packed])))
         for n in plain:
             self.header(n)
         buffers = self._read_many([self._index[n] for n in plain])
         out = {}
         for n in self.names:
-            if self._index[n] in buffers:
-                h = self.header(n)
+            h = self.header(n)
+            if n in decoded:
+                out[n] = decoded[n]
+            elif self._index[n] in buffers:
                 data = buffers[self._index[n]]
                 out[n] = self._array(self._index[n], dtype=h.dtype, known=self._raw_headers.get(n), data=data)
             else:
                 out[n] = self.read(n)
+            if out[n].shape != h.shape:
+                raise FormatError(f"{self.where}: array {n!r} header changed between reads")
         return out
 
     def read(self, name: str, *, copy: bool = True) -> np.ndarray:

@@ -438,3 +438,21 @@ def test_byte_planes_split_and_join_exactly(itemsize):
     back = np.empty_like(raw)
     _codec.join_planes(back, planes)
     np.testing.assert_array_equal(back, raw)
+
+
+def test_jax_arrays_compress_and_restore_into_a_template(tmp_path):
+    pytest.importorskip("zstandard")
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    rng = np.random.default_rng(16)
+    host = {"dense": {"kernel": trained_like(rng, (256, 512)), "bias": np.zeros(512, np.float32)},
+            "emb": trained_like(rng, (300, 128)).astype(jnp.bfloat16)}
+    tree = jax.tree_util.tree_map(jnp.asarray, host)
+    ck = ckpt.Checkpoint(tmp_path, compression="zstd")
+    path = ck.save(tree, 5)
+    encodings = {a["name"]: a.get("encoding") for a in members_of(path)["arrays"]}
+    assert encodings["dense/kernel"] == "zstd+shuffle" and encodings["emb"] == "zstd+shuffle", encodings
+    back = ck.load(5, template=jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree))
+    for got, want in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(host)):
+        assert isinstance(got, jax.Array)
+        np.testing.assert_array_equal(raw_bytes(np.asarray(got)), raw_bytes(want))
