@@ -223,12 +223,16 @@ def traced_peak(model: dict[str, np.ndarray], tmp: str) -> int:
         os.remove(path)
 
 
-def targets(rows: list[dict[str, Any]], label: str) -> list[str]:
+def targets(rows: list[dict[str, Any]], label: str, binding: bool) -> list[str]:
+    """The issue's two targets. They are stated for 1 GiB; at smaller sizes the lines are for reference
+    (saves there take tens of milliseconds, where fixed costs and this VM's noise dominate)."""
     base = next((r for r in rows if r["tool"] == "ckpt uncompressed" and "save" in r), None)
     z = next((r for r in rows if r["tool"] == "ckpt zstd (default)" and "save" in r), None)
     if base is None or z is None:
         return [f"- n/a ({label}): missing measurements"]
     s, l_ = z["save"] / base["save"], z["load"] / base["load"]
+    if not binding:
+        return [f"- reference ({label}; the target is at 1 GiB): compressed save {s:.2f}x, restore {l_:.2f}x uncompressed"]
     return [f"- {'PASS' if s <= 2 else 'FAIL'} ({label}) compressed save <= 2x uncompressed: {s:.2f}x",
             f"- {'PASS' if l_ <= 2 else 'FAIL'} ({label}) compressed restore <= 2x uncompressed: {l_:.2f}x"]
 
@@ -258,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             size = sum(a.nbytes for a in model.values())
             rows = run(model, size, args.repeat, tmp)
             lines += ([f"## A really trained MLP ({size / 2**20:.0f} MiB: weights and Adam moments after 300 steps)",
-                       ""] + table(rows) + [""] + targets(rows, "trained MLP") + [""])
+                       ""] + table(rows) + [""] + targets(rows, "trained MLP", binding=False) + [""])
         for text in args.sizes.split(","):
             size = _model.parse_size(text)
             model = trained_like(size)
@@ -267,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             del model
             memory = (f"- ckpt zstd save, traced peak allocation (tracemalloc): {peak / 2**20:.1f} MiB for a "
                       f"{size / 2**20:.0f} MiB model (a few 1 MiB chunks per codec thread)")
-            lines += ([f"## {_model.size_label(size)}", ""] + table(rows) + [""] + targets(rows, _model.size_label(size))
+            label = _model.size_label(size)
+            lines += ([f"## {label}", ""] + table(rows) + [""] + targets(rows, label, binding=size >= 1 << 30)
                       + [memory, ""])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
