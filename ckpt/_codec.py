@@ -332,8 +332,9 @@ class Encoder:
                 while self._queue and self._queue[0][0] < index:  # members the writer skipped (dedup)
                     self._queue.popleft()[1].cancel()
                 self._cursor = max(self._cursor, (index, 0))
-        if not in_order:  # asked again (a rewrite): compress this member on its own
-            yield from _ordered(job.run, job.starts(), self._window)
+        if not in_order:  # asked again (never by write_pack; kept correct): compress it here, in order
+            for start in job.starts():
+                yield from job.run(start)
             return
         for _ in job.starts():
             with self._lock:
@@ -342,16 +343,6 @@ class Encoder:
             if owner != index:
                 raise RuntimeError(f"internal error: compressed member {owner} queued before {index}")
             yield from fut.result()
-
-
-def _ordered(fn: Callable[[int], list[Buffer]], items: range, window: int) -> Iterator[Buffer]:
-    pending: deque[Future[list[Buffer]]] = deque()
-    for item in items:
-        pending.append(_pool().submit(fn, item))
-        if len(pending) >= window:
-            yield from pending.popleft().result()
-    while pending:
-        yield from pending.popleft().result()
 
 
 @dataclass(frozen=True)

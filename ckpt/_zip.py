@@ -473,8 +473,8 @@ class ZipReader:
         """The whole member, uncompressed."""
         if m.method == STORED:
             data = self._pread(m.data_offset, m.size)
-            if check_crc and _crc.crc32(data) != m.crc:
-                found = _crc.crc32(data)
+            found = _crc.crc32(data) if check_crc else m.crc
+            if found != m.crc:
                 raise ChecksumError(
                     f"{self.file}: member {m.name!r} fails its CRC check (recorded {m.crc:08x}, computed {found:08x})",
                     file=self.file, member=m.name, expected=f"{m.crc:08x}", found=f"{found:08x}",

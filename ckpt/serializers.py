@@ -127,6 +127,7 @@ class _Planned:
     dtype: np.dtype
     fortran: bool
     use: tuple[bool, ...]
+    compression: _codec.Compression
 
 
 def _plan_compression(leaf: Any, compression: _codec.Compression) -> Optional[_Planned]:
@@ -138,17 +139,13 @@ def _plan_compression(leaf: Any, compression: _codec.Compression) -> Optional[_P
     raw = data.reshape(-1).view(np.uint8).data
     shape, dtype = _coll.shape_dtype(leaf)
     use = _codec.plan(raw, dtype.itemsize, compression)
-    return None if use is None else _Planned(raw, shape, dtype, fortran, use)
+    return None if use is None else _Planned(raw, shape, dtype, fortran, use, compression)
 
 
-def _compressed_source(index: int, leaf: Any, planned: Optional[_Planned], compression: _codec.Compression,
-                       encoder: _codec.Encoder) -> Optional[MemberSource]:
-    """A compressed member for ``leaf`` if its sample showed compression pays; else None."""
-    if planned is None:
-        return None
-    p = planned
-    head = _codec.header(p.shape, p.dtype, p.fortran, compression, p.raw.nbytes)
-    job = encoder.add(head, p.raw, p.dtype.itemsize, p.use, compression)
+def _compressed_source(index: int, leaf: Any, p: _Planned, encoder: _codec.Encoder) -> MemberSource:
+    """The compressed member of an array whose sample showed compression pays."""
+    head = _codec.header(p.shape, p.dtype, p.fortran, p.compression, p.raw.nbytes)
+    job = encoder.add(head, p.raw, p.dtype.itemsize, p.use, p.compression)
     return MemberSource(f"{index}.ckz", _codec.max_size(p.raw.nbytes, p.dtype.itemsize), lambda: encoder.chunks(job),
                         id(leaf), exact=False)
 
@@ -189,12 +186,13 @@ def encode_arrays(obj: Any, prefix: str, *, snapshot: bool = False,
     if compression is not None:  # sample every array on the codec threads
         plans = _codec.parallel_map(lambda leaf: _plan_compression(leaf, compression), leaves)
     for i, (name, leaf) in enumerate(zip(flat.names, leaves)):
-        packed = None if compression is None else _compressed_source(i, leaf, plans[i], compression, encoder)
+        planned = plans[i]
+        packed = None if planned is None else _compressed_source(i, leaf, planned, encoder)
         members.append(packed or _npy_source(f"{i}.npy", leaf))
         shape, dtype = _coll.shape_dtype(leaf)
         record = {"name": name, "shape": list(shape), "dtype": _npy.dtype_name(dtype), **flat.leaf_info(i)}
-        if packed is not None and compression is not None:
-            record["encoding"] = compression.codec + ("+shuffle" if dtype.itemsize > 1 else "")
+        if planned is not None:
+            record["encoding"] = planned.compression.codec + ("+shuffle" if dtype.itemsize > 1 else "")
         arrays_info.append(record)
     info: dict[str, Any] = {"kind": flat.kind, "layout": "objax", "arrays": arrays_info}
     if flat.tree is not None:
