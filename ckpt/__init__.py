@@ -62,3 +62,11 @@ __all__ = [
     "DependencyError",
     "DependencyWarning",
 ]
+
+# Recipes, search and aliases: record how a model was built, rebuild it, find checkpoints by what they are.
+from .build import build
+from .index import Entry, find
+from .recipes import Recipe, recipe_of, recorded
+from .selector import Selector
+
+__all__ += ["recorded", "recipe_of", "Recipe", "build", "find", "Entry", "Selector"]

@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterator, Mapping, Optional
 
 from . import _codec, _io, collections as _coll, deps as _deps, retention as _ret, serializers as _ser
+from . import aliases as _aliases, recipes as _recipes
 from ._packfile import DEFAULT_SLOT
 from .errors import (
     CheckpointNotFoundError,
@@ -204,7 +205,8 @@ class Checkpoint:
 
     def save(self, vc: Any, idx: int, *, extras: Optional[Mapping[str, Any]] = None,
              metadata: Optional[Mapping[str, Any]] = None, metrics: Optional[Mapping[str, Any]] = None,
-             module: Any = None, block: Optional[bool] = None, compression: Any = "default") -> str:
+             module: Any = None, block: Optional[bool] = None, compression: Any = "default",
+             recipe: Any = None) -> str:
         """Write checkpoint ``idx`` atomically, then rotate old ones; returns its path.
 
         With ``async_save=True`` on the manager (or ``block=False`` here) it returns
@@ -224,9 +226,15 @@ class Checkpoint:
         the manifest as ``metadata["ckpt"]["metrics"]``, where ``keep_best`` and
         :meth:`best` read them back, also after a restart. The ``"ckpt"``
         metadata key is the library's own.
+
+        ``recipe`` (a :class:`~ckpt.Recipe`, or a ``@ckpt.recorded`` object) records how
+        the model was built, as ``metadata["ckpt"]["recipe"]``: ``ckpt.find`` selects by
+        it and ``ckpt.build`` rebuilds from it.
         """
         idx = _check_idx(idx)
         metadata = self._manifest_metadata(idx, metadata, metrics)
+        if recipe is not None:
+            metadata["ckpt"]["recipe"] = _recipes.recipe_of(recipe).to_dict()
         wanted = self.retention.metric
         if metrics is not None and self.retention.keep_best is not None and wanted not in metrics:
             log.warning("checkpoint %d: metrics %s have no %r, so keep_best cannot rank it", idx, sorted(metrics),
@@ -321,6 +329,7 @@ class Checkpoint:
             return []
         newest = entries[-1].idx
         keep = _ret.select(entries, policy, newest, just_written)
+        keep |= _aliases.protected_indices(self.directory, [e.idx for e in entries])  # aliased: never deleted
         if just_written is not None and just_written not in _ret.select(entries, policy, newest):
             log.warning("checkpoint %d is older than the newest in %s and no retention policy keeps it; it is kept "
                         "anyway as the file just written, so %d files remain", just_written, self.directory,
@@ -584,6 +593,20 @@ class Checkpoint:
                 reader.slot(n)
             _deps.report(reader.dependency_mismatches(wanted), self.deps, reader.label)
             return {n: reader.load(n, trusted=trusted, verify=self.verify) for n in wanted}
+
+    # -- aliases -------------------------------------------------------------
+    def alias(self, name: str, idx: Optional[int]) -> None:
+        """Point alias ``name`` (e.g. ``"best"``) at checkpoint ``idx``, durably; ``idx=None`` removes it.
+
+        One checkpoint per alias (setting it again moves it); retention never
+        deletes an aliased checkpoint. Resolve with ``ckpt.find(..., alias=)``,
+        ``ckpt.build(..., alias=)`` or :meth:`aliases`.
+        """
+        _aliases.set_alias(self, name, None if idx is None else _check_idx(idx))
+
+    def aliases(self) -> dict[str, int]:
+        """Alias name -> checkpoint index."""
+        return _aliases.read(self.directory)
 
     def __repr__(self) -> str:
         p = self.retention

@@ -173,3 +173,39 @@ class CorruptCheckpointWarning(UserWarning):
 
 class DependencyWarning(UserWarning):
     """Installed packages differ from those that wrote a slot (``deps="warn"``, the default)."""
+
+
+# -- recipes, selectors, aliases (issue 19) ------------------------------------
+__all__ += ["RecipeArgumentError", "RecipeNotFoundError", "UntrustedClassError", "SelectorError"]
+
+
+class RecipeArgumentError(CkptError, TypeError):
+    """A constructor argument cannot be recorded in a recipe (recipes are tagged JSON, never pickles).
+
+    ``path`` names the argument, e.g. ``MLP.kwargs['activation']``.
+    """
+
+    def __init__(self, message: str, *, path: str = "", file: Optional[str] = None):
+        super().__init__(message, file=file)
+        self.path = path
+
+
+class RecipeNotFoundError(CkptError, LookupError):
+    """A checkpoint records no recipe (it was saved without ``recipe=``), or an object was not recorded."""
+
+
+class UntrustedClassError(CkptError, PermissionError):
+    """``build`` was asked to import a class that ``trusted`` does not admit; nothing was imported.
+
+    ``classes`` lists every ``module.qualname`` the recipe would import that was refused.
+    """
+
+    def __init__(self, message: str, *, file: Optional[str] = None, classes: Sequence[str] = ()):
+        CkptError.__init__(self, message, file=file)
+        self.classes = list(classes)
+        self.strerror = message  # type: ignore[misc]
+        self.filename = file  # type: ignore[misc]
+
+
+class SelectorError(CkptError, ValueError):
+    """A ``Selector`` (or a ``where`` expression, or a ``ckpt find`` option) is malformed."""

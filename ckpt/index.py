@@ -1,0 +1,313 @@
+"""``ckpt.find``: search a tree of runs by what its checkpoints are, reading manifests only.
+
+Every ``*.npz`` under the root is a candidate; a checkpoint's light
+:class:`Entry` (path, run, index, recipe, metrics, times, hashes, aliases) comes
+from its manifest alone, read through the ordinary pack reader (its limits
+apply; arrays are never read, nothing is imported or unpickled).
+
+The index cache, ``<root>/.ckpt-index.json``, remembers each file's entry keyed
+by its relative name, size, mtime and inode. A file whose key changed (or that
+is new) is read again; entries of files that are gone are dropped. The cache
+is only ever a shortcut: it is safe to delete, a malformed one is ignored and
+rebuilt, and it is never believed over the files' own keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
+
+from . import _io, aliases as _aliases
+from .errors import CkptError, FormatError, SelectorError
+from .recipes import Recipe
+from .selector import Match, Selector
+
+log = logging.getLogger("ckpt")
+
+__all__ = ["Entry", "find", "index", "INDEX_NAME"]
+
+INDEX_NAME = ".ckpt-index.json"
+FORMAT_NAME = "ckpt.index"
+VERSION = 1
+MAX_INDEX_BYTES = 1 << 30
+_STEP = re.compile(r"^(\d+)\.npz$")
+_FIELD_ORDER = ("idx", "created_at", "size", "path", "run")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One checkpoint found by :func:`find`, described from its manifest only."""
+
+    path: str
+    run: str
+    idx: Optional[int]
+    recipe: Optional[Recipe]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created_at: Optional[str] = None
+    sha256: Optional[str] = None
+    size: int = 0
+    aliases: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> Optional[str]:
+        """The recipe's per-instance id (None without a recipe)."""
+        return None if self.recipe is None else self.recipe.id
+
+    @property
+    def hash(self) -> Optional[str]:
+        """The recipe's definition hash (None without a recipe)."""
+        return None if self.recipe is None else self.recipe.hash
+
+    @property
+    def parent(self) -> Optional[str]:
+        return None if self.recipe is None else self.recipe.parent
+
+    @property
+    def cls(self) -> Optional[str]:
+        return None if self.recipe is None else self.recipe.cls
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "run": self.run, "idx": self.idx, "created_at": self.created_at,
+                "sha256": self.sha256, "size": self.size, "aliases": list(self.aliases), "metrics": self.metrics,
+                "recipe": None if self.recipe is None else self.recipe.to_dict(), "metadata": self.metadata}
+
+
+# -- reading one file -----------------------------------------------------------
+def _record_of(path: str) -> dict[str, Any]:
+    """The cacheable facts of one file, from its manifest; ``{"skip": why}`` for a file that is not a checkpoint."""
+    from .varfile import open_reader
+
+    with open_reader(path) as reader:
+        if not reader.has_manifest:
+            return {"skip": "no manifest (a plain .npz)"}
+        meta = reader.metadata
+        main = reader.slots.get("main")
+        created_at = reader.created_at
+    own = meta.get("ckpt") if isinstance(meta.get("ckpt"), dict) else {}
+    metrics = own.get("metrics") if isinstance(own.get("metrics"), dict) else {}
+    recipe = None
+    if own.get("recipe") is not None:
+        try:
+            recipe = Recipe.from_dict(own["recipe"], f"{path}: recipe").to_dict()
+        except FormatError as e:
+            log.warning("%s; the checkpoint is listed without a recipe", e)
+    return {"created_at": created_at, "sha256": main.sha256 if main is not None else None, "metrics": metrics,
+            "recipe": recipe, "metadata": {k: v for k, v in meta.items() if k != "ckpt"}}
+
+
+def _entry(path: str, run: str, idx: Optional[int], size: int, record: dict[str, Any],
+           aliases: tuple[str, ...]) -> Optional[Entry]:
+    if "skip" in record:
+        return None
+    try:
+        recipe = None if record.get("recipe") is None else Recipe.from_dict(record["recipe"], path, check=False)
+    except FormatError as e:
+        log.warning("%s; listed without a recipe", e)
+        recipe = None
+    metrics = record.get("metrics")
+    metadata = record.get("metadata")
+    created = record.get("created_at")
+    sha = record.get("sha256")
+    return Entry(path, run, idx, recipe, dict(metrics) if isinstance(metrics, dict) else {},
+                 created if isinstance(created, str) else None, sha if isinstance(sha, str) else None, size,
+                 aliases, dict(metadata) if isinstance(metadata, dict) else {})
+
+
+# -- walking --------------------------------------------------------------------
+@dataclass
+class _File:
+    rel: str
+    path: str
+    key: tuple[int, int, int]
+    run: str
+    idx: Optional[int]
+
+
+def _walk(root: str) -> tuple[list[_File], dict[str, dict[int, list[str]]]]:
+    """Candidate files under ``root`` (hidden names and symlinked directories skipped), and each directory's aliases."""
+    files: list[_File] = []
+    aliases: dict[str, dict[int, list[str]]] = {}
+    stack = [root]
+    while stack:
+        directory = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                found = list(it)
+        except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
+            log.warning("find: cannot list %s: %s", directory, e)
+            continue
+        for de in found:
+            name = de.name
+            if name.startswith("."):
+                continue
+            try:
+                if de.is_dir(follow_symlinks=False):
+                    stack.append(de.path)
+                    continue
+                if name == _aliases.ALIASES_NAME:
+                    aliases[directory] = _aliases.by_index(directory)
+                    continue
+                if not name.endswith(".npz") or not de.is_file():
+                    continue
+                st = de.stat()
+            except FileNotFoundError:
+                continue  # removed (rotated away) while we looked
+            m = _STEP.match(name)
+            idx = int(m.group(1)) if m and name == "%010d.npz" % int(m.group(1)) else None
+            in_ckpt = os.path.basename(directory) == "ckpt"
+            run = os.path.dirname(directory) if in_ckpt else directory
+            files.append(_File(os.path.relpath(de.path, root), de.path, (st.st_size, st.st_mtime_ns, st.st_ino),
+                               run, idx))
+    return files, aliases
+
+
+def _load_cache(path: str) -> dict[str, tuple[tuple[int, int, int], dict[str, Any]]]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_INDEX_BYTES + 1)
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        log.info("find: cannot read the index %s (%s); rebuilding it", path, e)
+        return {}
+    try:
+        if len(data) > MAX_INDEX_BYTES:
+            raise ValueError("over the size limit")
+        doc = json.loads(data.decode("utf-8"))
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME or doc.get("version") != VERSION:
+            raise ValueError("not a ckpt index of this version")
+        entries = doc["entries"]
+        if not isinstance(entries, dict):
+            raise ValueError("entries is not an object")
+    except (ValueError, KeyError, UnicodeDecodeError, RecursionError) as e:
+        log.warning("find: ignoring the index %s (%s); rebuilding it from the manifests", path, e)
+        return {}
+    out = {}
+    for rel, value in entries.items():
+        if (isinstance(value, list) and len(value) == 4 and all(type(v) is int for v in value[:3])
+                and isinstance(value[3], dict)):
+            out[rel] = ((value[0], value[1], value[2]), value[3])
+    return out
+
+
+def _save_cache(path: str, table: dict[str, tuple[tuple[int, int, int], dict[str, Any]]]) -> None:
+    doc = {"format": FORMAT_NAME, "version": VERSION,
+           "entries": {rel: [*key, record] for rel, (key, record) in sorted(table.items())}}
+    try:
+        data = json.dumps(doc, separators=(",", ":"), allow_nan=True).encode("utf-8")
+        _io.atomic_write(path, lambda f: f.write(data))
+    except (OSError, TypeError, ValueError) as e:  # a read-only tree is searched without a cache
+        log.info("find: cannot write the index %s: %s", path, e)
+
+
+def index(root: Union[str, "os.PathLike[str]"], *, cache: bool = True) -> list[Entry]:
+    """Every checkpoint under ``root`` (a tree of runs, a log directory or one file), in (run, idx, path) order."""
+    root = os.path.abspath(os.fspath(root))
+    if os.path.isfile(root):
+        directory = os.path.dirname(root)
+        files, aliases = [], {directory: _aliases.by_index(directory)}
+        st = os.stat(root)
+        in_ckpt = os.path.basename(directory) == "ckpt"
+        m = _STEP.match(os.path.basename(root))
+        files.append(_File(os.path.basename(root), root, (st.st_size, st.st_mtime_ns, st.st_ino),
+                           os.path.dirname(directory) if in_ckpt else directory, int(m.group(1)) if m else None))
+        cache = False
+    elif os.path.isdir(root):
+        files, aliases = _walk(root)
+    else:
+        raise FileNotFoundError(2, "No such file or directory", root)
+    cache_path = os.path.join(root, INDEX_NAME)
+    table = _load_cache(cache_path) if cache else {}
+    fresh: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+    changed = False
+    out = []
+    for f in files:
+        cached = table.get(f.rel)
+        if cached is not None and cached[0] == f.key:
+            record = cached[1]
+        else:
+            changed = True
+            try:
+                record = _record_of(f.path)
+            except FileNotFoundError:
+                continue
+            except (CkptError, OSError, ValueError) as e:
+                log.warning("find: skipping %s: %s", f.path, e)
+                record = {"skip": str(e)}
+        fresh[f.rel] = (f.key, record)
+        entry = _entry(f.path, f.run, f.idx, f.key[0], record,
+                       tuple(aliases.get(os.path.dirname(f.path), {}).get(f.idx, ())) if f.idx is not None else ())
+        if entry is not None:
+            out.append(entry)
+    if cache and (changed or len(fresh) != len(table)):
+        _save_cache(cache_path, fresh)
+    out.sort(key=lambda e: (e.run, -1 if e.idx is None else e.idx, e.path))
+    return out
+
+
+# -- find -------------------------------------------------------------------------
+def _sort_value(entry: Entry, name: str) -> Optional[Any]:
+    if name in _FIELD_ORDER:
+        value = getattr(entry, name)
+        return value
+    value = entry.metrics.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return None
+    return value
+
+
+def _ordered(entries: list[Entry], order_by: str) -> list[Entry]:
+    if type(order_by) is not str or not order_by.lstrip("-"):
+        raise SelectorError(f"order_by must be a metric or field name (prefix '-' for descending), not {order_by!r}")
+    descending = order_by.startswith("-")
+    name = order_by[1:] if descending else order_by
+    have = [(v, e) for e in entries if (v := _sort_value(e, name)) is not None]
+    missing = [e for e in entries if _sort_value(e, name) is None]
+    try:
+        have.sort(key=lambda ve: ve[0], reverse=descending)  # stable: ties keep (run, idx) order
+    except TypeError:
+        raise SelectorError(f"order_by {name!r}: the values are not comparable (mixed types)") from None
+    return [e for _, e in have] + missing
+
+
+def find(root: Union[str, "os.PathLike[str]"], selector: Union[Match, Callable[[Entry], Any], None] = None, *,
+         order_by: Optional[str] = None, limit: Optional[int] = None, alias: Optional[str] = None,
+         cache: bool = True) -> list[Entry]:
+    """The checkpoints under ``root`` that ``selector`` (and ``alias``) match, as light :class:`Entry` records.
+
+    ``root`` is a tree of runs, one log directory or one checkpoint file.
+    ``order_by`` is a metric (or ``idx``, ``created_at``, ``size``, ``path``,
+    ``run``), ascending, ``-name`` descending; NaN and missing values come last
+    either way. ``limit`` keeps the first N. Reads manifests only (through the
+    index cache, see the module docs); never imports model code or unpickles.
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise SelectorError(f"limit must be an integer >= 0 or None, not {limit!r}")
+    match: Optional[Callable[[Entry], Any]]
+    if selector is None or isinstance(selector, Match):
+        match = selector
+    elif isinstance(selector, dict):
+        match = Selector(**selector)
+    elif callable(selector):
+        match = selector
+    else:
+        raise SelectorError(f"selector must be a ckpt.Selector or a callable taking an Entry, not "
+                            f"{type(selector).__name__}")
+    if alias is not None:
+        _aliases.check_name(alias)
+    out = []
+    for e in index(root, cache=cache):
+        if alias is not None and alias not in e.aliases:
+            continue
+        if match is None or match(e):
+            out.append(e)
+    if order_by is not None:
+        out = _ordered(out, order_by)
+    return out if limit is None else out[:limit]
+

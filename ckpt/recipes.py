@@ -1,0 +1,433 @@
+"""Recipes: how an object was constructed, recorded as JSON, so a checkpoint can say what it is and be rebuilt.
+
+``@ckpt.recorded`` on a class records, for each instance, its importable class
+path, its MRO (as names) and the bound constructor arguments with defaults
+filled in (DRYML's ``dry_args``/``dry_kwargs``). ``ckpt.recipe_of(obj)`` returns
+that :class:`Recipe`; ``Recipe.of(cls, ...)`` makes one for a class that is not
+decorated. Unlike DRYML and Lightning's ``save_hyperparameters``, arguments are
+stored as tagged JSON (see :mod:`ckpt._recipe_json`), never pickled: reading a
+recipe cannot run code, and ``.hash`` is the sha256 of canonical JSON, so it is
+the same in every process whatever ``PYTHONHASHSEED``. Building a recipe read
+from a file imports its classes only when ``trusted`` admits them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import inspect
+import logging
+import types
+import uuid
+import weakref
+from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union
+
+from . import _module_pickle, _recipe_json as _rj
+from .errors import FormatError, RecipeArgumentError, RecipeNotFoundError, UntrustedClassError
+
+log = logging.getLogger("ckpt")
+
+__all__ = ["Recipe", "recorded", "recipe_of", "Trusted"]
+
+T = TypeVar("T")
+Trusted = Union[bool, Sequence[str], None]
+RECIPE_VERSION = 1
+_MAX_NAME = 1000
+_FACTORY = getattr(dataclasses, "_HAS_DEFAULT_FACTORY", object())  # a dataclass default_factory placeholder
+
+#: id(obj) -> Recipe, or the error that recording it met (raised by recipe_of). Entries leave with their object.
+_TABLE: dict[int, Union["Recipe", Exception]] = {}
+
+
+def _name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class Recipe:
+    """How to construct one object: class, MRO names, tagged-JSON args and kwargs, an instance id, a parent.
+
+    ``hash`` identifies the definition (class, args, kwargs; not the id, parent or
+    MRO); ``id`` tells apart instances built from the same definition; ``parent``
+    is lineage, e.g. the sha256 of the checkpoint a fine-tune started from.
+    """
+
+    __slots__ = ("cls", "module", "mro", "_args", "_kwargs", "id", "parent", "_classes", "_hash", "_decoded")
+
+    def __init__(self, cls: str, module: str, mro: Sequence[str], args: list[Any], kwargs: dict[str, Any],
+                 id: Optional[str] = None, parent: Optional[str] = None,
+                 classes: Optional[Mapping[str, type]] = None, hash: Optional[str] = None):
+        self.cls = cls
+        self.module = module
+        self.mro = tuple(mro)
+        self._args = args
+        self._kwargs = kwargs
+        self.id = id
+        self.parent = parent
+        self._classes = dict(classes or {})  # classes this process already has: build needs no trust for them
+        self._hash = hash
+        self._decoded: Optional[tuple[tuple[Any, ...], dict[str, Any]]] = None
+
+    # -- making ------------------------------------------------------------
+    @classmethod
+    def of(cls, target: type, *args: Any, **kwargs: Any) -> "Recipe":
+        """The recipe of ``target(*args, **kwargs)``, for a class that is not ``@ckpt.recorded``."""
+        if not isinstance(target, type):
+            raise TypeError(f"Recipe.of needs a class, not a {type(target).__name__}")
+        init = target.__init__
+        result = _make(target, _signature(init), args, kwargs, new_id=True)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def with_parent(self, parent: Optional[str]) -> "Recipe":
+        """A copy with lineage ``parent`` (e.g. ``entry.sha256`` of the checkpoint it was fine-tuned from)."""
+        if parent is not None and (type(parent) is not str or not 0 < len(parent) <= _MAX_NAME):
+            raise TypeError(f"parent must be a non-empty string (a checkpoint's sha256) or None, not {parent!r:.80}")
+        return Recipe(self.cls, self.module, self.mro, self._args, self._kwargs, self.id, parent, self._classes,
+                      self._hash)
+
+    # -- reading -----------------------------------------------------------
+    @property
+    def hash(self) -> str:
+        """sha256 of the canonical JSON of class, args and kwargs: stable across processes and hash seeds."""
+        if self._hash is None:
+            self._hash = _rj.digest({"class": self.cls, "args": _definition(self._args),
+                                     "kwargs": _definition(self._kwargs)})
+        return self._hash
+
+    def _decode(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if self._decoded is None:
+            where = f"recipe of {self.cls}"
+            args = _rj.decode(self._args, f"{where} args", _nested_recipe)
+            kwargs = _rj.decode(self._kwargs, f"{where} kwargs", _nested_recipe)
+            self._decoded = (tuple(args), dict(kwargs))
+        return self._decoded
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """Positional arguments as Python values (nested recipes as :class:`Recipe`)."""
+        return self._decode()[0]
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments as Python values (nested recipes as :class:`Recipe`)."""
+        return dict(self._decode()[1])
+
+    @property
+    def name(self) -> str:
+        """The class's own name (``MLP`` for ``mypkg.models.MLP``)."""
+        return self.cls.rsplit(".", 1)[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON record stored in a manifest (docs/FORMAT.md, "Recipes")."""
+        return {"version": RECIPE_VERSION, "class": self.cls, "module": self.module, "mro": list(self.mro),
+                "args": self._args, "kwargs": self._kwargs, "id": self.id, "parent": self.parent,
+                "hash": self.hash}
+
+    def _tag(self) -> dict[str, Any]:
+        return {_rj.TAG: "recipe", "class": self.cls, "module": self.module, "mro": list(self.mro),
+                "args": self._args, "kwargs": self._kwargs}
+
+    @classmethod
+    def from_dict(cls, doc: Any, where: str = "recipe", *, check: bool = True) -> "Recipe":
+        """A recipe from its JSON record, validated (``check``: every argument tag too); imports nothing."""
+        if not isinstance(doc, dict):
+            raise FormatError(f"{where}: invalid recipe: not a JSON object")
+        version = doc.get("version", RECIPE_VERSION)
+        if type(version) is not int or version < 1:
+            raise FormatError(f"{where}: invalid recipe: version {version!r:.40}")
+        if version > RECIPE_VERSION:
+            raise FormatError(f"{where}: recipe version {version} is newer than this ckpt reads "
+                              f"({RECIPE_VERSION}); upgrade ckpt")
+        recipe = _from_fields(doc, where)
+        for key in ("id", "parent"):
+            if doc.get(key) is not None and (type(doc[key]) is not str or len(doc[key]) > _MAX_NAME):
+                raise FormatError(f"{where}: invalid recipe: {key} is not a short string")
+        recipe.id, recipe.parent = doc.get("id"), doc.get("parent")
+        stored = doc.get("hash")
+        if check:
+            recipe._decode()  # every tag, nested recipes included
+            if stored is not None and stored != recipe.hash:
+                log.warning("%s: stored recipe hash %.16s... differs from its content's %.16s...; using the "
+                            "content's", where, stored, recipe.hash)
+        elif type(stored) is str:
+            recipe._hash = stored
+        return recipe
+
+    # -- building ----------------------------------------------------------
+    def build(self, *, trusted: Trusted = None) -> Any:
+        """A fresh, untrained object from this recipe (DRYML's ``ObjectDef.build``).
+
+        Classes this process recorded need no trust. A recipe read from a file
+        imports its classes (and those of nested recipes) only if ``trusted``
+        admits every one (``True``, or patterns like ``["mypkg.models.*"]``);
+        otherwise :class:`~ckpt.errors.UntrustedClassError`, and nothing is imported.
+        """
+        tags = [self._tag()]
+        names: dict[str, str] = {}
+        while tags:  # every class first: refuse before importing any
+            tag = tags.pop()
+            names[tag["class"]] = tag["module"]
+            tags.extend(_nested_tags(tag["args"]) + _nested_tags(tag["kwargs"]))
+        refused = [n for n in names if n not in self._classes and not _admits(trusted, n)]
+        if refused:
+            raise UntrustedClassError(
+                f"building this recipe would import {', '.join(sorted(refused))}, which trusted={trusted!r:.200} "
+                "does not admit; nothing was imported. Pass trusted=['<package>.*'] for code you trust",
+                classes=sorted(refused))
+        classes = dict(self._classes)
+        for n, module in names.items():
+            if n not in classes:
+                classes[n] = _import_class(n, module, f"recipe of {self.cls}")
+        return _construct(self._tag(), classes)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Recipe) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash((self.hash, self.id, self.parent))
+
+    def __repr__(self) -> str:
+        parts = [self.cls]
+        if self._args:
+            parts.append(f"args={self.args!r:.200}")
+        if self._kwargs:
+            parts.append(f"kwargs={self.kwargs!r:.300}")
+        return f"Recipe({', '.join(parts)}, hash={self.hash[:12]})"
+
+
+def _from_fields(doc: dict[str, Any], where: str) -> Recipe:
+    name, module, mro = doc.get("class"), doc.get("module"), doc.get("mro", [])
+    if type(name) is not str or not 0 < len(name) <= _MAX_NAME:
+        raise FormatError(f"{where}: invalid recipe: class is not a non-empty string")
+    if module is None:
+        module = name.rsplit(".", 1)[0]
+    if type(module) is not str or not name.startswith(module + "."):
+        raise FormatError(f"{where}: invalid recipe: module {module!r:.80} is not a prefix of class {name!r:.80}")
+    if type(mro) is not list or len(mro) > 256 or not all(type(m) is str and len(m) <= _MAX_NAME for m in mro):
+        raise FormatError(f"{where}: invalid recipe: mro is not a list of class names")
+    args, kwargs = doc.get("args", []), doc.get("kwargs", {})
+    if type(args) is not list or type(kwargs) is not dict:
+        raise FormatError(f"{where}: invalid recipe: args is not a list or kwargs not an object")
+    return Recipe(name, module, mro, args, kwargs)
+
+
+def _nested_recipe(tag: dict[str, Any], where: str) -> Recipe:
+    return _from_fields(tag, where)
+
+
+def _nested_tags(value: Any) -> list[dict[str, Any]]:
+    """The nested recipe tags directly or indirectly inside a tagged-JSON value (not inside those tags)."""
+    out: list[dict[str, Any]] = []
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if type(v) is list:
+            stack.extend(v)
+        elif type(v) is dict:
+            if v.get(_rj.TAG) == "recipe":
+                out.append(v)
+            else:
+                stack.extend(v.values())
+    return out
+
+
+def _definition(value: Any) -> Any:
+    """The value with nested recipe tags reduced to class, args and kwargs (what a hash covers)."""
+    if type(value) is list:
+        return [_definition(v) for v in value]
+    if type(value) is dict:
+        if value.get(_rj.TAG) == "recipe":
+            return {_rj.TAG: "recipe", "class": value.get("class"), "args": _definition(value.get("args")),
+                    "kwargs": _definition(value.get("kwargs"))}
+        return {k: _definition(v) for k, v in value.items()}
+    return value
+
+
+def _construct(tag: dict[str, Any], classes: Mapping[str, type]) -> Any:
+    def nested(t: dict[str, Any], where: str) -> Any:
+        return _construct(t, classes)
+
+    where = f"recipe of {tag['class']}"
+    args = _rj.decode(tag["args"], f"{where} args", nested)
+    kwargs = _rj.decode(tag["kwargs"], f"{where} kwargs", nested)
+    return classes[tag["class"]](*args, **kwargs)
+
+
+def _admits(trusted: Trusted, name: str) -> bool:
+    if trusted is True:
+        return True
+    if not trusted or isinstance(trusted, (str, bytes)):
+        return False
+    return _module_pickle.allowed(name, list(trusted))
+
+
+def _import_class(name: str, module: str, where: str) -> type:
+    """The class ``module.qualname`` names, refusing module objects, dunders and re-exports on the way."""
+    qualname = name[len(module) + 1:]
+    parts = qualname.split(".")
+    if not all(p.isidentifier() and not p.startswith("__") for p in parts + module.split(".")):
+        raise UntrustedClassError(f"{where}: class name {name!r:.200} is not a plain importable path; nothing was "
+                                  "imported", classes=[name])
+    try:
+        target: Any = importlib.import_module(module)
+    except ImportError as e:
+        raise RecipeNotFoundError(f"{where}: cannot import module {module!r} for class {name}: {e}") from None
+    for part in parts:
+        target = getattr(target, part, None)
+        if target is None or isinstance(target, types.ModuleType):
+            raise RecipeNotFoundError(f"{where}: module {module!r} has no class {qualname!r}")
+    if not isinstance(target, type) or _name(target) != name:
+        raise UntrustedClassError(f"{where}: {name} is not a class defined under that name (found "
+                                  f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', '?')}); "
+                                  "refused", classes=[name])
+    return target
+
+
+# -- recording ---------------------------------------------------------------
+def _signature(init: Callable[..., Any]) -> Optional[inspect.Signature]:
+    try:
+        return inspect.signature(init)
+    except (TypeError, ValueError):  # a builtin __init__ without a signature
+        return None
+
+
+def _is_linen(cls: type) -> bool:
+    return any(c.__module__ == "flax.linen.module" and c.__name__ == "Module" for c in cls.__mro__)
+
+
+def _bind(sig: Optional[inspect.Signature], args: tuple[Any, ...], kwargs: dict[str, Any],
+          linen: bool) -> tuple[list[Any], dict[str, Any]]:
+    """Arguments as the constructor binds them, defaults filled in, each parameter in one canonical place."""
+    if sig is None:
+        return list(args), dict(kwargs)
+    bound = sig.bind(None, *args, **kwargs)  # None stands for self
+    bound.apply_defaults()
+    params = list(sig.parameters.values())[1:]
+    var_pos = [p for p in params if p.kind is p.VAR_POSITIONAL]
+    spill = bool(var_pos and bound.arguments.get(var_pos[0].name))  # named params before *args go positionally
+    pos: list[Any] = []
+    kw: dict[str, Any] = {}
+    for p in params:
+        if p.name not in bound.arguments or (linen and p.name == "parent"):
+            continue
+        v = bound.arguments[p.name]
+        if v is _FACTORY:
+            continue  # a dataclass default_factory: the rebuilt object makes its own
+        if p.kind is p.POSITIONAL_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and spill):
+            pos.append(v)
+        elif p.kind is p.VAR_POSITIONAL:
+            pos.extend(v)
+        elif p.kind is p.VAR_KEYWORD:
+            kw.update(v)
+        else:
+            kw[p.name] = v
+    return pos, kw
+
+
+def _make(cls: type, sig: Optional[inspect.Signature], args: tuple[Any, ...], kwargs: dict[str, Any], *,
+          new_id: bool) -> Union[Recipe, Exception]:
+    """The recipe of ``cls(*args, **kwargs)``, or the error that prevents recording it."""
+    try:
+        pos, kw = _bind(sig, args, kwargs, _is_linen(cls))
+    except TypeError as e:
+        return TypeError(f"{cls.__qualname__}{sig}: {e}")
+    classes: dict[str, type] = {_name(cls): cls}
+
+    def nested(value: Any, path: str) -> Optional[dict[str, Any]]:
+        found = value if isinstance(value, Recipe) else _lookup(value)
+        if found is None:
+            return None
+        if isinstance(found, Exception):
+            raise RecipeArgumentError(f"{path} is a {type(value).__name__} whose own recipe failed: {found}",
+                                      path=path)
+        classes.update(found._classes)
+        return found._tag()
+
+    try:
+        enc_args = [_rj.encode(v, f"{cls.__qualname__}.args[{i}]", nested) for i, v in enumerate(pos)]
+        enc_kwargs = {k: _rj.encode(v, f"{cls.__qualname__}.kwargs[{k!r}]", nested) for k, v in kw.items()}
+    except RecipeArgumentError as e:
+        return e
+    return Recipe(_name(cls), cls.__module__, [_name(c) for c in cls.__mro__], enc_args, enc_kwargs,
+                  uuid.uuid4().hex if new_id else None, None, classes)
+
+
+def _store(obj: Any, value: Union[Recipe, Exception]) -> None:
+    key = id(obj)
+    try:
+        weakref.finalize(obj, _TABLE.pop, key, None)
+    except TypeError:  # not weak-referenceable: keep it on the instance itself
+        try:
+            object.__setattr__(obj, "__ckpt_recipe__", value)
+        except (AttributeError, TypeError):
+            log.warning("cannot record the recipe of a %s: it has neither weak references nor a __dict__",
+                        type(obj).__qualname__)
+        return
+    _TABLE[key] = value
+
+
+def _lookup(obj: Any) -> Union[Recipe, Exception, None]:
+    found = _TABLE.get(id(obj))
+    if found is not None:
+        return found
+    try:
+        d = object.__getattribute__(obj, "__dict__")
+    except (AttributeError, TypeError):
+        return None
+    value = d.get("__ckpt_recipe__") if isinstance(d, dict) else None
+    return value if isinstance(value, (Recipe, Exception)) else None
+
+
+def recorded(cls: type[T]) -> type[T]:
+    """Class decorator: each instance remembers how it was constructed (see :func:`recipe_of`).
+
+    The outermost constructor call is recorded; a base class's ``__init__``
+    reached through ``super().__init__`` does not overwrite it. A subclass that
+    defines its own ``__init__`` needs its own ``@ckpt.recorded``. Works on plain
+    classes, objax Modules, flax linen modules (``parent`` is not recorded) and
+    equinox modules (record the instance you construct: ``eqx.apply_updates``
+    and other tree maps make new instances, so take the recipe first).
+    """
+    if not isinstance(cls, type):
+        raise TypeError(f"@ckpt.recorded decorates a class, not a {type(cls).__name__}")
+    init = cls.__init__
+    if getattr(init, "__ckpt_recorded__", None) is cls:
+        return cls
+    sig = _signature(init)
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if _lookup(self) is None:
+            if type(self).__init__ is not __init__:  # reached via super() from an unrecorded subclass
+                _store(self, RecipeNotFoundError(
+                    f"{type(self).__qualname__} defines its own __init__ and is not @ckpt.recorded (its base "
+                    f"{cls.__qualname__} is); decorate {type(self).__qualname__} too"))
+            else:
+                _store(self, _make(type(self), sig, args, kwargs, new_id=True))
+        init(self, *args, **kwargs)
+
+    __init__.__ckpt_recorded__ = cls  # type: ignore[attr-defined]
+    type.__setattr__(cls, "__init__", __init__)
+    return cls
+
+
+def recipe_of(obj: Any, *, parent: Optional[str] = None) -> Recipe:
+    """The recipe recorded when ``obj`` was constructed (its class must be ``@ckpt.recorded``).
+
+    Raises :class:`~ckpt.errors.RecipeArgumentError` naming the argument that is
+    not storable as JSON, or :class:`~ckpt.errors.RecipeNotFoundError` for an
+    object that was not recorded.
+    """
+    if isinstance(obj, Recipe):
+        found: Union[Recipe, Exception, None] = obj
+    else:
+        found = _lookup(obj)
+    if found is None:
+        raise RecipeNotFoundError(
+            f"no recipe recorded for this {type(obj).__qualname__}: decorate its class with @ckpt.recorded before "
+            "constructing it, or use ckpt.Recipe.of(cls, *args, **kwargs)")
+    if isinstance(found, Exception):
+        raise found
+    return found if parent is None else found.with_parent(parent)

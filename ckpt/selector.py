@@ -1,0 +1,384 @@
+"""Selectors: which checkpoints (or recipes) a search keeps, matched without importing model code.
+
+DRYML's rules (keys the selector leaves out match anything; ``kwargs`` match as a
+nested subset; ``cls`` matches subclasses through the recorded MRO names) plus
+what MLflow and W&B searches lack: comparisons, ``and``/``or``/``not`` (also as
+``&``, ``|``, ``~`` between selectors) and Python callables. ``where`` strings
+are parsed with :mod:`ast` and interpreted over a whitelist of nodes: names,
+attributes, constant subscripts, literals, comparisons and boolean operators;
+nothing in them is evaluated as Python.
+
+A comparison with a missing value is false (``!=`` too), so ``not (loss < 1)``
+keeps the checkpoints that have no ``loss``. NaN compares as IEEE 754 says
+(only ``!=`` is true), except that equality matching treats NaN as equal to NaN.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from .errors import FormatError, SelectorError
+from .recipes import Recipe, recipe_of
+
+__all__ = ["Selector", "Match", "MISSING"]
+
+_MAX_EXPR = 10_000
+_FIELDS = ("idx", "run", "path", "created_at", "sha256", "size", "aliases", "cls", "name", "hash", "id", "parent",
+           "mro", "metadata")
+_RECIPE_ATTRS = ("cls", "name", "module", "mro", "args", "kwargs", "hash", "id", "parent")
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+#: What a name in a ``where`` expression is when the checkpoint has no such value.
+MISSING: Any = _Missing()
+
+
+class Match:
+    """Something that says yes or no to a checkpoint entry (or a recipe); combines with ``&``, ``|``, ``~``."""
+
+    def __call__(self, item: Any) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __and__(self, other: Any) -> "Match":
+        return _Combined("and", [self, _as_match(other)])
+
+    def __or__(self, other: Any) -> "Match":
+        return _Combined("or", [self, _as_match(other)])
+
+    def __invert__(self) -> "Match":
+        return _Combined("not", [self])
+
+    __rand__ = __and__
+    __ror__ = __or__
+
+
+class _Call(Match):
+    def __init__(self, func: Callable[[Any], Any]):
+        self.func = func
+
+    def __call__(self, item: Any) -> bool:
+        return bool(self.func(item))
+
+    def __repr__(self) -> str:
+        return f"Match({self.func!r})"
+
+
+class _Combined(Match):
+    def __init__(self, op: str, parts: list[Match]):
+        self.op, self.parts = op, parts
+
+    def __call__(self, item: Any) -> bool:
+        if self.op == "and":
+            return all(p(item) for p in self.parts)
+        if self.op == "or":
+            return any(p(item) for p in self.parts)
+        return not self.parts[0](item)
+
+    def __repr__(self) -> str:
+        if self.op == "not":
+            return f"~{self.parts[0]!r}"
+        return "(" + f" {'&' if self.op == 'and' else '|'} ".join(map(repr, self.parts)) + ")"
+
+
+def _as_match(x: Any) -> Match:
+    if isinstance(x, Match):
+        return x
+    if callable(x):
+        return _Call(x)
+    raise SelectorError(f"cannot combine a selector with a {type(x).__name__}; use a Selector or a callable")
+
+
+class Selector(Match):
+    """Match checkpoints by ``cls`` (name, class, or a list of them), ``args`` (a prefix), ``kwargs`` (a nested
+    subset), ``metrics`` (name -> value or callable) and ``where`` (an expression like
+    ``"loss < 0.1 and (lr == 1e-3 or not depth in [2, 4])"``, a callable taking the entry, or a list of them).
+
+    Values in ``args``, ``kwargs`` and ``metrics`` match by equality (a list equals a
+    tuple with the same items, a dtype its name), a nested dict as a subset (of a
+    nested recipe's kwargs too), a callable when it returns true, and a ``Selector``
+    against a nested recipe.
+    """
+
+    def __init__(self, cls: Any = None, args: Optional[Sequence[Any]] = None,
+                 kwargs: Optional[Mapping[str, Any]] = None, metrics: Optional[Mapping[str, Any]] = None,
+                 where: Union[str, Callable[[Any], Any], Sequence[Union[str, Callable[[Any], Any]]], None] = None):
+        self.cls = _class_names(cls)
+        if args is not None and not isinstance(args, (list, tuple)):
+            raise SelectorError(f"Selector args must be a list or tuple, not {type(args).__name__}")
+        for label, m in (("kwargs", kwargs), ("metrics", metrics)):
+            if m is not None and not (isinstance(m, Mapping) and all(type(k) is str for k in m)):
+                raise SelectorError(f"Selector {label} must be a dict with string keys, not {m!r:.80}")
+        self.args = None if args is None else list(args)
+        self.kwargs = None if kwargs is None else dict(kwargs)
+        self.metrics = None if metrics is None else dict(metrics)
+        self.where_src = where
+        items = [] if where is None else (list(where) if isinstance(where, (list, tuple)) else [where])
+        self._where = [_Call(w) if callable(w) else Expression(w) for w in items]
+
+    def __call__(self, item: Any) -> bool:
+        view = _View.of(item)
+        recipe = view.recipe
+        if self.cls is not None or self.args is not None or self.kwargs is not None:
+            if recipe is None:
+                return False
+            try:
+                if self.cls is not None and not _cls_matches(self.cls, recipe.mro or (recipe.cls,)):
+                    return False
+                if self.args is not None:
+                    got = recipe.args
+                    if len(got) < len(self.args) or not all(_matches(s, v) for s, v in zip(self.args, got)):
+                        return False
+                if self.kwargs is not None and not _dict_matches(self.kwargs, recipe.kwargs):
+                    return False
+            except FormatError:  # a malformed cached recipe: it matches nothing
+                return False
+        if self.metrics is not None and not _dict_matches(self.metrics, view.metrics):
+            return False
+        return all(w(view.item) for w in self._where)
+
+    def __repr__(self) -> str:
+        parts = [f"{k}={v!r}" for k, v in (("cls", self.cls), ("args", self.args), ("kwargs", self.kwargs),
+                                             ("metrics", self.metrics), ("where", self.where_src)) if v is not None]
+        return f"Selector({', '.join(parts)})"
+
+
+def _class_names(cls: Any) -> Optional[list[str]]:
+    if cls is None:
+        return None
+    items = list(cls) if isinstance(cls, (list, tuple, set, frozenset)) else [cls]
+    out = []
+    for c in items:
+        if isinstance(c, type):
+            out.append(f"{c.__module__}.{c.__qualname__}")
+        elif type(c) is str and c:
+            out.append(c)
+        else:
+            raise SelectorError(f"Selector cls must be a class, a class name or a list of them, not {c!r:.80}")
+    return out
+
+
+def _cls_matches(wanted: list[str], mro: Sequence[str]) -> bool:
+    """A dotted name matches an MRO entry exactly; a bare name matches the last part of one."""
+    for w in wanted:
+        if "." in w:
+            if w in mro:
+                return True
+        elif any(m.rsplit(".", 1)[-1] == w for m in mro):
+            return True
+    return False
+
+
+class _View:
+    """What a selector sees of an entry, a recipe or a recorded object."""
+
+    __slots__ = ("item", "recipe", "metrics")
+
+    def __init__(self, item: Any, recipe: Optional[Recipe], metrics: Mapping[str, Any]):
+        self.item, self.recipe, self.metrics = item, recipe, metrics
+
+    @classmethod
+    def of(cls, item: Any) -> "_View":
+        if isinstance(item, Recipe):
+            return cls(item, item, {})
+        if hasattr(item, "recipe") and hasattr(item, "metrics"):
+            metrics = item.metrics if isinstance(item.metrics, Mapping) else {}
+            return cls(item, item.recipe, metrics)
+        return cls(item, recipe_of(item), {})
+
+
+# -- value matching -----------------------------------------------------------
+def _equal(a: Any, b: Any) -> bool:
+    if a is MISSING or b is MISSING:
+        return False
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, np.dtype) or isinstance(b, np.dtype):
+        try:
+            return bool(np.dtype(a) == np.dtype(b))
+        except (TypeError, ValueError):
+            return False
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, Recipe) or isinstance(b, Recipe):
+        return isinstance(a, Recipe) and isinstance(b, Recipe) and a.hash == b.hash
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
+def _dict_matches(spec: Mapping[str, Any], value: Any) -> bool:
+    if isinstance(value, Recipe):
+        value = value.kwargs
+    if not isinstance(value, Mapping):
+        return False
+    return all(k in value and _matches(s, value[k]) for k, s in spec.items())
+
+
+def _matches(spec: Any, value: Any) -> bool:
+    if isinstance(spec, Match):
+        return isinstance(value, Recipe) and spec(value)
+    if isinstance(spec, Mapping):
+        return _dict_matches(spec, value)
+    if isinstance(spec, (list, tuple)):
+        return (isinstance(value, (list, tuple)) and len(spec) == len(value)
+                and all(_matches(s, v) for s, v in zip(spec, value)))
+    if callable(spec) and not isinstance(spec, type) and not hasattr(spec, "dtype"):
+        try:
+            return bool(spec(value))
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError):
+            return False
+    return _equal(spec, value)
+
+
+# -- where expressions ----------------------------------------------------------
+_CMP = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!=", ast.In: "in",
+        ast.NotIn: "not in"}
+
+
+def _compare(op: str, a: Any, b: Any) -> bool:
+    if a is MISSING or b is MISSING:
+        return False
+    if op == "==":
+        return _equal(a, b)
+    if op == "!=":
+        return not _equal(a, b)
+    if op in ("in", "not in"):
+        if isinstance(b, str):
+            found = isinstance(a, str) and a in b
+        elif isinstance(b, (list, tuple)):
+            found = any(_equal(a, x) for x in b)
+        elif isinstance(b, Mapping):
+            found = a in b if isinstance(a, str) else False
+        else:
+            return False
+        return found if op == "in" else not found
+    numbers = all(isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in (a, b))
+    if not numbers and not (isinstance(a, str) and isinstance(b, str)):
+        return False
+    if op == "<":
+        return bool(a < b)
+    if op == "<=":
+        return bool(a <= b)
+    if op == ">":
+        return bool(a > b)
+    return bool(a >= b)
+
+
+class Expression(Match):
+    """A parsed ``where`` string, evaluated against entries without ever running Python code."""
+
+    def __init__(self, source: str):
+        if type(source) is not str or not source.strip():
+            raise SelectorError(f"a where expression must be a non-empty string, not {source!r:.80}")
+        if len(source) > _MAX_EXPR:
+            raise SelectorError(f"where expression of {len(source)} characters is over the limit of {_MAX_EXPR}")
+        self.source = source
+        try:
+            tree = ast.parse(source.strip(), mode="eval")
+        except SyntaxError as e:
+            raise SelectorError(f"where {source!r:.200}: not an expression ({e.msg}); write e.g. "
+                                "\"loss < 0.1 and not (lr == 1e-3 or depth in [2, 4])\"") from None
+        self._check(tree.body)
+        self.tree = tree.body
+
+    def _check(self, node: ast.AST) -> None:
+        allowed = (ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd, ast.Compare, ast.Name,
+                   ast.Load, ast.Attribute, ast.Subscript, ast.Constant, ast.List, ast.Tuple, *_CMP)
+        for n in ast.walk(node):
+            if not isinstance(n, allowed):
+                raise SelectorError(f"where {self.source!r:.200}: {type(n).__name__} is not allowed (only names, "
+                                    "literals, comparisons, and/or/not, .attribute and [constant])")
+            if isinstance(n, ast.Attribute) and n.attr.startswith("_"):
+                raise SelectorError(f"where {self.source!r:.200}: attribute {n.attr!r} is not allowed")
+            if isinstance(n, ast.Subscript) and not isinstance(n.slice, ast.Constant):
+                raise SelectorError(f"where {self.source!r:.200}: only constant subscripts like x[0] or x['k']")
+
+    def __call__(self, item: Any) -> bool:
+        return bool(self._eval(self.tree, _View.of(item)))
+
+    def __repr__(self) -> str:
+        return f"Expression({self.source!r})"
+
+    def _eval(self, node: ast.AST, view: _View) -> Any:
+        if isinstance(node, ast.BoolOp):
+            if isinstance(node.op, ast.And):
+                return all(self._eval(v, view) for v in node.values)
+            return any(self._eval(v, view) for v in node.values)
+        if isinstance(node, ast.UnaryOp):
+            value = self._eval(node.operand, view)
+            if isinstance(node.op, ast.Not):
+                return not value
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return -value if isinstance(node.op, ast.USub) else value
+            return MISSING
+        if isinstance(node, ast.Compare):
+            left = self._eval(node.left, view)
+            for op, right_node in zip(node.ops, node.comparators):
+                right = self._eval(right_node, view)
+                if not _compare(_CMP[type(op)], left, right):
+                    return False
+                left = right
+            return True
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, (ast.List, ast.Tuple)):
+            return [self._eval(e, view) for e in node.elts]
+        if isinstance(node, ast.Name):
+            return _name(node.id, view)
+        if isinstance(node, ast.Attribute):
+            return _member(self._eval(node.value, view), node.attr)
+        if isinstance(node, ast.Subscript):
+            return _member(self._eval(node.value, view), node.slice.value)  # type: ignore[attr-defined]
+        raise SelectorError(f"where {self.source!r:.200}: cannot evaluate {type(node).__name__}")  # pragma: no cover
+
+
+def _recipe_value(recipe: Optional[Recipe], what: str) -> Any:
+    if recipe is None:
+        return MISSING
+    try:
+        return getattr(recipe, what)
+    except FormatError:
+        return MISSING
+
+
+def _name(name: str, view: _View) -> Any:
+    """A bare name: a metric, else a recipe kwarg, else an entry field (``idx``, ``run``, ``cls``, ...)."""
+    if name in ("metrics", "kwargs", "args"):
+        return view.metrics if name == "metrics" else _recipe_value(view.recipe, name)
+    if name in view.metrics:
+        return view.metrics[name]
+    kwargs = _recipe_value(view.recipe, "kwargs")
+    if isinstance(kwargs, dict) and name in kwargs:
+        return kwargs[name]
+    if name in _FIELDS:
+        if name in _RECIPE_ATTRS:
+            return _recipe_value(view.recipe, name)
+        value = getattr(view.item, name, MISSING)
+        return MISSING if value is None else value
+    return MISSING
+
+
+def _member(value: Any, key: Any) -> Any:
+    if value is MISSING:
+        return MISSING
+    if isinstance(value, Recipe):
+        return _recipe_value(value, key) if key in _RECIPE_ATTRS else _member(_recipe_value(value, "kwargs"), key)
+    if isinstance(value, Mapping):
+        return value.get(key, MISSING) if isinstance(key, str) else MISSING
+    if isinstance(value, (list, tuple)) and type(key) is int and -len(value) <= key < len(value):
+        return value[key]
+    return MISSING
