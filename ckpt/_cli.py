@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from . import __version__, _npy, deps as _deps
+from . import __version__, _cli_recipes, _npy, aliases as _aliases, deps as _deps
 from ._cli_format import (dump_json, human_size, parse_size, progress, render_diff, render_info, render_ls,
                           render_prune, render_sources, render_verify)
 from ._inspect import inspect as _inspect_file
@@ -222,6 +222,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
             records.append(rec)
     if records:
         records[-1]["newest"] = True
+    aliased = _aliases.by_index(ck.directory)
+    for rec in records:
+        rec["aliases"] = aliased.get(rec["step"], [])
     best = None
     if args.metric:
         scored = [Entry(r["step"], r["size"] or 0, r["metrics"]) for r in records if r["error"] is None]
@@ -287,10 +290,16 @@ def cmd_info(args: argparse.Namespace) -> int:
                     {"name": f"[{i}]", "shape": a.get("shape"), "dtype": a.get("dtype"),
                      "bytes": _nbytes(a.get("shape"), a.get("dtype"))}
                     for i, a in enumerate(recorded if isinstance(recorded, list) else []) if isinstance(a, dict)]
+    recipe_error = None
+    try:
+        doc["recipe"] = _cli_recipes.recipe_record(doc["metadata"], f"{args.file}: recipe")
+    except FormatError as e:
+        doc["recipe"], recipe_error = None, _problem(e)
     if args.json:
         dump_json(doc)
         return 0
     print(render_info(doc, limit=None if args.all else args.max_arrays))
+    print("\n" + _cli_recipes.render_recipe(doc["recipe"], recipe_error))
     return 0
 
 
@@ -768,6 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
               ckpt info runs/exp1/ckpt/0000001000.npz  what one file holds
               ckpt verify runs/exp1                    check every hash (exit 1 if anything is damaged)
               ckpt diff a.npz b.npz                    compare two checkpoints array by array
+              ckpt find runs --cls MLP --order-by loss find checkpoints by model class and metrics
 
             Exit status: 0 success, 1 an error or damaged file, 2 bad usage.
             Run 'ckpt COMMAND --help' for each command's options."""))
@@ -927,6 +937,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--dry-run", action="store_true", help="print what would be deleted; delete nothing")
     p.set_defaults(check=_prune_check)
     _add_json(p)
+    _cli_recipes.add_commands(add)
     return parser
 
 

@@ -199,7 +199,7 @@ def render_ls(records: list[dict[str, Any]], *, metric: Optional[str], local: bo
     headers = ["step", "updated (local)" if local else "updated (UTC)", "size", *names, "verified", ""]
     rows = []
     for r in records:
-        marks = [m for m in ("newest", "best") if r[m]]
+        marks = [m for m in ("newest", "best") if r[m]] + [f"alias:{a}" for a in r.get("aliases", ())]
         verified = "-" if r["verified"] is None else ("ok" if r["verified"] else "BAD")
         rows.append([r["step"], format_time(r["updated_at"], local=local), human_size(r["size"]),
                      *(format_number(r["metrics"].get(n)) for n in names), verified, ", ".join(marks)])

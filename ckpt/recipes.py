@@ -276,8 +276,11 @@ def _import_class(name: str, module: str, where: str) -> type:
         raise RecipeNotFoundError(f"{where}: cannot import module {module!r} for class {name}: {e}") from None
     for part in parts:
         target = getattr(target, part, None)
-        if target is None or isinstance(target, types.ModuleType):
+        if target is None:
             raise RecipeNotFoundError(f"{where}: module {module!r} has no class {qualname!r}")
+        if isinstance(target, types.ModuleType):
+            raise UntrustedClassError(f"{where}: {name} reaches the module {target.__name__} through an attribute, "
+                                      "not a class; refused", classes=[name])
     if not isinstance(target, type) or _name(target) != name:
         raise UntrustedClassError(f"{where}: {name} is not a class defined under that name (found "
                                   f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', '?')}); "

@@ -1,0 +1,148 @@
+"""The ``ckpt find`` command and the recipe/alias parts of ``ckpt info`` and ``ckpt ls``.
+
+Like every search, these read manifests only: nothing is imported from the
+recorded classes and nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any, Callable, Optional
+
+from ._cli_format import dump_json, format_number, format_time, table
+from .errors import FormatError, SelectorError
+from .index import find
+from .recipes import Recipe
+from .selector import Selector
+
+__all__ = ["add_commands", "recipe_record", "render_recipe"]
+
+Add = Callable[..., argparse.ArgumentParser]
+
+
+def _kw_pair(text: str) -> tuple[str, Any]:
+    """``key=value`` (value as JSON when it parses, else the string); ``a.b=1`` is the nested ``{"a": {"b": 1}}``."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. hidden=64 or encoder.depth=4), not {text!r}")
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key, value
+
+
+def _nest(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        *parents, last = key.split(".")
+        node = out
+        for p in parents:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise SelectorError(f"--kw {key}: {p} is given both a value and nested keys")
+            node = child
+        node[last] = value
+    return out
+
+
+def cmd_find(args: argparse.Namespace) -> int:
+    selector = Selector(cls=args.cls or None, kwargs=_nest(args.kw) if args.kw else None, where=args.where or None)
+    order_by = args.order_by
+    if order_by is not None and args.desc and not order_by.startswith("-"):
+        order_by = "-" + order_by
+    if args.limit is not None and args.limit < 0:
+        raise SelectorError(f"--limit must be >= 0, not {args.limit}")
+    entries = find(args.root, selector, order_by=order_by, limit=args.limit, alias=args.alias)
+    root = os.path.abspath(args.root)
+    if args.json:
+        dump_json({"root": root, "count": len(entries), "checkpoints": [e.to_dict() for e in entries]})
+        return 0
+    if not entries:
+        print(f"no checkpoint under {args.root} matches")
+        return 0
+    names = list(dict.fromkeys(k for e in entries for k in e.metrics))
+    order = (args.order_by or "").lstrip("-")
+    if order in names:
+        names = [order] + [n for n in names if n != order]
+    rows = []
+    for e in entries:
+        where = os.path.relpath(e.path, root) if e.path != root else os.path.basename(e.path)
+        rows.append([where, "-" if e.idx is None else e.idx, "-" if e.recipe is None else e.recipe.name,
+                     "-" if e.recipe is None else e.recipe.hash[:12], format_time(e.created_at),
+                     *(format_number(e.metrics.get(n)) for n in names), ", ".join(e.aliases)])
+    print(table(["checkpoint", "step", "class", "recipe", "created (UTC)", *names, "aliases"], rows,
+                right=[1, *range(5, 5 + len(names))]))
+    return 0
+
+
+def add_commands(add: Add) -> None:
+    p = add("find", cmd_find, "find checkpoints under a tree of runs by class, arguments and metrics",
+            "Search every checkpoint under ROOT (a tree of runs, a log directory or one file) by what it\n"
+            "records: the class that built the model (--cls matches subclasses too, through the recorded\n"
+            "MRO), its constructor arguments (--kw, a subset match), metrics and fields (--where, e.g.\n"
+            "'loss < 0.1 and (lr == 1e-3 or not depth in [2, 4])'), and aliases. Reads manifests only,\n"
+            "through the index cache ROOT/.ckpt-index.json (safe to delete); imports and unpickles nothing.",
+            """\
+            ckpt find runs --cls MLP --kw hidden=64 --order-by val_loss --limit 5
+            ckpt find runs --where 'val_loss < 0.3 and not optimizer == "sgd"'
+            ckpt find runs --kw shape=[20,20] --json | jq '.checkpoints[].path'
+            ckpt find runs/exp1 --alias best""")
+    p.add_argument("root", metavar="ROOT", help="directory tree of runs, a log directory, or a checkpoint file")
+    p.add_argument("--cls", metavar="NAME", action="append",
+                   help="class name (MLP) or full path (mypkg.models.MLP); subclasses match; repeat for any of several")
+    p.add_argument("--kw", metavar="KEY=VALUE", action="append", type=_kw_pair, default=[],
+                   help="constructor argument to match (VALUE as JSON when it parses, else a string; "
+                        "a.b=1 matches a nested argument); repeat for more")
+    p.add_argument("--where", metavar="EXPR", action="append",
+                   help="condition on metrics, arguments and fields (idx, run, cls, hash, ...): comparisons, "
+                        "in, and/or/not; repeat to require all")
+    p.add_argument("--order-by", metavar="METRIC", help="sort by a metric or field (idx, created_at, size), ascending; "
+                   "NaN and missing values last")
+    p.add_argument("--desc", action="store_true", help="sort --order-by descending (also: --order-by=-METRIC)")
+    p.add_argument("--limit", metavar="N", type=int, help="show at most N checkpoints")
+    p.add_argument("--alias", metavar="A", help="only the checkpoints the alias A points at (one per run)")
+    p.add_argument("--json", action="store_true", help="print standard JSON instead of a table")
+
+
+def recipe_record(metadata: dict[str, Any], where: str) -> Optional[dict[str, Any]]:
+    """The recipe recorded in a manifest's metadata, validated, or None; an invalid one raises FormatError."""
+    own = metadata.get("ckpt") if isinstance(metadata, dict) else None
+    doc = own.get("recipe") if isinstance(own, dict) else None
+    if doc is None:
+        return None
+    return Recipe.from_dict(doc, where).to_dict()
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, Recipe):
+        args = [_value(a) for a in v.args] + [f"{k}={_value(x)}" for k, x in v.kwargs.items()]
+        return f"{v.name}({', '.join(args)})"
+    if isinstance(v, tuple):
+        return "(" + ", ".join(_value(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k!r}: {_value(x)}" for k, x in v.items()) + "}"
+    if hasattr(v, "kind") and hasattr(v, "itemsize"):  # a dtype
+        return str(v)
+    return repr(v)
+
+
+def render_recipe(doc: Optional[dict[str, Any]], error: Optional[str] = None) -> str:
+    """The recipe section of ``ckpt info``."""
+    if error is not None:
+        return f"recipe:   invalid ({error})"
+    if doc is None:
+        return "recipe:   (none: saved without recipe=)"
+    try:
+        r = Recipe.from_dict(doc)
+    except FormatError as e:  # pragma: no cover - recipe_record validated it
+        return f"recipe:   invalid ({e})"
+    args = ", ".join([_value(a) for a in r.args] + [f"{k}={_value(v)}" for k, v in r.kwargs.items()])
+    lines = [f"recipe:   {r.cls}({args})", f"  hash:   {r.hash}", f"  id:     {r.id or '-'}",
+             f"  parent: {r.parent or '-'}", f"  mro:    {' < '.join(r.mro) or '-'}",
+             "  (ckpt.build(FILE, trusted=[...]) rebuilds it; nothing was imported to show this)"]
+    return "\n".join(lines)
