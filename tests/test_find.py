@@ -452,7 +452,7 @@ def test_cli_find_usage_errors_exit_2(tree, capsys):
         main(["find", tree, "--kw", "novalue"])
     assert info.value.code == 2
     assert main(["find", os.path.join(tree, "absent")]) == 1
-    assert "No such file" in capsys.readouterr().err
+    assert "no such file" in capsys.readouterr().err.lower()
 
 
 # -- searching never imports model code or unpickles -----------------------------------------------
