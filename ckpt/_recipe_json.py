@@ -110,7 +110,7 @@ def _bad(where: str, what: str) -> FormatError:
 
 
 def decode(value: Any, where: str, recipe: Callable[[dict[str, Any], str], Any], depth: int = 0) -> Any:
-    """Python values from tagged JSON read from a file; ``recipe(tag, where)`` turns a nested recipe tag into a value."""
+    """Python values from tagged JSON read from a file; ``recipe(tag, where)`` makes a nested recipe's value."""
     if depth > MAX_DEPTH:
         raise _bad(where, f"nested more than {MAX_DEPTH} levels deep")
     t = type(value)

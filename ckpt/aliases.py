@@ -59,8 +59,8 @@ def read_records(directory: str) -> dict[str, dict[str, Any]]:
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise FormatError(f"{path}: alias table is not valid JSON ({e})", file=path) from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME or not isinstance(doc.get("aliases"), dict):
-        raise FormatError(f"{path}: not a ckpt alias table (expected {{'format': {FORMAT_NAME!r}, 'aliases': {{...}}}})",
-                          file=path)
+        raise FormatError(f"{path}: not a ckpt alias table (expected {{'format': {FORMAT_NAME!r}, "
+                          "'aliases': {...}})", file=path)
     version = doc.get("version")
     if type(version) is not int or version > VERSION:
         raise FormatError(f"{path}: alias table version {version!r:.20}; this ckpt reads up to {VERSION}", file=path)

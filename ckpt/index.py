@@ -89,7 +89,8 @@ def _record_of(path: str) -> dict[str, Any]:
         meta = reader.metadata
         main = reader.slots.get("main")
         created_at = reader.created_at
-    own = meta.get("ckpt") if isinstance(meta.get("ckpt"), dict) else {}
+    found = meta.get("ckpt")
+    own: dict[str, Any] = found if isinstance(found, dict) else {}
     metrics = own.get("metrics") if isinstance(own.get("metrics"), dict) else {}
     recipe = None
     if own.get("recipe") is not None:

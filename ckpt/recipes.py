@@ -74,7 +74,7 @@ class Recipe:
         """The recipe of ``target(*args, **kwargs)``, for a class that is not ``@ckpt.recorded``."""
         if not isinstance(target, type):
             raise TypeError(f"Recipe.of needs a class, not a {type(target).__name__}")
-        init = target.__init__
+        init = getattr(target, "__init__")  # noqa: B009  # the class's, not an instance's
         result = _make(target, _signature(init), args, kwargs, new_id=True)
         if isinstance(result, Exception):
             raise result

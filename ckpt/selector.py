@@ -124,7 +124,7 @@ class Selector(Match):
         self.metrics = None if metrics is None else dict(metrics)
         self.where_src = where
         items = [] if where is None else (list(where) if isinstance(where, (list, tuple)) else [where])
-        self._where = [_Call(w) if callable(w) else Expression(w) for w in items]
+        self._where: list[Match] = [_Call(w) if callable(w) else Expression(w) for w in items]  # type: ignore[arg-type]
 
     def __call__(self, item: Any) -> bool:
         view = _View.of(item)

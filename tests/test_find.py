@@ -291,8 +291,9 @@ leaves = st.one_of(
               st.sampled_from(["<", "<=", ">", ">=", "==", "!="]), consts),
     st.tuples(st.sampled_from(["loss", "a", "b"]), st.sampled_from(["in", "not in"]), st.lists(consts, max_size=3)),
 )
-exprs = st.recursive(leaves, lambda sub: st.one_of(st.tuples(st.just("and"), sub, sub), st.tuples(st.just("or"), sub, sub),
-                                                   st.tuples(st.just("not"), sub)), max_leaves=6)
+exprs = st.recursive(leaves, lambda sub: st.one_of(st.tuples(st.just("and"), sub, sub),
+                                                   st.tuples(st.just("or"), sub, sub), st.tuples(st.just("not"), sub)),
+                     max_leaves=6)
 specs = st.one_of(values, st.fixed_dictionaries({}, optional={"d": st.integers(0, 2)}))
 selectors_st = st.fixed_dictionaries({
     "cls": st.sampled_from([None, "A", "m.A", "B", "n.C", "object", "Z"]),

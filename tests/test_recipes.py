@@ -278,7 +278,7 @@ def test_trusted_patterns_reuse_the_pickle_allow_list_rules(tmp_path):
 
 @pytest.mark.parametrize("cls, module, match", [
     ("os.system", "os", "not a class|refused|admit"),  # NEVER_ALLOWED: no pattern admits it
-    ("recipe_models.plain.np", "recipe_models.plain", "reaches the module numpy"),  # a module reached through an attribute
+    ("recipe_models.plain.np", "recipe_models.plain", "reaches the module numpy"),  # a module, via an attribute
     ("recipe_models.plain.Linear.__init__", "recipe_models.plain", "not a plain importable path"),
     ("recipe_models.plain.Gone", "recipe_models.plain", "has no class"),
     ("recipe_models.absent.Model", "recipe_models.absent", "cannot import"),
