@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
-from . import _io, aliases as _aliases
+from . import _io, _recipe_json as _rj, aliases as _aliases
 from .errors import CkptError, FormatError, SelectorError
 from .recipes import Recipe
 from .selector import Match, Selector
@@ -103,14 +103,9 @@ def _record_of(path: str) -> dict[str, Any]:
 
 
 def _entry(path: str, run: str, idx: Optional[int], size: int, record: dict[str, Any],
-           aliases: tuple[str, ...]) -> Optional[Entry]:
+           aliases: tuple[str, ...], recipe: Optional[Recipe]) -> Optional[Entry]:
     if "skip" in record:
         return None
-    try:
-        recipe = None if record.get("recipe") is None else Recipe.from_dict(record["recipe"], path, check=False)
-    except FormatError as e:
-        log.warning("%s; listed without a recipe", e)
-        recipe = None
     metrics = record.get("metrics")
     metadata = record.get("metadata")
     created = record.get("created_at")
@@ -134,6 +129,7 @@ def _walk(root: str) -> tuple[list[_File], dict[str, dict[int, list[str]]]]:
     """Candidate files under ``root`` (hidden names and symlinked directories skipped), and each directory's aliases."""
     files: list[_File] = []
     aliases: dict[str, dict[int, list[str]]] = {}
+    prefix = root if root.endswith(os.sep) else root + os.sep
     stack = [root]
     while stack:
         directory = stack.pop()
@@ -163,42 +159,48 @@ def _walk(root: str) -> tuple[list[_File], dict[str, dict[int, list[str]]]]:
             idx = int(m.group(1)) if m and name == "%010d.npz" % int(m.group(1)) else None
             in_ckpt = os.path.basename(directory) == "ckpt"
             run = os.path.dirname(directory) if in_ckpt else directory
-            files.append(_File(os.path.relpath(de.path, root), de.path, (st.st_size, st.st_mtime_ns, st.st_ino),
-                               run, idx))
+            files.append(_File(de.path[len(prefix):], de.path, (st.st_size, st.st_mtime_ns, st.st_ino), run, idx))
     return files, aliases
 
 
-def _load_cache(path: str) -> dict[str, tuple[tuple[int, int, int], dict[str, Any]]]:
+Table = dict[str, tuple[tuple[int, int, int], dict[str, Any]]]
+
+
+def _load_cache(path: str) -> tuple[Table, dict[str, Any]]:
+    """(relative name -> (key, record), recipe table); both empty for a missing or malformed cache."""
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_INDEX_BYTES + 1)
     except FileNotFoundError:
-        return {}
+        return {}, {}
     except OSError as e:
         log.info("find: cannot read the index %s (%s); rebuilding it", path, e)
-        return {}
+        return {}, {}
     try:
         if len(data) > MAX_INDEX_BYTES:
             raise ValueError("over the size limit")
         doc = json.loads(data.decode("utf-8"))
         if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME or doc.get("version") != VERSION:
             raise ValueError("not a ckpt index of this version")
-        entries = doc["entries"]
-        if not isinstance(entries, dict):
-            raise ValueError("entries is not an object")
+        entries, recipes = doc["entries"], doc.get("recipes", {})
+        if not isinstance(entries, dict) or not isinstance(recipes, dict):
+            raise ValueError("entries or recipes is not an object")
     except (ValueError, KeyError, UnicodeDecodeError, RecursionError) as e:
         log.warning("find: ignoring the index %s (%s); rebuilding it from the manifests", path, e)
-        return {}
+        return {}, {}
     out = {}
     for rel, value in entries.items():
         if (isinstance(value, list) and len(value) == 4 and all(type(v) is int for v in value[:3])
                 and isinstance(value[3], dict)):
-            out[rel] = ((value[0], value[1], value[2]), value[3])
-    return out
+            ref = value[3].get("recipe")
+            if ref is None or (type(ref) is str and isinstance(recipes.get(ref), dict)):
+                out[rel] = ((value[0], value[1], value[2]), value[3])
+    return out, recipes
 
 
-def _save_cache(path: str, table: dict[str, tuple[tuple[int, int, int], dict[str, Any]]]) -> None:
-    doc = {"format": FORMAT_NAME, "version": VERSION,
+def _save_cache(path: str, table: Table, recipes: dict[str, Any]) -> None:
+    used = {r["recipe"] for _, r in table.values() if r.get("recipe") is not None}
+    doc = {"format": FORMAT_NAME, "version": VERSION, "recipes": {k: recipes[k] for k in sorted(used)},
            "entries": {rel: [*key, record] for rel, (key, record) in sorted(table.items())}}
     try:
         data = json.dumps(doc, separators=(",", ":"), allow_nan=True).encode("utf-8")
@@ -224,8 +226,9 @@ def index(root: Union[str, "os.PathLike[str]"], *, cache: bool = True) -> list[E
     else:
         raise FileNotFoundError(2, "No such file or directory", root)
     cache_path = os.path.join(root, INDEX_NAME)
-    table = _load_cache(cache_path) if cache else {}
-    fresh: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+    table, recipes = _load_cache(cache_path) if cache else ({}, {})
+    fresh: Table = {}
+    built: dict[str, Optional[Recipe]] = {}  # one Recipe per distinct record: a run's checkpoints share it
     changed = False
     out = []
     for f in files:
@@ -241,13 +244,25 @@ def index(root: Union[str, "os.PathLike[str]"], *, cache: bool = True) -> list[E
             except (CkptError, OSError, ValueError) as e:
                 log.warning("find: skipping %s: %s", f.path, e)
                 record = {"skip": str(e)}
+            if isinstance(record.get("recipe"), dict):  # stored once in the cache's recipe table
+                ref = _rj.digest(record["recipe"])
+                recipes[ref] = record["recipe"]
+                record = {**record, "recipe": ref}
         fresh[f.rel] = (f.key, record)
+        ref = record.get("recipe")
+        if ref is not None and ref not in built:
+            try:
+                built[ref] = Recipe.from_dict(recipes[ref], f.path, check=False)
+            except FormatError as e:
+                log.warning("%s; listed without a recipe", e)
+                built[ref] = None
         entry = _entry(f.path, f.run, f.idx, f.key[0], record,
-                       tuple(aliases.get(os.path.dirname(f.path), {}).get(f.idx, ())) if f.idx is not None else ())
+                       tuple(aliases.get(os.path.dirname(f.path), {}).get(f.idx, ())) if f.idx is not None else (),
+                       None if ref is None else built[ref])
         if entry is not None:
             out.append(entry)
     if cache and (changed or len(fresh) != len(table)):
-        _save_cache(cache_path, fresh)
+        _save_cache(cache_path, fresh, recipes)
     out.sort(key=lambda e: (e.run, -1 if e.idx is None else e.idx, e.path))
     return out
 

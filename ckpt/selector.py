@@ -16,6 +16,7 @@ keeps the checkpoints that have no ``loss``. NaN compares as IEEE 754 says
 from __future__ import annotations
 
 import ast
+import collections.abc as _abc
 import math
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
@@ -117,7 +118,7 @@ class Selector(Match):
         if args is not None and not isinstance(args, (list, tuple)):
             raise SelectorError(f"Selector args must be a list or tuple, not {type(args).__name__}")
         for label, m in (("kwargs", kwargs), ("metrics", metrics)):
-            if m is not None and not (isinstance(m, Mapping) and all(type(k) is str for k in m)):
+            if m is not None and not (isinstance(m, _abc.Mapping) and all(type(k) is str for k in m)):
                 raise SelectorError(f"Selector {label} must be a dict with string keys, not {m!r:.80}")
         self.args = None if args is None else list(args)
         self.kwargs = None if kwargs is None else dict(kwargs)
@@ -192,7 +193,7 @@ class _View:
         if isinstance(item, Recipe):
             return cls(item, item, {})
         if hasattr(item, "recipe") and hasattr(item, "metrics"):
-            metrics = item.metrics if isinstance(item.metrics, Mapping) else {}
+            metrics = item.metrics if isinstance(item.metrics, _abc.Mapping) else {}
             return cls(item, item.recipe, metrics)
         return cls(item, recipe_of(item), {})
 
@@ -223,7 +224,7 @@ def _equal(a: Any, b: Any) -> bool:
 def _dict_matches(spec: Mapping[str, Any], value: Any) -> bool:
     if isinstance(value, Recipe):
         value = value.kwargs
-    if not isinstance(value, Mapping):
+    if not isinstance(value, _abc.Mapping):
         return False
     return all(k in value and _matches(s, value[k]) for k, s in spec.items())
 
@@ -231,7 +232,7 @@ def _dict_matches(spec: Mapping[str, Any], value: Any) -> bool:
 def _matches(spec: Any, value: Any) -> bool:
     if isinstance(spec, Match):
         return isinstance(value, Recipe) and spec(value)
-    if isinstance(spec, Mapping):
+    if isinstance(spec, _abc.Mapping):
         return _dict_matches(spec, value)
     if isinstance(spec, (list, tuple)):
         return (isinstance(value, (list, tuple)) and len(spec) == len(value)
@@ -261,7 +262,7 @@ def _compare(op: str, a: Any, b: Any) -> bool:
             found = isinstance(a, str) and a in b
         elif isinstance(b, (list, tuple)):
             found = any(_equal(a, x) for x in b)
-        elif isinstance(b, Mapping):
+        elif isinstance(b, _abc.Mapping):
             found = a in b if isinstance(a, str) else False
         else:
             return False
@@ -377,7 +378,7 @@ def _member(value: Any, key: Any) -> Any:
         return MISSING
     if isinstance(value, Recipe):
         return _recipe_value(value, key) if key in _RECIPE_ATTRS else _member(_recipe_value(value, "kwargs"), key)
-    if isinstance(value, Mapping):
+    if isinstance(value, _abc.Mapping):
         return value.get(key, MISSING) if isinstance(key, str) else MISSING
     if isinstance(value, (list, tuple)) and type(key) is int and -len(value) <= key < len(value):
         return value[key]

@@ -213,6 +213,22 @@ def test_cache_forged_record_with_a_stale_key_is_ignored(tree):
     assert e.metrics["loss"] == 0.9
 
 
+def test_cache_recipe_table_is_shared_and_a_dangling_reference_rereads_the_file(tree, monkeypatch):
+    ckpt.find(tree)
+    path = os.path.join(tree, ".ckpt-index.json")
+    with open(path) as f:
+        doc = json.load(f)
+    assert len(doc["recipes"]) == 6  # one per distinct recipe (the Wide run's two differ in factor)
+    rel = "stack/ckpt/0000000005.npz"
+    ref = doc["entries"][rel][3]["recipe"]
+    del doc["recipes"][ref]
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    reads = _count_reads(monkeypatch)
+    e = [x for x in ckpt.find(tree) if x.idx == 5][0]
+    assert reads == [os.path.join(tree, rel)] and e.recipe.cls == "recipe_models.plain.Stack"
+
+
 @pytest.mark.parametrize("garbage", [b"", b"not json", b"[]", b'{"format": "ckpt.index", "version": 1}',
                                      b'{"format": "ckpt.index", "version": 1, "entries": {"a": [1, 2]}}',
                                      b'{"format": "ckpt.index", "version": 99, "entries": {}}', b"\xff\xfe"])
