@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any, Callable, Optional
 
 from ._cli_format import dump_json, format_number, format_time, table
@@ -55,14 +56,19 @@ def cmd_find(args: argparse.Namespace) -> int:
         order_by = "-" + order_by
     if args.limit is not None and args.limit < 0:
         raise SelectorError(f"--limit must be >= 0, not {args.limit}")
-    entries = find(args.root, selector, order_by=order_by, limit=args.limit, alias=args.alias)
+    skipped: list[tuple[str, str]] = []
+    entries = find(args.root, selector, order_by=order_by, limit=args.limit, alias=args.alias, skipped=skipped)
     root = os.path.abspath(args.root)
+    for path, why in skipped:  # damaged files: searched around, reported like `ckpt ls` reports them
+        print(f"ckpt find: error: {why if why.startswith(path) else f'{path}: {why}'}", file=sys.stderr)
+    status = 1 if skipped else 0
     if args.json:
-        dump_json({"root": root, "count": len(entries), "checkpoints": [e.to_dict() for e in entries]})
-        return 0
+        dump_json({"root": root, "count": len(entries), "checkpoints": [e.to_dict() for e in entries],
+                   "skipped": [{"path": p, "error": why} for p, why in skipped]})
+        return status
     if not entries:
         print(f"no checkpoint under {args.root} matches")
-        return 0
+        return status
     names = list(dict.fromkeys(k for e in entries for k in e.metrics))
     order = (args.order_by or "").lstrip("-")
     if order in names:
@@ -75,7 +81,7 @@ def cmd_find(args: argparse.Namespace) -> int:
                      *(format_number(e.metrics.get(n)) for n in names), ", ".join(e.aliases)])
     print(table(["checkpoint", "step", "class", "recipe", "created (UTC)", *names, "aliases"], rows,
                 right=[1, *range(5, 5 + len(names))]))
-    return 0
+    return status
 
 
 def add_commands(add: Add) -> None:

@@ -61,7 +61,9 @@ def encode(value: Any, path: str, nested: Callable[[Any, str], Optional[dict[str
     if depth > MAX_DEPTH:
         raise RecipeArgumentError(f"{path}: nested more than {MAX_DEPTH} levels deep", path=path)
     t = type(value)
-    if value is None or t is bool or t is str or t is int:
+    if t is str:
+        return _checked_str(value, path)
+    if value is None or t is bool or t is int:
         return value
     if t is float:
         if math.isfinite(value):
@@ -73,7 +75,7 @@ def encode(value: Any, path: str, nested: Callable[[Any, str], Optional[dict[str
         return {TAG: "tuple", "items": [encode(v, f"{path}[{i}]", nested, depth + 1) for i, v in enumerate(value)]}
     if t is dict:
         if all(type(k) is str for k in value) and TAG not in value:
-            return {k: encode(v, f"{path}[{k!r}]", nested, depth + 1) for k, v in value.items()}
+            return {_checked_str(k, path): encode(v, f"{path}[{k!r}]", nested, depth + 1) for k, v in value.items()}
         items = []
         for k, v in value.items():
             if not (k is None or type(k) in (bool, int, float, str, tuple)):
@@ -96,6 +98,15 @@ def encode(value: Any, path: str, nested: Callable[[Any, str], Optional[dict[str
         f"{path} is a {what}: recipe arguments are stored as JSON, never pickled, so they must be {_ALLOWED}; "
         "pass a name (e.g. activation='relu') and look it up in __init__, or decorate its class with "
         "@ckpt.recorded", path=path)
+
+
+def _checked_str(text: str, path: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RecipeArgumentError(f"{path}: the string {text!r:.60} is not valid Unicode (a lone surrogate) and "
+                                  "cannot be stored as UTF-8 JSON", path=path) from None
+    return text
 
 
 def _checked_dtype_name(dt: np.dtype, path: str) -> str:

@@ -85,7 +85,7 @@ def _record_of(path: str) -> dict[str, Any]:
 
     with open_reader(path) as reader:
         if not reader.has_manifest:
-            return {"skip": "no manifest (a plain .npz)"}
+            return {"skip": "no manifest (a plain .npz)", "plain": True}
         meta = reader.metadata
         main = reader.slots.get("main")
         created_at = reader.created_at
@@ -209,8 +209,12 @@ def _save_cache(path: str, table: Table, recipes: dict[str, Any]) -> None:
         log.info("find: cannot write the index %s: %s", path, e)
 
 
-def index(root: Union[str, "os.PathLike[str]"], *, cache: bool = True) -> list[Entry]:
-    """Every checkpoint under ``root`` (a tree of runs, a log directory or one file), in (run, idx, path) order."""
+def index(root: Union[str, "os.PathLike[str]"], *, cache: bool = True,
+          skipped: Optional[list[tuple[str, str]]] = None) -> list[Entry]:
+    """Every checkpoint under ``root`` (a tree of runs, a log directory or one file), in (run, idx, path) order.
+
+    Damaged files are left out (logged); with ``skipped``, ``(path, why)`` of each is appended to it.
+    """
     root = os.path.abspath(os.fspath(root))
     if os.path.isfile(root):
         directory = os.path.dirname(root)
@@ -245,10 +249,12 @@ def index(root: Union[str, "os.PathLike[str]"], *, cache: bool = True) -> list[E
                 log.warning("find: skipping %s: %s", f.path, e)
                 record = {"skip": str(e)}
             if isinstance(record.get("recipe"), dict):  # stored once in the cache's recipe table
-                ref = _rj.digest(record["recipe"])
-                recipes[ref] = record["recipe"]
-                record = {**record, "recipe": ref}
+                key = _rj.digest(record["recipe"])
+                recipes[key] = record["recipe"]
+                record = {**record, "recipe": key}
         fresh[f.rel] = (f.key, record)
+        if skipped is not None and "skip" in record and not record.get("plain"):
+            skipped.append((f.path, str(record["skip"])))
         ref = record.get("recipe")
         if ref is not None and ref not in built:
             try:
@@ -294,14 +300,15 @@ def _ordered(entries: list[Entry], order_by: str) -> list[Entry]:
 
 def find(root: Union[str, "os.PathLike[str]"], selector: Union[Match, Callable[[Entry], Any], None] = None, *,
          order_by: Optional[str] = None, limit: Optional[int] = None, alias: Optional[str] = None,
-         cache: bool = True) -> list[Entry]:
+         cache: bool = True, skipped: Optional[list[tuple[str, str]]] = None) -> list[Entry]:
     """The checkpoints under ``root`` that ``selector`` (and ``alias``) match, as light :class:`Entry` records.
 
     ``root`` is a tree of runs, one log directory or one checkpoint file.
     ``order_by`` is a metric (or ``idx``, ``created_at``, ``size``, ``path``,
     ``run``), ascending, ``-name`` descending; NaN and missing values come last
     either way. ``limit`` keeps the first N. Reads manifests only (through the
-    index cache, see the module docs); never imports model code or unpickles.
+    index cache, see the module docs); never imports model code or unpickles. Damaged files
+    are left out and logged; pass a list as ``skipped`` to receive their ``(path, why)``.
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise SelectorError(f"limit must be an integer >= 0 or None, not {limit!r}")
@@ -318,7 +325,7 @@ def find(root: Union[str, "os.PathLike[str]"], selector: Union[Match, Callable[[
     if alias is not None:
         _aliases.check_name(alias)
     out = []
-    for e in index(root, cache=cache):
+    for e in index(root, cache=cache, skipped=skipped):
         if alias is not None and alias not in e.aliases:
             continue
         if match is None or match(e):

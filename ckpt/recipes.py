@@ -74,8 +74,7 @@ class Recipe:
         """The recipe of ``target(*args, **kwargs)``, for a class that is not ``@ckpt.recorded``."""
         if not isinstance(target, type):
             raise TypeError(f"Recipe.of needs a class, not a {type(target).__name__}")
-        init = getattr(target, "__init__")  # noqa: B009  # the class's, not an instance's
-        result = _make(target, _signature(init), args, kwargs, new_id=True)
+        result = _make(target, _constructor_signature(target), args, kwargs, new_id=True)
         if isinstance(result, Exception):
             raise result
         return result
@@ -296,6 +295,14 @@ def _signature(init: Callable[..., Any]) -> Optional[inspect.Signature]:
         return None
 
 
+def _constructor_signature(cls: type) -> Optional[inspect.Signature]:
+    """The signature the constructor binds arguments with: ``__init__``'s, or ``__new__``'s when only it is defined."""
+    init = getattr(cls, "__init__")  # noqa: B009  # the class's, not an instance's
+    if init is object.__init__ and cls.__new__ is not object.__new__:
+        return _signature(cls.__new__)  # its first parameter (cls) stands where self would
+    return _signature(init)
+
+
 def _is_linen(cls: type) -> bool:
     return any(c.__module__ == "flax.linen.module" and c.__name__ == "Module" for c in cls.__mro__)
 
@@ -398,7 +405,8 @@ def recorded(cls: type[T]) -> type[T]:
     init = cls.__init__
     if getattr(init, "__ckpt_recorded__", None) is cls:
         return cls
-    sig = _signature(init)
+    sig = _constructor_signature(cls)
+    bare = init is object.__init__  # arguments go to __new__ only (tuple subclasses, ...)
 
     @functools.wraps(init)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -409,7 +417,10 @@ def recorded(cls: type[T]) -> type[T]:
                     f"{cls.__qualname__} is); decorate {type(self).__qualname__} too"))
             else:
                 _store(self, _make(type(self), sig, args, kwargs, new_id=True))
-        init(self, *args, **kwargs)
+        if bare:
+            init(self)
+        else:
+            init(self, *args, **kwargs)
 
     __init__.__ckpt_recorded__ = cls  # type: ignore[attr-defined]
     type.__setattr__(cls, "__init__", __init__)

@@ -28,6 +28,7 @@ from .recipes import Recipe, recipe_of
 __all__ = ["Selector", "Match", "MISSING"]
 
 _MAX_EXPR = 10_000
+_MAX_DEPTH = 100
 _FIELDS = ("idx", "run", "path", "created_at", "sha256", "size", "aliases", "cls", "name", "hash", "id", "parent",
            "mro", "metadata")
 _RECIPE_ATTRS = ("cls", "name", "module", "mro", "args", "kwargs", "hash", "id", "parent")
@@ -293,8 +294,19 @@ class Expression(Match):
         except SyntaxError as e:
             raise SelectorError(f"where {source!r:.200}: not an expression ({e.msg}); write e.g. "
                                 "\"loss < 0.1 and not (lr == 1e-3 or depth in [2, 4])\"") from None
+        except (RecursionError, MemoryError, ValueError) as e:
+            raise SelectorError(f"where {source!r:.200}: cannot be parsed ({type(e).__name__})") from None
+        self._check_depth(tree.body)
         self._check(tree.body)
         self.tree = tree.body
+
+    def _check_depth(self, root: ast.AST) -> None:
+        stack = [(root, 0)]
+        while stack:
+            node, depth = stack.pop()
+            if depth > _MAX_DEPTH:
+                raise SelectorError(f"where {self.source!r:.200}: nested more than {_MAX_DEPTH} levels deep")
+            stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
 
     def _check(self, node: ast.AST) -> None:
         allowed = (ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd, ast.Compare, ast.Name,

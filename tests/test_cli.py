@@ -714,7 +714,7 @@ def test_prune_empty_and_missing(capsys, tmp_path):
 
 
 # -- conventions: help, usage errors, progress, subprocesses ----------------------
-SUBCOMMANDS = ["ls", "info", "verify", "diff", "average", "export", "import", "prune"]
+SUBCOMMANDS = ["ls", "info", "verify", "diff", "average", "export", "import", "prune", "find"]
 
 
 def _subparsers(parser):

@@ -275,6 +275,16 @@ def test_where_expressions_outside_the_whitelist_are_refused(expr):
     assert isinstance(info.value, ValueError)
 
 
+@pytest.mark.parametrize("expr", ["not " * 5000 + "x", "(" * 150 + "x" + ")" * 150, "x == " + "-" * 3000 + "1",
+                                  " or ".join(["a < 1"] * 2000)])
+def test_hostile_where_expressions_fail_cleanly(expr):
+    try:
+        sel = ckpt.Selector(where=expr)
+    except SelectorError:
+        return
+    assert sel(ckpt.Entry(path="p", run="r", idx=1, recipe=None, metrics={"a": 5})) in (True, False)
+
+
 @pytest.mark.parametrize("kwargs", [{"cls": 5}, {"args": "abc"}, {"kwargs": {1: 2}}, {"metrics": [1]}])
 def test_malformed_selectors_are_refused(kwargs):
     with pytest.raises(SelectorError):
@@ -462,6 +472,17 @@ def test_cli_find_errors_are_one_line(tree, capsys, argv):
     assert main(["find", tree, *argv]) == 1
     err = capsys.readouterr().err
     assert err.startswith("ckpt find: error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_find_reports_damaged_files_and_still_lists_the_others(tree, capsys):
+    bad = os.path.join(tree, "lin", "ckpt", "0000000400.npz")
+    with open(bad, "wb") as f:
+        f.write(b"PK\x03\x04" + b"\0" * 100)
+    for _ in range(2):  # also when the damage is remembered by the cache
+        assert main(["find", tree, "--cls", "Wide", "--json"]) == 1
+        captured = capsys.readouterr()
+        assert json.loads(captured.out)["count"] == 2
+        assert captured.err.count("\n") == 1 and captured.err.startswith(f"ckpt find: error: {bad}")
 
 
 def test_cli_find_usage_errors_exit_2(tree, capsys):

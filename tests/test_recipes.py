@@ -88,6 +88,25 @@ def test_unrecorded_object_and_recipe_of_for_plain_classes():
         ckpt.Recipe.of(Free)  # missing 'a', as the constructor itself would say
 
 
+def test_a_class_constructed_through_new_only_is_recorded():
+    @ckpt.recorded
+    class Pair(tuple):
+        def __new__(cls, a, b=2):
+            return super().__new__(cls, (a, b))
+
+    p = Pair(1)
+    assert p == (1, 2)
+    r = ckpt.recipe_of(p)
+    assert r.kwargs == {"a": 1, "b": 2} and r.build() == (1, 2)
+
+
+def test_lone_surrogates_are_refused_with_their_path():
+    with pytest.raises(RecipeArgumentError, match=r"dict.kwargs\['s'\]: the string .* not valid Unicode"):
+        ckpt.Recipe.of(dict, s="a\ud800")
+    with pytest.raises(RecipeArgumentError, match="not valid Unicode"):
+        ckpt.Recipe.of(dict, d={"\udfff": 1})
+
+
 def test_tagged_json_round_trips_every_tag():
     r = ckpt.Recipe.of(plain.Stack, [plain.Linear(2, 2)], activation="tanh", shape=(3, (4, 5)))
     other = ckpt.Recipe.of(dict, spec={1: "one", (2, 3): [float("nan"), float("-inf")], "__ckpt__": None},
