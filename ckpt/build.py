@@ -18,7 +18,7 @@ from . import aliases as _aliases, collections as _coll, deps as _deps
 from ._packfile import DEFAULT_SLOT, PackReader
 from .checkpoint import Checkpoint
 from .errors import CheckpointNotFoundError, RecipeNotFoundError, UntrustedClassError
-from .recipes import Recipe, Trusted
+from .recipes import Recipe, Trusted, adopt
 from .varfile import open_reader, prepare_restore
 
 log = logging.getLogger("ckpt")
@@ -81,6 +81,8 @@ def build(path_or_logdir: Union[str, "os.PathLike[str]"], idx: Optional[int] = N
     template (the restored model is returned); for a flax linen module, which
     holds no weights, the stored variables are bound (``model.unbind()`` gives
     ``(module, variables)``); for a plain object, into its array attributes.
+    ``ckpt.recipe_of(model)`` then gives the stored recipe (same ``id`` and ``parent``),
+    so saving the model again keeps its identity; ``Recipe.build()`` makes a new one.
     """
     path = resolve_path(path_or_logdir, idx, alias)
     with open_reader(path) as reader:
@@ -91,7 +93,9 @@ def build(path_or_logdir: Union[str, "os.PathLike[str]"], idx: Optional[int] = N
             raise UntrustedClassError(f"{path}: {e}", file=path, classes=e.classes) from None
         _deps.report(reader.dependency_mismatches([DEFAULT_SLOT]), _deps.check_mode(deps), path)
         log.info("built %s from %s", recipe.cls, path)
-        return _restore_into(obj, reader, strict)
+        restored = _restore_into(obj, reader, strict)
+    adopt(restored, recipe)  # the saved model itself: recipe_of gives the stored id and parent
+    return restored
 
 
 def _restore_into(obj: Any, reader: PackReader, strict: bool) -> Any:

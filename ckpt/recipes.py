@@ -175,11 +175,10 @@ class Recipe:
                 f"building this recipe would import {', '.join(sorted(refused))}, which trusted={trusted!r:.200} "
                 "does not admit; nothing was imported. Pass trusted=['<package>.*'] for code you trust",
                 classes=sorted(refused))
-        classes = dict(self._classes)
         for n, module in names.items():
-            if n not in classes:
-                classes[n] = _import_class(n, module, f"recipe of {self.cls}")
-        return _construct(self._tag(), classes)
+            if n not in self._classes:
+                self._classes[n] = _import_class(n, module, f"recipe of {self.cls}")
+        return _construct(self._tag(), self._classes)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Recipe) and self.to_dict() == other.to_dict()
@@ -376,6 +375,14 @@ def _store(obj: Any, value: Union[Recipe, Exception]) -> None:
                         type(obj).__qualname__)
         return
     _TABLE[key] = value
+
+
+def adopt(obj: Any, recipe: Recipe) -> None:
+    """Make ``recipe`` (id and parent included) the one ``recipe_of(obj)`` returns: ``obj`` is what it describes."""
+    if id(obj) in _TABLE:
+        _TABLE[id(obj)] = recipe
+    else:
+        _store(obj, recipe)
 
 
 def _lookup(obj: Any) -> Union[Recipe, Exception, None]:

@@ -107,6 +107,33 @@ def test_where_comparisons_boolean_logic_and_callables(tree):
                                                                                              ("lin", 300)]
 
 
+def test_selector_args_match_as_a_prefix_and_fields_are_names():
+    r = ckpt.Recipe.of(plain.Stack, [], "relu", (1, 2))
+    positional = ckpt.Recipe.from_dict({**r.to_dict(), "args": [1, "x", {"__ckpt__": "tuple", "items": [2, 3]}],
+                                        "kwargs": {}})
+    assert ckpt.Selector(args=[1])(positional) and ckpt.Selector(args=[1, "x", [2, 3]])(positional)
+    assert not ckpt.Selector(args=[1, "y"])(positional) and not ckpt.Selector(args=[1, "x", (2, 3), 4])(positional)
+    entry = ckpt.Entry(path="/r/ckpt/0000000001.npz", run="/r", idx=1, recipe=positional, aliases=("best",),
+                       created_at="2026-12-01T00:00:00.000000Z")
+    assert ckpt.Selector(where="'best' in aliases and created_at > '2026-11' and args[1] == 'x'")(entry)
+    assert ckpt.Selector(where="cls == 'recipe_models.plain.Stack' and name == 'Stack' and run == '/r'")(entry)
+    assert not ckpt.Selector(where="'worst' in aliases")(entry)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.sampled_from([0.0, 1.0, -1.0, 2.5, float("nan"), float("inf")]),
+                          st.integers(-2, 2), st.just("str")), max_size=12), st.booleans())
+def test_order_by_property_nan_and_missing_last(values, descending):
+    entries = [ckpt.Entry(path=f"/r/{i}", run="/r", idx=i, recipe=None,
+                          metrics={} if v is None else {"loss": v}) for i, v in enumerate(values)]
+    got = ckpt.index._ordered(entries, "-loss" if descending else "loss")
+    ranked = [(v, i) for i, v in enumerate(values) if isinstance(v, (int, float)) and not isinstance(v, bool)
+              and not (isinstance(v, float) and math.isnan(v))]
+    ranked.sort(key=lambda vi: (-vi[0] if descending else vi[0], vi[1]))
+    rest = [i for i in range(len(values)) if i not in {i for _, i in ranked}]
+    assert [e.idx for e in got] == [i for _, i in ranked] + rest
+
+
 def test_order_by_puts_nan_and_missing_last_both_ways_and_limit(tree):
     asc = ckpt.find(tree, order_by="loss")
     assert _steps(asc) == [("wide", 2), ("lin", 300), ("wide", 1), ("lin", 100), ("lin", 200), ("stack", 5)]
