@@ -188,6 +188,14 @@ def _load_cache(path: str) -> tuple[Table, dict[str, Any]]:
     except (ValueError, KeyError, UnicodeDecodeError, RecursionError) as e:
         log.warning("find: ignoring the index %s (%s); rebuilding it from the manifests", path, e)
         return {}, {}
+    valid = {}
+    for key, doc in recipes.items():  # a malformed recipe makes its files be read again
+        try:
+            Recipe.from_dict(doc, path, check=False)
+        except FormatError:
+            continue
+        valid[key] = doc
+    recipes = valid
     out = {}
     for rel, value in entries.items():
         if (isinstance(value, list) and len(value) == 4 and all(type(v) is int for v in value[:3])

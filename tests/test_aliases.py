@@ -200,3 +200,18 @@ def test_info_shows_the_recipe(tmp_path, capsys):
     bare = ck.save({"w": np.zeros(1)}, idx=2)
     assert main(["info", bare]) == 0
     assert "recipe:   (none" in capsys.readouterr().out
+
+
+def test_an_invalid_stored_recipe_is_reported_not_fatal(tmp_path, capsys, caplog):
+    path = str(tmp_path / "bad.npz")
+    ckpt.varfile.write_file(path, {"main": {"w": np.zeros(2)}},
+                            metadata={"ckpt": {"recipe": {"class": "m.X", "kwargs": {"a": {"__ckpt__": "eval"}}}}})
+    assert main(["info", path]) == 0
+    assert "recipe:   invalid (" in capsys.readouterr().out
+    assert main(["info", path, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["recipe"] is None
+    with caplog.at_level(logging.WARNING, logger="ckpt"):
+        (entry,) = ckpt.find(str(tmp_path))
+    assert entry.recipe is None and any("unknown or malformed tag" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ckpt.FormatError, match="unknown or malformed tag"):
+        ckpt.build(path, trusted=True)

@@ -256,6 +256,20 @@ def test_cache_recipe_table_is_shared_and_a_dangling_reference_rereads_the_file(
     assert reads == [os.path.join(tree, rel)] and e.recipe.cls == "recipe_models.plain.Stack"
 
 
+def test_a_malformed_cached_recipe_makes_its_file_be_read_again(tree, monkeypatch):
+    ckpt.find(tree)
+    path = os.path.join(tree, ".ckpt-index.json")
+    with open(path) as f:
+        doc = json.load(f)
+    rel = "stack/ckpt/0000000005.npz"
+    doc["recipes"][doc["entries"][rel][3]["recipe"]]["class"] = 42
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    reads = _count_reads(monkeypatch)
+    e = [x for x in ckpt.find(tree) if x.idx == 5][0]
+    assert reads == [os.path.join(tree, rel)] and e.recipe.cls == "recipe_models.plain.Stack"
+
+
 @pytest.mark.parametrize("garbage", [b"", b"not json", b"[]", b'{"format": "ckpt.index", "version": 1}',
                                      b'{"format": "ckpt.index", "version": 1, "entries": {"a": [1, 2]}}',
                                      b'{"format": "ckpt.index", "version": 99, "entries": {}}', b"\xff\xfe"])
