@@ -681,11 +681,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     removed = set(ck.prune(dry_run=args.dry_run))
     reasons = kept_by(entries, ck.retention)
     newest = entries[-1].idx
+    aliased = _aliases.by_index(ck.directory)
     rows = []
     for entry in entries:
         why = [name for name, kept in reasons.items() if entry.idx in kept]
         if entry.idx == newest:
             why.append("newest")
+        why += [f"alias:{a}" for a in aliased.get(entry.idx, [])]  # retention never deletes these
         rows.append({"step": entry.idx, "size": entry.size, "kept": entry.idx not in removed, "kept_by": why,
                      "path": ck.path(entry.idx)})
     if args.json:

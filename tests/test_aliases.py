@@ -134,6 +134,11 @@ def test_prune_and_cli_prune_keep_aliased_checkpoints(tmp_path, capsys):
     assert ck.indices() == [10, 40]
     assert main(["prune", str(tmp_path), "--keep", "1"]) == 0
     assert ck.indices() == [10, 40]
+    capsys.readouterr()
+    assert main(["prune", str(tmp_path), "--keep", "1", "--dry-run", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["checkpoints"]
+    assert [(r["step"], r["kept"], r["kept_by"]) for r in rows] == [(10, True, ["alias:first"]),
+                                                                   (40, True, ["keep_last", "newest"])]
 
 
 def test_an_unreadable_alias_table_stops_deletion(tmp_path, caplog):
