@@ -91,10 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t_write, _ = timed(lambda: write_tree(root, runs, args.steps))
         total = runs * args.steps
-        print(f"# ckpt.find benchmark: {total} checkpoints ({runs} runs x {args.steps})")
-        for k, v in _measure.machine(root).items():
-            print(f"- {k}: {v}")
-        print(f"- setup: wrote {total} packs in {t_write:.1f} s")
+        lines = [f"# ckpt.find benchmark: {total} checkpoints ({runs} runs x {args.steps})", ""]
+        lines += [f"- {k}: {v}" for k, v in _measure.machine(root).items()]
+        lines.append(f"- setup: wrote {total} packs in {t_write:.1f} s")
 
         t_cold, everything = timed(lambda: ckpt.find(root, cache=False))
         assert len(everything) == total, len(everything)
@@ -129,17 +128,23 @@ def main(argv: list[str] | None = None) -> int:
         with ckpt.varfile.open_reader(path) as reader:
             manifest = reader.zip.members["__ckpt__/manifest.json"].size
 
-        print()
-        print("| measurement | figure |")
-        print("|---|---|")
-        print(f"| cold find, no cache ({total} manifests read) | {t_cold:.2f} s ({t_cold / total * 1e6:.0f} us each) |")
-        print(f"| first find, building the cache | {t_first:.2f} s (cache {cache_bytes / 2**20:.1f} MiB) |")
-        print(f"| warm find, selective query + order_by + limit (median of {args.repeat}) | "
-              f"{statistics.median(warm):.3f} s (min {min(warm):.3f}, max {max(warm):.3f}) |")
-        print(f"| warm find, full listing of {total} entries | {t_all:.3f} s |")
-        print(f"| after one new checkpoint: find | {t_new:.3f} s, {len(reads)} manifest read "
-              f"({manifest} bytes of a {os.path.getsize(path)}-byte file) |")
-        print(f"\nwarm target < 1 s: {'met' if statistics.median(warm) < 1 else 'MISSED'}")
+        lines += ["", "| measurement | figure |", "|---|---|",
+                  f"| cold find, no cache ({total} manifests read) | {t_cold:.2f} s "
+                  f"({t_cold / total * 1e6:.0f} us each) |",
+                  f"| first find, building the cache | {t_first:.2f} s (cache {cache_bytes / 2**20:.1f} MiB) |",
+                  f"| warm find, selective query + order_by + limit (median of {args.repeat}) | "
+                  f"{statistics.median(warm):.3f} s (min {min(warm):.3f}, max {max(warm):.3f}) |",
+                  f"| warm find, full listing of {total} entries | {t_all:.3f} s |",
+                  f"| after one new checkpoint: find | {t_new:.3f} s, {len(reads)} manifest read "
+                  f"({manifest} bytes of a {os.path.getsize(path)}-byte file) |",
+                  "", f"warm target < 1 s: {'met' if statistics.median(warm) < 1 else 'MISSED'}"]
+        report = "\n".join(lines) + "\n"
+        print(report, end="")
+        if not args.quick:
+            out = os.path.join(HERE, "results", "find-latest.md")
+            with open(out, "w") as f:
+                f.write(report)
+            print(f"(written to {os.path.relpath(out)})")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0

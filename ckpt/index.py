@@ -120,9 +120,22 @@ def _entry(path: str, run: str, idx: Optional[int], size: int, record: dict[str,
 class _File:
     rel: str
     path: str
+    directory: str
     key: tuple[int, int, int]
     run: str
     idx: Optional[int]
+
+
+def _run_of(directory: str) -> str:
+    """The run a checkpoint directory belongs to: ``<run>/ckpt`` -> ``<run>``, a bare directory itself."""
+    return os.path.dirname(directory) if os.path.basename(directory) == "ckpt" else directory
+
+
+def _file(rel: str, path: str, name: str, directory: str, run: str, st: os.stat_result) -> _File:
+    m = _STEP.match(name)
+    # Only the names Checkpoint writes (%010d.npz) carry an index, as Checkpoint.indices() counts them.
+    idx = int(m.group(1)) if m and name == "%010d.npz" % int(m.group(1)) else None
+    return _File(rel, path, directory, (st.st_size, st.st_mtime_ns, st.st_ino), run, idx)
 
 
 def _walk(root: str) -> tuple[list[_File], dict[str, dict[int, list[str]]]]:
@@ -139,6 +152,7 @@ def _walk(root: str) -> tuple[list[_File], dict[str, dict[int, list[str]]]]:
         except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
             log.warning("find: cannot list %s: %s", directory, e)
             continue
+        run = _run_of(directory)
         for de in found:
             name = de.name
             if name.startswith("."):
@@ -155,11 +169,7 @@ def _walk(root: str) -> tuple[list[_File], dict[str, dict[int, list[str]]]]:
                 st = de.stat()
             except FileNotFoundError:
                 continue  # removed (rotated away) while we looked
-            m = _STEP.match(name)
-            idx = int(m.group(1)) if m and name == "%010d.npz" % int(m.group(1)) else None
-            in_ckpt = os.path.basename(directory) == "ckpt"
-            run = os.path.dirname(directory) if in_ckpt else directory
-            files.append(_File(de.path[len(prefix):], de.path, (st.st_size, st.st_mtime_ns, st.st_ino), run, idx))
+            files.append(_file(de.path[len(prefix):], de.path, name, directory, run, st))
     return files, aliases
 
 
@@ -225,13 +235,9 @@ def index(root: Union[str, "os.PathLike[str]"], *, cache: bool = True,
     """
     root = os.path.abspath(os.fspath(root))
     if os.path.isfile(root):
-        directory = os.path.dirname(root)
-        files, aliases = [], {directory: _aliases.by_index(directory)}
-        st = os.stat(root)
-        in_ckpt = os.path.basename(directory) == "ckpt"
-        m = _STEP.match(os.path.basename(root))
-        files.append(_File(os.path.basename(root), root, (st.st_size, st.st_mtime_ns, st.st_ino),
-                           os.path.dirname(directory) if in_ckpt else directory, int(m.group(1)) if m else None))
+        directory, name = os.path.split(root)
+        aliases = {directory: _aliases.by_index(directory)}
+        files = [_file(name, root, name, directory, _run_of(directory), os.stat(root))]
         cache = False
     elif os.path.isdir(root):
         files, aliases = _walk(root)
@@ -271,7 +277,7 @@ def index(root: Union[str, "os.PathLike[str]"], *, cache: bool = True,
                 log.warning("%s; listed without a recipe", e)
                 built[ref] = None
         entry = _entry(f.path, f.run, f.idx, f.key[0], record,
-                       tuple(aliases.get(os.path.dirname(f.path), {}).get(f.idx, ())) if f.idx is not None else (),
+                       tuple(aliases.get(f.directory, {}).get(f.idx, ())) if f.idx is not None else (),
                        None if ref is None else built[ref])
         if entry is not None:
             out.append(entry)

@@ -450,5 +450,5 @@ def recipe_of(obj: Any, *, parent: Optional[str] = None) -> Recipe:
             f"no recipe recorded for this {type(obj).__qualname__}: decorate its class with @ckpt.recorded before "
             "constructing it, or use ckpt.Recipe.of(cls, *args, **kwargs)")
     if isinstance(found, Exception):
-        raise found
+        raise found.with_traceback(None)  # the error recording met; raised afresh each time
     return found if parent is None else found.with_parent(parent)

@@ -127,23 +127,31 @@ class Selector(Match):
         self.where_src = where
         items = [] if where is None else (list(where) if isinstance(where, (list, tuple)) else [where])
         self._where: list[Match] = [_Call(w) if callable(w) else Expression(w) for w in items]  # type: ignore[arg-type]
+        # Recipe -> whether cls/args/kwargs match: a run's checkpoints share one Recipe object, so a search
+        # matches each recipe once. The Recipe is kept beside its result, so a reused id() never hits.
+        self._memo: dict[int, tuple[Recipe, bool]] = {}
+
+    def _recipe_matches(self, recipe: Recipe) -> bool:
+        hit = self._memo.get(id(recipe))
+        if hit is not None and hit[0] is recipe:
+            return hit[1]
+        try:
+            result = ((self.cls is None or _cls_matches(self.cls, recipe.mro or (recipe.cls,)))
+                      and (self.args is None or (len(recipe.args) >= len(self.args)
+                                                 and all(_matches(s, v) for s, v in zip(self.args, recipe.args))))
+                      and (self.kwargs is None or _dict_matches(self.kwargs, recipe.kwargs)))
+        except FormatError:  # a malformed cached recipe: it matches nothing
+            result = False
+        if len(self._memo) >= 4096:
+            self._memo.clear()
+        self._memo[id(recipe)] = (recipe, result)
+        return result
 
     def __call__(self, item: Any) -> bool:
         view = _View.of(item)
         recipe = view.recipe
         if self.cls is not None or self.args is not None or self.kwargs is not None:
-            if recipe is None:
-                return False
-            try:
-                if self.cls is not None and not _cls_matches(self.cls, recipe.mro or (recipe.cls,)):
-                    return False
-                if self.args is not None:
-                    got = recipe.args
-                    if len(got) < len(self.args) or not all(_matches(s, v) for s, v in zip(self.args, got)):
-                        return False
-                if self.kwargs is not None and not _dict_matches(self.kwargs, recipe.kwargs):
-                    return False
-            except FormatError:  # a malformed cached recipe: it matches nothing
+            if recipe is None or not self._recipe_matches(recipe):
                 return False
         if self.metrics is not None and not _dict_matches(self.metrics, view.metrics):
             return False
