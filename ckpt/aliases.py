@@ -103,6 +103,9 @@ def set_alias(ck: "Checkpoint", name: str, idx: Optional[int]) -> None:
 
     check_name(name)
     ck._finish_pending(raise_error=False)  # an alias of the checkpoint an async save is writing
+    if not os.path.isdir(ck.directory):
+        raise CheckpointNotFoundError(f"cannot alias {name!r}: no checkpoint directory {ck.directory}",
+                                      file=ck.directory)
     with ck._lock():
         records = read_records(ck.directory)
         if idx is None:

@@ -171,9 +171,11 @@ class Recipe:
             tags.extend(_nested_tags(tag["args"]) + _nested_tags(tag["kwargs"]))
         refused = [n for n in names if n not in self._classes and not _admits(trusted, n)]
         if refused:
+            hint = (f" (a string is not a list of patterns: pass trusted=[{trusted!r:.100}])"
+                    if isinstance(trusted, str) else "")
             raise UntrustedClassError(
                 f"building this recipe would import {', '.join(sorted(refused))}, which trusted={trusted!r:.200} "
-                "does not admit; nothing was imported. Pass trusted=['<package>.*'] for code you trust",
+                f"does not admit{hint}; nothing was imported. Pass trusted=['<package>.*'] for code you trust",
                 classes=sorted(refused))
         for n, module in names.items():
             if n not in self._classes:
@@ -250,7 +252,13 @@ def _construct(tag: dict[str, Any], classes: Mapping[str, type]) -> Any:
     where = f"recipe of {tag['class']}"
     args = _rj.decode(tag["args"], f"{where} args", nested)
     kwargs = _rj.decode(tag["kwargs"], f"{where} kwargs", nested)
-    return classes[tag["class"]](*args, **kwargs)
+    try:
+        return classes[tag["class"]](*args, **kwargs)
+    except Exception as e:  # the model's own error, kept as it is, with where it happened
+        if hasattr(e, "add_note"):
+            e.add_note(f"ckpt: while building {tag['class']} from its recipe (args={args!r:.200}, "
+                       f"kwargs={kwargs!r:.300})")
+        raise
 
 
 def _admits(trusted: Trusted, name: str) -> bool:

@@ -220,3 +220,10 @@ def test_an_invalid_stored_recipe_is_reported_not_fatal(tmp_path, capsys, caplog
     assert entry.recipe is None and any("unknown or malformed tag" in r.getMessage() for r in caplog.records)
     with pytest.raises(ckpt.FormatError, match="unknown or malformed tag"):
         ckpt.build(path, trusted=True)
+
+
+def test_alias_in_a_missing_directory_is_refused(tmp_path):
+    ck = ckpt.Checkpoint(str(tmp_path / "absent"), makedir=False)
+    with pytest.raises(CheckpointNotFoundError, match="no checkpoint directory"):
+        ck.alias("best", 1)
+    assert not os.path.exists(tmp_path / "absent")

@@ -249,6 +249,16 @@ def test_deeply_nested_stored_recipe_is_refused_not_a_recursion_error():
         ckpt.Recipe.from_dict(doc)
 
 
+def test_a_constructor_that_changed_keeps_its_own_error_with_context(tmp_path):
+    doc = ckpt.recipe_of(plain.Linear(2, 2)).to_dict()
+    doc["kwargs"]["renamed_since"] = 1
+    del doc["hash"]
+    with pytest.raises(TypeError, match="renamed_since") as info:
+        ckpt.Recipe.from_dict(doc).build(trusted=TRUST)
+    assert any("while building recipe_models.plain.Linear" in n for n in getattr(info.value, "__notes__", [])) \
+        or sys.version_info < (3, 11)
+
+
 def test_build_without_recipe_names_the_file(tmp_path):
     ck = ckpt.Checkpoint(str(tmp_path))
     path = ck.save({"w": np.zeros(2)}, idx=1)
