@@ -162,6 +162,8 @@ class Recipe:
         imports its classes (and those of nested recipes) only if ``trusted``
         admits every one (``True``, or patterns like ``["mypkg.models.*"]``);
         otherwise :class:`~ckpt.errors.UntrustedClassError`, and nothing is imported.
+        The pickle allow-list's code-execution primitives (``os.*``, ``subprocess.*``,
+        ...) are refused even with ``trusted=True``: no model is built from them.
         """
         tags = [self._tag()]
         names: dict[str, str] = {}
@@ -262,6 +264,9 @@ def _construct(tag: dict[str, Any], classes: Mapping[str, type]) -> Any:
 
 
 def _admits(trusted: Trusted, name: str) -> bool:
+    """Whether ``trusted`` lets ``build`` import class ``name``; code-execution primitives never (not even True)."""
+    if _module_pickle.never_allowed(name):
+        return False
     if trusted is True:
         return True
     if not trusted or isinstance(trusted, (str, bytes)):

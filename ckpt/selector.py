@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import ast
 import collections.abc as _abc
+import io
 import math
+import tokenize
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -288,6 +290,25 @@ def _compare(op: str, a: Any, b: Any) -> bool:
     return bool(a >= b)
 
 
+_WORDS = {"AND": "and", "OR": "or", "NOT": "not", "IN": "in"}
+
+
+def _pythonic(source: str) -> str:
+    """SQL/MLflow spellings as Python: ``AND``/``OR``/``NOT``/``IN`` and a lone ``=`` for equality."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        return source  # ast.parse reports the problem
+    out = []
+    for tok in tokens:
+        if tok.type == tokenize.NAME and tok.string in _WORDS:
+            tok = tok._replace(string=_WORDS[tok.string])
+        elif tok.type == tokenize.OP and tok.string == "=":
+            tok = tok._replace(string="==")
+        out.append((tok.type, tok.string))
+    return tokenize.untokenize(out)
+
+
 class Expression(Match):
     """A parsed ``where`` string, evaluated against entries without ever running Python code."""
 
@@ -298,7 +319,7 @@ class Expression(Match):
             raise SelectorError(f"where expression of {len(source)} characters is over the limit of {_MAX_EXPR}")
         self.source = source
         try:
-            tree = ast.parse(source.strip(), mode="eval")
+            tree = ast.parse(_pythonic(source.strip()), mode="eval")
         except SyntaxError as e:
             raise SelectorError(f"where {source!r:.200}: not an expression ({e.msg}); write e.g. "
                                 "\"loss < 0.1 and not (lr == 1e-3 or depth in [2, 4])\"") from None
@@ -378,8 +399,10 @@ def _recipe_value(recipe: Optional[Recipe], what: str) -> Any:
 
 def _name(name: str, view: _View) -> Any:
     """A bare name: a metric, else a recipe kwarg, else an entry field (``idx``, ``run``, ``cls``, ...)."""
-    if name in ("metrics", "kwargs", "args"):
-        return view.metrics if name == "metrics" else _recipe_value(view.recipe, name)
+    if name in ("metrics", "kwargs", "params", "args"):  # params: MLflow's word for kwargs
+        if name == "metrics":
+            return view.metrics
+        return _recipe_value(view.recipe, "args" if name == "args" else "kwargs")
     if name in view.metrics:
         return view.metrics[name]
     kwargs = _recipe_value(view.recipe, "kwargs")

@@ -134,6 +134,12 @@ def test_order_by_property_nan_and_missing_last(values, descending):
     assert [e.idx for e in got] == [i for _, i in ranked] + rest
 
 
+def test_where_accepts_sql_and_mlflow_spellings(tree):
+    assert _steps(ckpt.find(tree, ckpt.Selector(where="metrics.loss < 0.4 AND params.n = 4"))) == [("wide", 2)]
+    assert _steps(ckpt.find(tree, ckpt.Selector(where="NOT loss >= 0 OR idx IN [5]"))) == [("lin", 200), ("stack", 5)]
+    assert _steps(ckpt.find(tree, ckpt.Selector(where="activation = 'relu' and name != 'AND = OR'"))) == [("stack", 5)]
+
+
 def test_order_by_puts_nan_and_missing_last_both_ways_and_limit(tree):
     asc = ckpt.find(tree, order_by="loss")
     assert _steps(asc) == [("wide", 2), ("lin", 300), ("wide", 1), ("lin", 100), ("lin", 200), ("stack", 5)]

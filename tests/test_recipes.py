@@ -307,6 +307,8 @@ def test_trusted_patterns_reuse_the_pickle_allow_list_rules(tmp_path):
 
 @pytest.mark.parametrize("cls, module, match", [
     ("os.system", "os", "not a class|refused|admit"),  # NEVER_ALLOWED: no pattern admits it
+    ("subprocess.Popen", "subprocess", "does not admit"),  # a class, but a code-execution primitive
+    ("builtins.eval", "builtins", "does not admit"),
     ("recipe_models.plain.np", "recipe_models.plain", "reaches the module numpy"),  # a module, via an attribute
     ("recipe_models.plain.Linear.__init__", "recipe_models.plain", "not a plain importable path"),
     ("recipe_models.plain.Gone", "recipe_models.plain", "has no class"),
@@ -317,8 +319,19 @@ def test_build_refuses_non_classes_even_when_trusted(tmp_path, cls, module, matc
     doc.update({"class": cls, "module": module, "mro": [cls]})
     del doc["hash"]
     recipe = ckpt.Recipe.from_dict(doc)
-    with pytest.raises((UntrustedClassError, RecipeNotFoundError), match=match):
-        recipe.build(trusted=["*"])
+    for trusted in (["*"], True):
+        with pytest.raises((UntrustedClassError, RecipeNotFoundError), match=match):
+            recipe.build(trusted=trusted)
+
+
+def test_a_nested_code_execution_class_is_refused_even_with_trusted_true():
+    doc = ckpt.recipe_of(plain.Stack([])).to_dict()
+    doc["kwargs"]["layers"] = [{"__ckpt__": "recipe", "class": "subprocess.Popen", "module": "subprocess",
+                                "args": [["touch", "/tmp/ckpt-owned"]], "kwargs": {}}]
+    del doc["hash"]
+    with pytest.raises(UntrustedClassError) as info:
+        ckpt.Recipe.from_dict(doc).build(trusted=True)
+    assert info.value.classes == ["subprocess.Popen"] and not os.path.exists("/tmp/ckpt-owned")
 
 
 # -- round trips ------------------------------------------------------------------------------
