@@ -121,7 +121,7 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         """The JSON record stored in a manifest (docs/FORMAT.md, "Recipes")."""
         return {"version": RECIPE_VERSION, "class": self.cls, "module": self.module, "mro": list(self.mro),
-                "args": self._args, "kwargs": self._kwargs, "id": self.id, "parent": self.parent,
+                "args": _copy(self._args), "kwargs": _copy(self._kwargs), "id": self.id, "parent": self.parent,
                 "hash": self.hash}
 
     def _tag(self) -> dict[str, Any]:
@@ -212,7 +212,16 @@ def _from_fields(doc: dict[str, Any], where: str) -> Recipe:
     args, kwargs = doc.get("args", []), doc.get("kwargs", {})
     if type(args) is not list or type(kwargs) is not dict:
         raise FormatError(f"{where}: invalid recipe: args is not a list or kwargs not an object")
-    return Recipe(name, module, mro, args, kwargs)
+    return Recipe(name, module, mro, _copy(args), _copy(kwargs))
+
+
+def _copy(value: Any) -> Any:
+    """A copy of a JSON structure, so that a recipe and the documents it came from or gave out never share state."""
+    if type(value) is list:
+        return [_copy(v) for v in value]
+    if type(value) is dict:
+        return {k: _copy(v) for k, v in value.items()}
+    return value
 
 
 def _nested_recipe(tag: dict[str, Any], where: str) -> Recipe:

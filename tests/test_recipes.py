@@ -412,3 +412,16 @@ def test_equinox_round_trip(tmp_path):
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 5))
     assert type(built) is eqx_models.MLP and built.width == 16
     np.testing.assert_array_equal(np.asarray(jax.vmap(built)(x)), np.asarray(jax.vmap(model)(x)))
+
+
+def test_recipes_share_no_state_with_the_documents_they_come_from_or_give_out():
+    r = ckpt.recipe_of(plain.Stack([plain.Linear(2, 2)], shape=(1, 2)))
+    before = json.dumps(r.to_dict(), sort_keys=True)
+    doc = r.to_dict()
+    doc["kwargs"]["layers"][0]["kwargs"]["n_in"] = 99
+    doc["kwargs"]["activation"] = "changed"
+    assert json.dumps(r.to_dict(), sort_keys=True) == before
+    source = r.to_dict()
+    back = ckpt.Recipe.from_dict(source)
+    source["kwargs"]["activation"] = "changed"
+    assert back.kwargs["activation"] == "tanh" and back.hash == r.hash
