@@ -212,15 +212,23 @@ def _from_fields(doc: dict[str, Any], where: str) -> Recipe:
     args, kwargs = doc.get("args", []), doc.get("kwargs", {})
     if type(args) is not list or type(kwargs) is not dict:
         raise FormatError(f"{where}: invalid recipe: args is not a list or kwargs not an object")
-    return Recipe(name, module, mro, _copy(args), _copy(kwargs))
+    try:
+        return Recipe(name, module, mro, _copy(args), _copy(kwargs))
+    except FormatError as e:
+        raise FormatError(f"{where}: {e}") from None
 
 
-def _copy(value: Any) -> Any:
+_MAX_JSON_DEPTH = 4 * _rj.MAX_DEPTH  # each tag level is up to a few JSON levels (a tuple: an object and a list)
+
+
+def _copy(value: Any, depth: int = 0) -> Any:
     """A copy of a JSON structure, so that a recipe and the documents it came from or gave out never share state."""
+    if depth > _MAX_JSON_DEPTH:
+        raise FormatError(f"invalid recipe: nested more than {_MAX_JSON_DEPTH} levels deep")
     if type(value) is list:
-        return [_copy(v) for v in value]
+        return [_copy(v, depth + 1) for v in value]
     if type(value) is dict:
-        return {k: _copy(v) for k, v in value.items()}
+        return {k: _copy(v, depth + 1) for k, v in value.items()}
     return value
 
 
