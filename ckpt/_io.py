@@ -116,3 +116,24 @@ def remove(path: str) -> None:
     """Delete a committed file and make the deletion durable."""
     ops.unlink(path)
     ops.fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def remove_stale_temps(directory: str, target: str) -> None:
+    """Remove temp files for ``target`` in ``directory`` left by writers that are gone (killed mid-write)."""
+    from .checkpoint import _pid_alive  # the liveness test Checkpoint uses for its own temp files
+
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        parsed = parse_temp_name(name)
+        if parsed is None or parsed[0] != target or parsed[1] == os.getpid() or _pid_alive(parsed[1]):
+            continue
+        try:
+            ops.unlink(os.path.join(directory, name))
+            log.info("removed stale temp file %s left by process %d", name, parsed[1])
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("could not remove stale temp file %s: %s", name, e)

@@ -92,6 +92,7 @@ def by_index(directory: str) -> dict[int, list[str]]:
 
 
 def _write(directory: str, records: dict[str, dict[str, Any]]) -> None:
+    _io.remove_stale_temps(directory, ALIASES_NAME)  # from writers killed mid-write (we hold the lock)
     doc = {"format": FORMAT_NAME, "version": VERSION, "aliases": dict(sorted(records.items()))}
     data = json.dumps(doc, indent=1, sort_keys=True).encode("utf-8") + b"\n"
     _io.atomic_write(_path(directory), lambda f: f.write(data))

@@ -222,6 +222,7 @@ def _save_cache(path: str, table: Table, recipes: dict[str, Any]) -> None:
            "entries": {rel: [*key, record] for rel, (key, record) in sorted(table.items())}}
     try:
         data = json.dumps(doc, separators=(",", ":"), allow_nan=True).encode("utf-8")
+        _io.remove_stale_temps(os.path.dirname(path), INDEX_NAME)
         _io.atomic_write(path, lambda f: f.write(data))
     except (OSError, TypeError, ValueError) as e:  # a read-only tree is searched without a cache
         log.info("find: cannot write the index %s: %s", path, e)

@@ -106,6 +106,7 @@ def test_alias_table_survives_sigkill(tmp_path):
         table = ck.aliases()  # always a whole table: parses and validates
         assert all(v in (1, 2, 3) for v in table.values())
         ck.alias("mine", 2)  # the lock a killed writer held is free again
+        assert [n for n in os.listdir(ck.directory) if n.startswith(".aliases.json.")] == []  # stale temps gone
     assert ck.aliases()["mine"] == 2
 
 

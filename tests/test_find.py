@@ -605,3 +605,12 @@ def test_search_ls_info_never_import_model_code_or_unpickle(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "IMPORTED []"
     assert "recipe_models.poison.Model" in proc.stdout  # `ckpt info` showed the recipe
+
+
+def test_a_stale_cache_temp_file_from_a_killed_search_is_removed(tree):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = os.path.join(tree, f"..ckpt-index.json.{int(dead.stdout)}.0123abcd.tmp")  # as _io names it
+    with open(stale, "w") as f:
+        f.write("{partial")
+    ckpt.find(tree)
+    assert not os.path.exists(stale) and os.path.isfile(os.path.join(tree, ".ckpt-index.json"))
