@@ -111,6 +111,13 @@ def add_commands(add: Add) -> None:
     p.add_argument("--limit", metavar="N", type=int, help="show at most N checkpoints")
     p.add_argument("--alias", metavar="A", help="only the checkpoints the alias A points at (one per run)")
     p.add_argument("--json", action="store_true", help="print standard JSON instead of a table")
+    p.set_defaults(check=_find_check)
+
+
+def _find_check(args: argparse.Namespace) -> Optional[str]:
+    if args.desc and args.order_by is None:
+        return "--desc needs --order-by"
+    return None
 
 
 def recipe_record(metadata: dict[str, Any], where: str) -> Optional[dict[str, Any]]:

@@ -533,9 +533,10 @@ def test_cli_find_reports_damaged_files_and_still_lists_the_others(tree, capsys)
 
 
 def test_cli_find_usage_errors_exit_2(tree, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(["find", tree, "--kw", "novalue"])
-    assert info.value.code == 2
+    for argv in (["--kw", "novalue"], ["--kw", "a..b=1"], ["--desc"], ["--limit", "x"]):
+        with pytest.raises(SystemExit) as info:
+            main(["find", tree, *argv])
+        assert info.value.code == 2
     assert main(["find", os.path.join(tree, "absent")]) == 1
     assert "no such file" in capsys.readouterr().err.lower()
 
