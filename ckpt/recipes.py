@@ -443,7 +443,7 @@ def recorded(cls: type[T]) -> type[T]:
     if getattr(init, "__ckpt_recorded__", None) is cls:
         return cls
     sig = _constructor_signature(cls)
-    bare = init is object.__init__  # arguments go to __new__ only (tuple subclasses, ...)
+    bare = init is object.__init__ and cls.__new__ is not object.__new__  # arguments go to __new__ only
 
     @functools.wraps(init)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
