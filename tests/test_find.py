@@ -203,9 +203,15 @@ def test_cache_warm_find_reads_no_manifest_and_a_new_checkpoint_costs_one(tree, 
     reads = _count_reads(monkeypatch)
     assert ckpt.find(tree) == cold and reads == []
     ck = ckpt.Checkpoint(os.path.join(tree, "lin"), keep_ckpts=None)
-    ck.save({"w": np.zeros(2)}, idx=400, metrics={"loss": 0.05})
+    ck.save({"w": np.zeros(1 << 16)}, idx=400, metrics={"loss": 0.05})
+
+    def boom(*a, **k):
+        raise AssertionError("find read array data")
+
+    monkeypatch.setattr(PackReader, "read_member", boom)
+    monkeypatch.setattr(PackReader, "arrays", boom)
     found = ckpt.find(tree, order_by="loss", limit=1)
-    assert reads == [ck.path(400)] and found[0].idx == 400
+    assert reads == [ck.path(400)] and found[0].idx == 400  # one manifest read, no array data
 
 
 def test_indexing_reads_only_manifests_never_arrays(tree, monkeypatch):
