@@ -313,12 +313,14 @@ def _ordered(entries: list[Entry], order_by: str) -> list[Entry]:
     return [e for _, e in have] + missing
 
 
-def find(root: Union[str, "os.PathLike[str]"], selector: Union[Match, Callable[[Entry], Any], None] = None, *,
+def find(root: Union[str, "os.PathLike[str]"], selector: Union[Match, Callable[[Entry], Any], str, None] = None, *,
          order_by: Optional[str] = None, limit: Optional[int] = None, alias: Optional[str] = None,
          cache: bool = True, skipped: Optional[list[tuple[str, str]]] = None) -> list[Entry]:
     """The checkpoints under ``root`` that ``selector`` (and ``alias``) match, as light :class:`Entry` records.
 
-    ``root`` is a tree of runs, one log directory or one checkpoint file.
+    ``root`` is a tree of runs, one log directory or one checkpoint file. ``selector`` is a
+    :class:`~ckpt.Selector`, a callable taking an :class:`Entry`, a dict of Selector arguments,
+    or a ``where`` string (``"loss < 0.1"``).
     ``order_by`` is a metric (or ``idx``, ``created_at``, ``size``, ``path``,
     ``run``), ascending, ``-name`` descending; NaN and missing values come last
     either way. ``limit`` keeps the first N. Reads manifests only (through the
@@ -332,6 +334,8 @@ def find(root: Union[str, "os.PathLike[str]"], selector: Union[Match, Callable[[
         match = selector
     elif isinstance(selector, dict):
         match = Selector(**selector)
+    elif isinstance(selector, str):
+        match = Selector(where=selector)
     elif callable(selector):
         match = selector
     else:

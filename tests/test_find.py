@@ -102,6 +102,10 @@ def test_where_comparisons_boolean_logic_and_callables(tree):
     sel = ckpt.Selector(cls="Linear") & ~ckpt.Selector(cls="Wide") | (lambda e: e.idx == 5)
     assert _steps(ckpt.find(tree, sel)) == [("lin", 100), ("lin", 200), ("lin", 300), ("stack", 5)]
     assert _steps(ckpt.find(tree, lambda e: "best" in e.aliases)) == [("wide", 2), ("lin", 300)]
+    assert _steps(ckpt.find(tree, "loss < 0.4")) == _steps(ckpt.find(tree, {"where": "loss < 0.4"})) == [
+        ("wide", 2), ("lin", 300)]
+    with pytest.raises(SelectorError):
+        ckpt.find(tree, 42)
     assert _steps(ckpt.find(tree, ckpt.Selector(metrics={"loss": lambda v: v > 0.8}))) == [("lin", 100)]
     assert _steps(ckpt.find(tree, ckpt.Selector(where=["loss > 0.2", lambda e: e.idx > 1]))) == [("lin", 100),
                                                                                              ("lin", 300)]
