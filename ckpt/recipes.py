@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import inspect
 import logging
-import types
 import uuid
 import weakref
 from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union
 
-from . import _module_pickle, _recipe_json as _rj
+from . import _recipe_json as _rj
+from ._trust import Trusted, admits, construct, import_class, nested_tags
 from .errors import FormatError, RecipeArgumentError, RecipeNotFoundError, UntrustedClassError
 
 log = logging.getLogger("ckpt")
@@ -31,7 +30,6 @@ log = logging.getLogger("ckpt")
 __all__ = ["Recipe", "recorded", "recipe_of", "Trusted"]
 
 T = TypeVar("T")
-Trusted = Union[bool, Sequence[str], None]
 RECIPE_VERSION = 1
 _MAX_NAME = 1000
 _FACTORY = getattr(dataclasses, "_HAS_DEFAULT_FACTORY", object())  # a dataclass default_factory placeholder
@@ -170,8 +168,8 @@ class Recipe:
         while tags:  # every class first: refuse before importing any
             tag = tags.pop()
             names[tag["class"]] = tag["module"]
-            tags.extend(_nested_tags(tag["args"]) + _nested_tags(tag["kwargs"]))
-        refused = [n for n in names if n not in self._classes and not _admits(trusted, n)]
+            tags.extend(nested_tags(tag["args"]) + nested_tags(tag["kwargs"]))
+        refused = [n for n in names if n not in self._classes and not admits(trusted, n)]
         if refused:
             hint = (f" (a string is not a list of patterns: pass trusted=[{trusted!r:.100}])"
                     if isinstance(trusted, str) else "")
@@ -181,8 +179,8 @@ class Recipe:
                 classes=sorted(refused))
         for n, module in names.items():
             if n not in self._classes:
-                self._classes[n] = _import_class(n, module, f"recipe of {self.cls}")
-        return _construct(self._tag(), self._classes)
+                self._classes[n] = import_class(n, module, f"recipe of {self.cls}")
+        return construct(self._tag(), self._classes)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Recipe) and self.to_dict() == other.to_dict()
@@ -236,22 +234,6 @@ def _nested_recipe(tag: dict[str, Any], where: str) -> Recipe:
     return _from_fields(tag, where)
 
 
-def _nested_tags(value: Any) -> list[dict[str, Any]]:
-    """The nested recipe tags directly or indirectly inside a tagged-JSON value (not inside those tags)."""
-    out: list[dict[str, Any]] = []
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if type(v) is list:
-            stack.extend(v)
-        elif type(v) is dict:
-            if v.get(_rj.TAG) == "recipe":
-                out.append(v)
-            else:
-                stack.extend(v.values())
-    return out
-
-
 def _definition(value: Any) -> Any:
     """The value with nested recipe tags reduced to class, args and kwargs (what a hash covers)."""
     if type(value) is list:
@@ -262,58 +244,6 @@ def _definition(value: Any) -> Any:
                     "kwargs": _definition(value.get("kwargs"))}
         return {k: _definition(v) for k, v in value.items()}
     return value
-
-
-def _construct(tag: dict[str, Any], classes: Mapping[str, type]) -> Any:
-    def nested(t: dict[str, Any], where: str) -> Any:
-        return _construct(t, classes)
-
-    where = f"recipe of {tag['class']}"
-    args = _rj.decode(tag["args"], f"{where} args", nested)
-    kwargs = _rj.decode(tag["kwargs"], f"{where} kwargs", nested)
-    try:
-        return classes[tag["class"]](*args, **kwargs)
-    except Exception as e:  # the model's own error, kept as it is, with where it happened
-        if hasattr(e, "add_note"):
-            e.add_note(f"ckpt: while building {tag['class']} from its recipe (args={args!r:.200}, "
-                       f"kwargs={kwargs!r:.300})")
-        raise
-
-
-def _admits(trusted: Trusted, name: str) -> bool:
-    """Whether ``trusted`` lets ``build`` import class ``name``; code-execution primitives never (not even True)."""
-    if _module_pickle.never_allowed(name):
-        return False
-    if trusted is True:
-        return True
-    if not trusted or isinstance(trusted, (str, bytes)):
-        return False
-    return _module_pickle.allowed(name, list(trusted))
-
-
-def _import_class(name: str, module: str, where: str) -> type:
-    """The class ``module.qualname`` names, refusing module objects, dunders and re-exports on the way."""
-    qualname = name[len(module) + 1:]
-    parts = qualname.split(".")
-    if not all(p.isidentifier() and not p.startswith("__") for p in parts + module.split(".")):
-        raise UntrustedClassError(f"{where}: class name {name!r:.200} is not a plain importable path; nothing was "
-                                  "imported", classes=[name])
-    try:
-        target: Any = importlib.import_module(module)
-    except ImportError as e:
-        raise RecipeNotFoundError(f"{where}: cannot import module {module!r} for class {name}: {e}") from None
-    for part in parts:
-        target = getattr(target, part, None)
-        if target is None:
-            raise RecipeNotFoundError(f"{where}: module {module!r} has no class {qualname!r}")
-        if isinstance(target, types.ModuleType):
-            raise UntrustedClassError(f"{where}: {name} reaches the module {target.__name__} through an attribute, "
-                                      "not a class; refused", classes=[name])
-    if not isinstance(target, type) or _name(target) != name:
-        raise UntrustedClassError(f"{where}: {name} is not a class defined under that name (found "
-                                  f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', '?')}); "
-                                  "refused", classes=[name])
-    return target
 
 
 # -- recording ---------------------------------------------------------------
