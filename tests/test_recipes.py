@@ -425,3 +425,38 @@ def test_recipes_share_no_state_with_the_documents_they_come_from_or_give_out():
     back = ckpt.Recipe.from_dict(source)
     source["kwargs"]["activation"] = "changed"
     assert back.kwargs["activation"] == "tanh" and back.hash == r.hash
+
+
+# -- property: tagged JSON round trips -----------------------------------------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
+                     st.text(max_size=8), st.sampled_from([np.dtype("float32"), np.dtype("int8"), np.dtype("bool")]),
+                     st.builds(np.float32, st.floats(-1e3, 1e3, width=32)), st.builds(np.int16, st.integers(-9, 9)))
+_keys = st.one_of(st.text(max_size=5), st.integers(-5, 5), st.just("__ckpt__"), st.tuples(st.integers(0, 3)))
+_values = st.recursive(_scalars, lambda sub: st.one_of(st.lists(sub, max_size=3), st.tuples(sub, sub),
+                                                        st.dictionaries(_keys, sub, max_size=3)), max_leaves=12)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and np.isnan(a) and np.isnan(b):
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, np.generic):
+        return a.dtype == b.dtype and (a == b or (np.isnan(a) and np.isnan(b)))
+    return a == b
+
+
+@settings(max_examples=200, deadline=None)
+@given(_values)
+def test_tagged_json_round_trips_exactly_property(value):
+    r = ckpt.Recipe.of(dict, v=value)
+    text = json.dumps(r.to_dict(), allow_nan=False)  # always standard JSON
+    back = ckpt.Recipe.from_dict(json.loads(text))
+    assert _same(back.kwargs["v"], value)
+    assert back.hash == r.hash == ckpt.Recipe.of(dict, v=back.kwargs["v"]).hash
