@@ -797,8 +797,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("ls", cmd_ls, "list the checkpoints of a log directory",
             "List the checkpoints in LOGDIR, one line each: step, last write time, size, the metrics\n"
-            "recorded with it, whether it was verified, and marks for the newest and (with --metric)\n"
-            "the best. A damaged file is listed as BAD and makes the exit status 1.",
+            "recorded with it, whether it was verified, and marks for the newest, (with --metric)\n"
+            "the best, and its aliases (alias:NAME, set with Checkpoint.alias). A damaged file is listed\n"
+            "as BAD and makes the exit status 1.",
             """\
             ckpt ls runs/exp1
             ckpt ls runs/exp1 --verify --metric val_loss --mode min
