@@ -817,7 +817,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("info", cmd_info, "describe what one checkpoint file holds",
             "Describe FILE: its slots (serializer, size, sha256), the arrays of each arrays slot (name,\n"
             "shape, dtype, bytes; stored size and encoding where a slot is compressed), the package versions that wrote each slot against those installed\n"
-            "here (mismatches marked), the metadata, and for pickle slots the globals they would import.\n"
+            "here (mismatches marked), the metadata, the recipe the model was built from (if saved with\n"
+            "recipe=), and for pickle slots the globals they would import.\n"
             "Nothing in the file is executed.",
             """\
             ckpt info runs/exp1/ckpt/0000001000.npz
