@@ -611,9 +611,15 @@ def _pid_alive(pid: int) -> bool:
 _live_managers: "weakref.WeakSet[Checkpoint]" = weakref.WeakSet()
 
 
-@atexit.register
 def _finish_at_exit() -> None:
-    """Let in-flight background saves finish at interpreter exit; log (never swallow) their errors."""
+    """Finish in-flight background saves before the interpreter shuts its thread pools down.
+
+    Registered with ``threading._register_atexit`` (after ``concurrent.futures`` registered its own
+    hook, so this runs first): from there on, thread pools refuse new work, and a save still running
+    would fail. A save that fails here is reported on stderr and the process exits with status 1,
+    so a script never ends "successfully" without its last checkpoint.
+    """
+    failed = []
     for manager in list(_live_managers):
         pending = manager._pending
         if pending is None:
@@ -622,3 +628,29 @@ def _finish_at_exit() -> None:
         if error is not None:
             log.error("background save of checkpoint %s in %s failed: %s", manager._pending_idx,
                       manager.directory, error, exc_info=error)
+            failed.append(f"ckpt: background save of checkpoint {manager._pending_idx} in {manager.directory} "
+                          f"failed at exit: {error}")
+    if failed:
+        import sys
+
+        for line in failed:
+            print(line, file=sys.stderr)  # noqa: T201 - the process is ending: stderr is the only one left
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def _register_exit_hook() -> None:
+    import concurrent.futures.thread  # noqa: F401 - its exit hook must be registered before ours
+
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is None:
+            raise RuntimeError("no threading._register_atexit")
+        register(_finish_at_exit)
+    except RuntimeError:  # an older Python, or imported during shutdown: the plain atexit hook
+        atexit.register(_finish_at_exit)
+
+
+_register_exit_hook()
