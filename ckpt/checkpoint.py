@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
 import errno as _errno
 import logging
 import os
@@ -389,13 +390,13 @@ class Checkpoint:
     def _manifest_metadata(idx: int, metadata: Optional[Mapping[str, Any]],
                            metrics: Optional[Mapping[str, Any]]) -> dict[str, Any]:
         """User metadata plus the library's ``"ckpt"`` record (index, metrics)."""
-        out = dict(metadata or {})
+        out = copy.deepcopy(dict(metadata or {}))  # a background save writes what save() was given
         if "ckpt" in out:
             raise ValueError('metadata key "ckpt" is reserved for the checkpoint\'s index and metrics; use '
                              "save(..., metrics={...}) for metrics, or another key")
         record: dict[str, Any] = {"idx": idx}
         if metrics is not None:
-            record["metrics"] = _ret.normalize_metrics(metrics)
+            record["metrics"] = copy.deepcopy(_ret.normalize_metrics(metrics))
         out["ckpt"] = record
         return out
 

@@ -12,7 +12,7 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -78,10 +78,12 @@ def choose(obj: Any) -> str:
 
 
 def snapshot_leaf(leaf: Any) -> Any:
-    """A leaf that later mutation cannot change: writable numpy arrays are copied, JAX arrays are
-    immutable and kept by reference (their device-to-host copy is started now)."""
+    """A leaf that later mutation cannot change: numpy arrays are copied (a read-only array may be
+    a view of memory the caller still writes, e.g. ``np.broadcast_to`` or ``a.view()`` with the
+    flag cleared), JAX arrays are immutable and kept by reference (their device-to-host copy is
+    started now)."""
     if isinstance(leaf, np.ndarray):
-        return leaf.copy() if leaf.flags.writeable else leaf
+        return np.array(leaf, copy=True, order="K")
     if _coll.is_jax_array(leaf):
         start = getattr(leaf, "copy_to_host_async", None)
         if start is not None and not all(d.platform == "cpu" for d in getattr(leaf, "devices", lambda: [])()):
@@ -201,6 +203,17 @@ def encode_arrays(obj: Any, prefix: str, *, snapshot: bool = False,
     if any(_npy.is_extension_dtype(_coll.shape_dtype(x)[1]) for x in flat.leaves):
         needed.add("ml_dtypes")
     return Encoded("arrays", members, info, needed=needed, informational=set(flat.frameworks))
+
+
+def _unshared(arrays: dict[str, np.ndarray], members: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """Identical arrays are stored once; each name still gets its own writable memory."""
+    seen: set[str] = set()
+    for n in arrays:
+        member = members[n]
+        if member in seen:
+            arrays[n] = np.array(arrays[n], copy=True)
+        seen.add(member)
+    return arrays
 
 
 class ArraysView:
@@ -339,7 +352,7 @@ class ArraysView:
                 out[n] = self.read(n)
             if out[n].shape != h.shape:
                 raise FormatError(f"{self.where}: array {n!r} header changed between reads")
-        return out
+        return _unshared(out, self._index)
 
     def read(self, name: str, *, copy: bool = True) -> np.ndarray:
         """One array, verified: in its own writable memory, or with ``copy=False`` a read-only

@@ -71,3 +71,72 @@ def test_last_async_save_that_fails_at_exit_says_so_and_exits_nonzero(mount):
     assert r.returncode != 0
     assert "background save of checkpoint 7" in r.stderr and "failed" in r.stderr
     assert not os.path.exists(os.path.join(small, "ckpt", "0000000007.npz"))
+
+
+# -- 4. restored arrays never share memory --------------------------------------
+def _adam_like():
+    return {"m": np.zeros((64, 32), np.float32), "v": np.zeros((64, 32), np.float32),
+            "count": np.zeros((), np.int32), "mu2": np.zeros((64, 32), np.float32)}
+
+
+def _assert_independent(arrays):
+    arrays = list(arrays)
+    for i, a in enumerate(arrays):
+        assert a.flags.writeable
+        for b in arrays[i + 1:]:
+            assert not np.shares_memory(a, b)
+    arrays[0][...] = 1
+    assert all(not np.any(b) for b in arrays[1:] if b.shape == arrays[0].shape)
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_identical_arrays_restore_into_separate_memory(tmp_path, compression):
+    ck = ckpt.Checkpoint(str(tmp_path), compression=compression)
+    ck.save({"w": np.zeros((64, 32), np.float32)}, idx=1, extras={"opt": _adam_like()})
+    extras = {"opt": None}
+    ck.restore({"w": np.ones((64, 32), np.float32)}, extras=extras)
+    _assert_independent([extras["opt"]["m"], extras["opt"]["v"], extras["opt"]["mu2"]])
+    _assert_independent(list(ck.load_extras(1)["opt"].values())[:2])
+    with ckpt.Pack(ck.path(1)) as pack:
+        loaded = pack.load("opt")
+    _assert_independent([loaded["m"], loaded["v"], loaded["mu2"]])
+
+
+def test_identical_arrays_in_a_pack_slot_and_a_tree_are_independent(tmp_path):
+    path = str(tmp_path / "p.npz")
+    z = np.zeros(1000, np.float64)
+    with ckpt.Pack(path) as pack:
+        pack.dump("a", {"x": z, "y": z.copy()})
+        pack.dump("tree", {"layers": [{"b": np.zeros(1000)}, {"b": np.zeros(1000)}]})
+    with ckpt.Pack(path) as pack:
+        a = pack.load("a")
+        tree = pack.load("tree")
+    _assert_independent([a["x"], a["y"], tree["layers"][0]["b"], tree["layers"][1]["b"]])
+
+
+# -- 5. async saves are a snapshot ------------------------------------------------
+def test_async_save_snapshots_read_only_views_broadcasts_and_nested_metadata(tmp_path):
+    base = np.arange(4096, dtype=np.float32)
+    ro_view = base.view()
+    ro_view.flags.writeable = False
+    row = np.arange(256, dtype=np.float32)
+    broadcast = np.broadcast_to(row, (64, 256))
+    meta = {"config": {"layers": [1, 2, 3], "opt": {"lr": 0.1}}}
+    extras = {"hist": {"loss": [1.0, 2.0]}, "sched": {"w": base}}
+    with ckpt.Checkpoint(str(tmp_path), async_save=True) as ck:
+        ck.save({"ro": ro_view, "bc": broadcast}, idx=1, metadata=meta, extras=extras,
+                metrics={"loss": 0.5})
+        base += 100  # the training loop goes on changing everything save() was given
+        row += 100
+        meta["config"]["layers"].append(4)
+        meta["config"]["opt"]["lr"] = 9.0
+        extras["hist"]["loss"].append(3.0)
+        ck.wait()
+        arrays = ck.load(1)
+        np.testing.assert_array_equal(arrays["ro"], np.arange(4096, dtype=np.float32))
+        np.testing.assert_array_equal(arrays["bc"], np.broadcast_to(np.arange(256, dtype=np.float32), (64, 256)))
+        stored = ck.metadata(1)
+        assert stored["config"] == {"layers": [1, 2, 3], "opt": {"lr": 0.1}}
+        got = ck.load_extras(1)
+        assert got["hist"] == {"loss": [1.0, 2.0]}
+        np.testing.assert_array_equal(got["sched"]["w"], np.arange(4096, dtype=np.float32))
