@@ -20,7 +20,7 @@ import time
 import warnings
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
 
 from . import _codec, _io, collections as _coll, deps as _deps, retention as _ret, serializers as _ser
 from ._packfile import DEFAULT_SLOT
@@ -39,6 +39,8 @@ from .varfile import PreparedRestore, encode_slots, open_reader, prepare_restore
 log = logging.getLogger("ckpt")
 
 __all__ = ["Checkpoint"]
+
+T = TypeVar("T")
 
 #: Slot names the manager uses itself; extras cannot take them.
 RESERVED_SLOTS = frozenset({DEFAULT_SLOT, "module"})
@@ -112,6 +114,7 @@ class Checkpoint:
         self._executor: Optional[ThreadPoolExecutor] = None
         self._pending: Optional[Future[None]] = None
         self._pending_idx: Optional[int] = None
+        self._last_read: Optional[int] = None  # what load_extras() reads by default; reset by save()
         self._pattern = _format_regex(self.FILE_FORMAT)
         if makedir:
             _io.makedirs(self.directory)
@@ -227,6 +230,7 @@ class Checkpoint:
         metadata key is the library's own.
         """
         idx = _check_idx(idx)
+        self._last_read = None
         metadata = self._manifest_metadata(idx, metadata, metrics)
         wanted = self.retention.metric
         if metrics is not None and self.retention.keep_best is not None and wanted not in metrics:
@@ -376,15 +380,18 @@ class Checkpoint:
         return None if found is None else (found.idx, dict(found.metrics))
 
     def metadata(self, idx: Optional[int] = None) -> dict[str, Any]:
-        """The manifest metadata of checkpoint ``idx`` (or the latest); ``["ckpt"]["metrics"]`` holds its metrics.
+        """The manifest metadata of checkpoint ``idx``; ``["ckpt"]["metrics"]`` holds its metrics.
 
-        Reads only the zip directory and the manifest, not the arrays.
+        Without ``idx``: the checkpoint last restored or loaded (as :meth:`load_extras`),
+        else the newest whose structure is intact. Reads only the zip directory and the
+        manifest and the arrays' headers, not their data (a bad hash is not noticed here).
         """
-        resolved = self._resolve(idx)
-        if resolved is None:
-            raise CheckpointNotFoundError(f"no checkpoint in {self.directory}", file=self.directory)
-        path = self.path(resolved)
-        return self._read_metadata(path, os.stat(path), strict=True)
+        def read(resolved: int) -> dict[str, Any]:
+            with open_reader(self.path(resolved)) as reader:
+                _check_main(reader)
+                return dict(reader.metadata)
+
+        return self._on_checkpoint(idx, read, default_restored=True)[1]
 
     @staticmethod
     def _manifest_metadata(idx: int, metadata: Optional[Mapping[str, Any]],
@@ -471,36 +478,69 @@ class Checkpoint:
                 f"restore() updates its target in place, and a {type(vc).__name__} pytree cannot be updated in "
                 "place: use tree = ck.load(idx, template=tree) (or a jax.eval_shape template) instead")
         extras = extras if extras is not None else {}
+
+        def restore_one(resolved: int) -> str:
+            return self._restore_one(resolved, vc, extras, renamer=renamer, strict=strict, trusted=trusted)
+
+        found = self._on_checkpoint(idx, restore_one, default_restored=False, missing_ok=True)
+        if found is None:
+            self._log("no checkpoint in %s; nothing restored", self.directory)
+            return 0, ""
+        return found
+
+    def _on_checkpoint(self, idx: Optional[int], read: Callable[[int], T], *, default_restored: bool,
+                       missing_ok: bool = False) -> Any:
+        """``(idx, read(idx))`` for checkpoint ``idx``, or the newest intact one: every load path's fallback.
+
+        Without ``idx``, a damaged newest checkpoint (anything the reader reports as a
+        :class:`~ckpt.errors.FormatError`: truncated, bad hash, not a zip, no ``main``
+        arrays slot, broken ``.npy`` header, ...) is skipped with a
+        :class:`~ckpt.errors.CorruptCheckpointWarning` and the next older one is read.
+        ``default_restored``: without ``idx``, read the checkpoint this manager last
+        restored or loaded, if any since its last save (extras come from the weights' step).
+        With no checkpoint at all: None if ``missing_ok``, else CheckpointNotFoundError.
+        """
+        if idx is None and default_restored and self._last_read is not None:
+            idx = self._last_read
         if idx is not None:
             resolved = self._resolve(idx)
             if resolved is None:  # _resolve raises for a missing idx; this only narrows the type
                 raise CheckpointNotFoundError(f"no checkpoint {idx} in {self.directory}", file=self.directory)
-            return self._restore_one(resolved, vc, extras, renamer=renamer, strict=strict, trusted=trusted)
-        tried: set[int] = set()
+            result = read(resolved)
+            self._last_read = resolved
+            return resolved, result
+        tried: dict[int, str] = {}
         while True:
             # Re-list each time: a concurrent writer may have added or rotated files meanwhile.
             candidates = [i for i in self.indices() if i not in tried]
             if not candidates:
                 if tried:
-                    raise FormatError(f"{self.directory}: every checkpoint ({sorted(tried)}) is damaged; "
-                                      "nothing was restored", file=self.directory)
-                self._log("no checkpoint in %s; nothing restored", self.directory)
-                return 0, ""
+                    raise FormatError(f"{self.directory}: every checkpoint is damaged, nothing was read: "
+                                      + "; ".join(f"{i}: {why}" for i, why in sorted(tried.items())),
+                                      file=self.directory)
+                if missing_ok:
+                    return None
+                raise CheckpointNotFoundError(f"no checkpoint in {self.directory}", file=self.directory)
             newest = candidates[-1]
-            tried.add(newest)
             try:
-                return self._restore_one(newest, vc, extras, renamer=renamer, strict=strict, trusted=trusted)
+                result = read(newest)
             except FileNotFoundError:
+                tried[newest] = "removed while being read"
                 continue  # rotated away between listing and opening
-            except (ChecksumError, FormatError) as e:
+            except FormatError as e:
+                tried[newest] = str(e)
                 warnings.warn(f"skipping damaged checkpoint {self.path(newest)}: {e}", CorruptCheckpointWarning,
-                              stacklevel=2)
+                              stacklevel=3)
+                continue
+            self._last_read = newest
+            return newest, result
 
     def _restore_one(self, resolved: int, vc: Any, extras: dict[str, Any], *, renamer: _coll.Renamer,
-                     strict: bool, trusted: _ser.Trusted) -> tuple[int, str]:
+                     strict: bool, trusted: _ser.Trusted) -> str:
         path = self.path(resolved)
         self._log("restoring from %s", path)
         with open_reader(path) as reader:
+            _check_main(reader)
             names = [DEFAULT_SLOT, *extras]
             for n in names:
                 reader.slot(n)
@@ -519,7 +559,7 @@ class Checkpoint:
         for name, p in staged.items():
             extras[name] = p.commit()
         extras.update(loaded)
-        return resolved, path
+        return path
 
     def wait_for_new(self, after: Optional[int] = None, timeout: Optional[float] = None,
                      poll_interval: float = 0.1) -> Optional[int]:
@@ -552,16 +592,19 @@ class Checkpoint:
         ``(tree, skipped)``; ``cast=True`` converts dtypes that differ.
         """
         self._finish_pending(raise_error=False)
-        resolved = self._resolve(idx)
-        if resolved is None:
-            raise CheckpointNotFoundError(f"no checkpoint in {self.directory}", file=self.directory)
-        with open_reader(self.path(resolved)) as reader:
-            _deps.report(reader.dependency_mismatches([DEFAULT_SLOT]), self.deps, reader.label)
-            if template is None:
-                return reader.arrays(DEFAULT_SLOT, verify=self.verify).as_value()
-            prepared = prepare_restore(reader, DEFAULT_SLOT, template, strict=strict, verify=self.verify, cast=cast)
-        restored = prepared.commit()
-        return restored if strict else (restored, prepared.report)
+
+        def read(resolved: int) -> Any:
+            with open_reader(self.path(resolved)) as reader:
+                _check_main(reader)
+                _deps.report(reader.dependency_mismatches([DEFAULT_SLOT]), self.deps, reader.label)
+                if template is None:
+                    return reader.arrays(DEFAULT_SLOT, verify=self.verify).as_value()
+                prepared = prepare_restore(reader, DEFAULT_SLOT, template, strict=strict, verify=self.verify,
+                                           cast=cast)
+            restored = prepared.commit()
+            return restored if strict else (restored, prepared.report)
+
+        return self._on_checkpoint(idx, read, default_restored=False)[1]
 
     def load_module(self, idx: Optional[int] = None, *, trusted: _ser.Trusted = False) -> Any:
         """The module saved with ``save(..., module=...)`` in checkpoint ``idx`` (or the latest).
@@ -575,16 +618,30 @@ class Checkpoint:
 
     def load_extras(self, idx: Optional[int] = None, names: Optional[list[str]] = None,
                     trusted: _ser.Trusted = False) -> dict[str, Any]:
-        """The extra slots of checkpoint ``idx`` (or the latest): all of them, or ``names``."""
-        resolved = self._resolve(idx)
-        if resolved is None:
-            raise CheckpointNotFoundError(f"no checkpoint in {self.directory}", file=self.directory)
-        with open_reader(self.path(resolved)) as reader:
-            wanted = list(names) if names is not None else [s for s in reader.slots if s not in RESERVED_SLOTS]
-            for n in wanted:
-                reader.slot(n)
-            _deps.report(reader.dependency_mismatches(wanted), self.deps, reader.label)
-            return {n: reader.load(n, trusted=trusted, verify=self.verify) for n in wanted}
+        """The extra slots of checkpoint ``idx``: all of them, or ``names``.
+
+        Without ``idx``: the checkpoint this manager last restored or loaded (since its
+        last save), so weights and extras always come from the same step; otherwise the
+        newest intact one, skipping damaged files as :meth:`restore` does (so the weights'
+        hashes are checked too, which costs a read of them).
+        """
+        self._finish_pending(raise_error=False)
+
+        def read(resolved: int) -> dict[str, Any]:
+            with open_reader(self.path(resolved)) as reader:
+                if idx is None and self._last_read is None:
+                    # Choosing the newest intact checkpoint as restore() would: its weights are checked
+                    # too (a hash pass over them), so extras never come from a step restore() skips.
+                    _check_main(reader)
+                    if self.verify:
+                        reader.verify_slot(DEFAULT_SLOT)
+                wanted = list(names) if names is not None else [s for s in reader.slots if s not in RESERVED_SLOTS]
+                for n in wanted:
+                    reader.slot(n)
+                _deps.report(reader.dependency_mismatches(wanted), self.deps, reader.label)
+                return {n: reader.load(n, trusted=trusted, verify=self.verify) for n in wanted}
+
+        return self._on_checkpoint(idx, read, default_restored=True)[1]
 
     def __repr__(self) -> str:
         p = self.retention
@@ -594,6 +651,21 @@ class Checkpoint:
         if p.keep_best is not None:
             extra += f", mode={p.mode!r}"
         return f"Checkpoint({self.logdir!r}, keep_ckpts={self.keep_ckpts}{extra})"
+
+
+def _check_main(reader: Any) -> None:
+    """A checkpoint holds a ``main`` arrays slot whose ``.npy`` headers parse; else it is damaged."""
+    info = reader.slots.get(DEFAULT_SLOT)
+    if info is None:
+        have = ", ".join(sorted(reader.slots)) or "none"
+        raise FormatError(f"{reader.label}: not a checkpoint: no {DEFAULT_SLOT!r} arrays slot (slots: {have})",
+                          file=reader.label, slot=DEFAULT_SLOT)
+    if info.serializer != "arrays":
+        raise FormatError(f"{reader.label}: not a checkpoint: slot {DEFAULT_SLOT!r} holds {info.serializer} data, "
+                          "not arrays", file=reader.label, slot=DEFAULT_SLOT)
+    view = reader.arrays(DEFAULT_SLOT, verify=False)
+    for name in view.names:  # every array's header parses (a few hundred bytes each; hashes are not read)
+        view.header(name)
 
 
 def _pid_alive(pid: int) -> bool:

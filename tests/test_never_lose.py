@@ -140,3 +140,123 @@ def test_async_save_snapshots_read_only_views_broadcasts_and_nested_metadata(tmp
         got = ck.load_extras(1)
         assert got["hist"] == {"loss": [1.0, 2.0]}
         np.testing.assert_array_equal(got["sched"]["w"], np.arange(4096, dtype=np.float32))
+
+
+# -- 6/7. every load path skips the same damage, and extras follow the weights -------------
+def _zip_with(path, members: dict[str, bytes]) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
+def _npy_bytes(header: str, data: bytes = b"\0" * 12) -> bytes:
+    head = header.encode("latin1")
+    head += b" " * ((-(10 + len(head) + 1)) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(head).to_bytes(2, "little") + head + data
+
+
+def _damage(path: str, kind: str) -> None:
+    if kind == "truncated":
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    elif kind == "empty-file":
+        open(path, "wb").close()
+    elif kind == "empty-zip":
+        _zip_with(path, {})
+    elif kind == "no-main-slot":
+        _zip_with(path, {"readme.txt": b"hello"})
+    elif kind == "main-not-arrays":
+        os.remove(path)
+        with ckpt.Pack(path) as pack:
+            pack.dump("main", {"w": "not arrays"}, serializer="json")
+    elif kind == "broken-npy-header":
+        good = _npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }")
+        names = np.lib.format.header_data_from_array_1_0(np.array(["w"]))  # noqa: F841 - realistic layout
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, np.array(["w"]))
+        _zip_with(path, {"names.npy": buf.getvalue(),
+                         "0.npy": good.replace(b"'shape': (3,)", b"'shape': (3,;")})
+    elif kind == "bad-hash":
+        from tests.helpers import npy_data_offset, flip_byte
+
+        flip_byte(path, npy_data_offset(path, "0.npy"))
+    else:
+        raise AssertionError(kind)
+
+
+DAMAGE = ["truncated", "empty-file", "empty-zip", "no-main-slot", "main-not-arrays", "broken-npy-header", "bad-hash"]
+
+
+def _three_steps(tmp_path):
+    ck = ckpt.Checkpoint(str(tmp_path), keep_ckpts=None)
+    for step in (100, 200, 300):
+        ck.save({"w": np.full(3, step, np.float32)}, idx=step, extras={"opt": {"m": np.full(2, step, np.int64)},
+                                                                      "config": {"step": step}})
+    return ck
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_every_load_path_falls_back_past_the_same_damage(tmp_path, kind):
+    ck = _three_steps(tmp_path)
+    _damage(ck.path(300), kind)
+    paths = {
+        "restore": lambda c: (lambda t: (c.restore(t)[0], t["w"][0]))({"w": np.zeros(3, np.float32)}),
+        "load": lambda c: (200, c.load()["w"][0]),
+        "load-template": lambda c: (200, c.load(template={"w": np.zeros(3, np.float32)})["w"][0]),
+        "load_extras": lambda c: (200, c.load_extras()["opt"]["m"][0]),
+        "metadata": lambda c: (200, c.metadata()["ckpt"]["idx"]),
+    }
+    if kind == "bad-hash":
+        del paths["metadata"]  # reads the manifest and headers only, by design (documented)
+    for name, call in paths.items():
+        fresh = ckpt.Checkpoint(str(tmp_path), keep_ckpts=None)
+        with pytest.warns(CorruptCheckpointWarning, match="0000000300.npz"):
+            got = call(fresh)
+        assert got == (200, 200), (name, got)
+
+
+def test_an_explicit_index_of_a_damaged_file_still_raises(tmp_path):
+    ck = _three_steps(tmp_path)
+    _damage(ck.path(300), "truncated")
+    with pytest.raises(ckpt.FormatError):
+        ck.load(300)
+    with pytest.raises(ckpt.FormatError):
+        ck.load_extras(300)
+
+
+def test_every_checkpoint_damaged_raises_and_names_each(tmp_path):
+    ck = _three_steps(tmp_path)
+    for step, kind in zip((100, 200, 300), ("truncated", "empty-zip", "no-main-slot")):
+        _damage(ck.path(step), kind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CorruptCheckpointWarning)
+        with pytest.raises(ckpt.FormatError, match="every checkpoint is damaged") as e:
+            ck.load()
+    assert all(str(i) in str(e.value) for i in (100, 200, 300))
+
+
+def test_load_extras_defaults_to_the_step_restored_after_a_fallback(tmp_path):
+    ck = _three_steps(tmp_path)
+    _damage(ck.path(300), "bad-hash")  # the manifest still reads: only the hash check finds it
+    target = {"w": np.zeros(3, np.float32)}
+    with pytest.warns(CorruptCheckpointWarning):
+        idx, _ = ck.restore(target)
+    assert idx == 200
+    extras = ck.load_extras()  # no warning needed: it reads the step restored
+    assert extras["config"] == {"step": 200} and extras["opt"]["m"][0] == 200
+    # after a new save, the default is the newest intact checkpoint again
+    ck.save({"w": np.full(3, 400, np.float32)}, idx=400, extras={"config": {"step": 400}})
+    assert ck.load_extras()["config"] == {"step": 400}
+
+
+def test_extras_restored_with_the_weights_come_from_the_same_step(tmp_path):
+    ck = _three_steps(tmp_path)
+    _damage(ck.path(300), "broken-npy-header")
+    extras = {"opt": {"m": np.zeros(2, np.int64)}, "config": None}
+    with pytest.warns(CorruptCheckpointWarning):
+        idx, _ = ck.restore({"w": np.zeros(3, np.float32)}, extras=extras)
+    assert idx == 200 and extras["config"] == {"step": 200} and extras["opt"]["m"][0] == 200
