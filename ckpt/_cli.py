@@ -32,7 +32,7 @@ from .averaging import average as _average, ema as _ema
 from .checkpoint import Checkpoint
 from .errors import CkptError, DependencyWarning, FormatError
 from .manifest import MANIFEST_MEMBER
-from .retention import Entry, best as best_entry, kept_by
+from .retention import Entry, best as best_entry
 from .varfile import open_reader, save_var_collection
 
 __all__ = ["main", "run", "build_parser"]
@@ -650,43 +650,47 @@ def _average_check(args: argparse.Namespace) -> Optional[str]:
 def cmd_prune(args: argparse.Namespace) -> int:
     ck = _manager(args.logdir, keep_ckpts=args.keep, keep_every=args.keep_every, keep_best=args.keep_best,
                   metric=args.metric, mode=args.mode, max_bytes=args.max_bytes)
-    entries = []
-    for idx in ck.indices():
-        path = ck.path(idx)
-        metrics: dict[str, Any] = {}
-        try:
-            with open_reader(path) as reader:
-                metrics = _metrics(reader)
-        except FileNotFoundError:
-            continue
-        except (CkptError, OSError, ValueError) as e:
-            print(f"ckpt prune: warning: {_problem(e, path)}; its metrics count as missing", file=sys.stderr)
-        entries.append(Entry(idx, _file_size(path) or 0, metrics))
-    if not entries:
+    if not ck.indices():
         if args.json:
             dump_json({"directory": ck.directory, "dry_run": args.dry_run, "deleted": [], "kept": [],
-                       "freed_bytes": 0})
+                       "skipped": [], "freed_bytes": 0})
         else:
             print(f"no checkpoints in {args.logdir} (looked in {ck.directory}); nothing to prune")
         return 0
+    plan = ck.plan_prune()  # a metric no checkpoint records raises here, before anything is deleted
+    if plan.missing_metric:
+        print(f"ckpt prune: warning: checkpoints {_short_list(plan.missing_metric)} do not record the metric "
+              f"{args.metric!r}; --keep-best cannot rank them", file=sys.stderr)
+    for idx, why in sorted(plan.damaged.items()):
+        print(f"ckpt prune: warning: skipped damaged {ck.path(idx)} ({why}): neither counted nor deleted",
+              file=sys.stderr)
     removed = set(ck.prune(dry_run=args.dry_run))
-    reasons = kept_by(entries, ck.retention)
-    newest = entries[-1].idx
     rows = []
-    for entry in entries:
-        why = [name for name, kept in reasons.items() if entry.idx in kept]
-        if entry.idx == newest:
+    for entry in plan.entries:
+        why = [name for name, kept in plan.kept_by.items() if entry.idx in kept]
+        if entry.idx == plan.entries[-1].idx:
             why.append("newest")
+        if entry.idx == plan.newest_verified and entry.idx not in plan.kept_by_policy:
+            why.append("newest intact")
         rows.append({"step": entry.idx, "size": entry.size, "kept": entry.idx not in removed, "kept_by": why,
                      "path": ck.path(entry.idx)})
+    for idx, problem in plan.damaged.items():
+        rows.append({"step": idx, "size": _file_size(ck.path(idx)) or 0, "kept": True,
+                     "kept_by": [f"damaged, skipped: {problem}"], "path": ck.path(idx), "damaged": problem})
+    rows.sort(key=lambda r: r["step"])
     if args.json:
         dump_json({"directory": ck.directory, "dry_run": args.dry_run,
                    "deleted": [r["step"] for r in rows if not r["kept"]],
-                   "kept": [r["step"] for r in rows if r["kept"]],
+                   "kept": [r["step"] for r in rows if r["kept"] and "damaged" not in r],
+                   "skipped": [{"step": r["step"], "problem": r["damaged"]} for r in rows if "damaged" in r],
                    "freed_bytes": sum(r["size"] for r in rows if not r["kept"]), "checkpoints": rows})
     else:
         print(render_prune(rows, dry_run=args.dry_run))
     return 0
+
+
+def _short_list(items: list[int]) -> str:
+    return ", ".join(map(str, items[:10])) + (f" and {len(items) - 10} more" if len(items) > 10 else "")
 
 
 # -- the parser ---------------------------------------------------------------

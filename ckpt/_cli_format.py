@@ -312,13 +312,23 @@ def render_diff(a: str, b: str, only_a: list[str], only_b: list[str], changed: l
 
 def render_prune(rows: list[dict[str, Any]], *, dry_run: bool) -> str:
     verb = "would delete" if dry_run else "deleted"
+    def action(r: dict[str, Any]) -> str:
+        if r.get("damaged"):
+            return "skip"
+        return "keep" if r["kept"] else ("delete" if dry_run else "deleted")
+
     lines = table(["step", "size", "action", "kept by"],
-                  [[r["step"], human_size(r["size"]), "keep" if r["kept"] else ("delete" if dry_run else "deleted"),
-                    ", ".join(r["kept_by"]) or "-"] for r in rows], right=[0, 1])
+                  [[r["step"], human_size(r["size"]), action(r), ", ".join(r["kept_by"]) or "-"] for r in rows],
+                  right=[0, 1])
     gone = [r for r in rows if not r["kept"]]
+    damaged = [r for r in rows if r.get("damaged")]
+    good = len(rows) - len(damaged)
     freed = sum(r["size"] or 0 for r in gone)
-    summary = (f"{verb} {_plural(len(gone), 'checkpoint')} ({human_size(freed)}), kept {len(rows) - len(gone)}"
-               if gone else f"nothing to delete: every one of the {_plural(len(rows), 'checkpoint')} is kept")
+    summary = (f"{verb} {_plural(len(gone), 'checkpoint')} ({human_size(freed)}), kept {good - len(gone)}"
+               if gone else f"nothing to delete: every one of the {_plural(good, 'checkpoint')} is kept")
+    if damaged:
+        summary += (f"; skipped {_plural(len(damaged), 'damaged file')} (not counted, not deleted: "
+                    f"steps {', '.join(str(r['step']) for r in damaged)})")
     return lines + "\n" + summary + (" (dry run: nothing was deleted)" if dry_run and gone else "")
 
 

@@ -20,7 +20,7 @@ import time
 import warnings
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, TypeVar
 
 from . import _codec, _io, collections as _coll, deps as _deps, retention as _ret, serializers as _ser
 from ._packfile import DEFAULT_SLOT
@@ -32,6 +32,7 @@ from .errors import (
     FormatError,
     LockedError,
     SaveError,
+    UnknownMetricError,
 )
 from .pack import check_slot_name
 from .varfile import PreparedRestore, encode_slots, open_reader, prepare_restore, write_encoded
@@ -100,7 +101,9 @@ class Checkpoint:
                              f"or None to turn the keep-latest policy off, not {keep_ckpts!r}")
         self.retention = _ret.RetentionPolicy(keep_last=keep_ckpts, keep_every=keep_every, keep_best=keep_best,
                                               metric=metric, mode=mode, max_bytes=max_bytes)
-        self._meta_cache: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        self._meta_cache: dict[str, tuple[tuple[int, int, int], dict[str, Any], Optional[str]]] = {}
+        self._verified_cache: dict[str, tuple[int, int, int]] = {}
+        self._warned_damaged: dict[str, str] = {}
         self._meta_lock = threading.Lock()
         self.logdir = os.fspath(logdir)
         self.keep_ckpts = keep_ckpts
@@ -312,32 +315,25 @@ class Checkpoint:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _rotate(self, just_written: Optional[int], *, dry_run: bool = False) -> list[int]:
-        """Delete what no retention policy keeps (never the newest, nor ``just_written``); returns the indices.
+    def _rotate(self, just_written: Optional[int], *, dry_run: bool = False, strict_metric: bool = False,
+                protected: Iterable[int] = ()) -> list[int]:
+        """Delete what no retention policy keeps; returns the indices deleted (or, with ``dry_run``, to delete).
 
         Runs under the lock, after the new file's rename and directory fsync, so a
-        checkpoint is only deleted once its successor is durable.
+        checkpoint is only deleted once its successor is durable. See :meth:`plan_prune`
+        for what is never deleted.
         """
-        policy = self.retention
-        if not policy.active:
-            return []
-        entries = self._entries(metrics=policy.keep_best is not None)
-        if not entries:
-            return []
-        newest = entries[-1].idx
-        keep = _ret.select(entries, policy, newest, just_written)
-        if just_written is not None and just_written not in _ret.select(entries, policy, newest):
+        plan = self.plan_prune(just_written, strict_metric=strict_metric, protected=protected)
+        if just_written is not None and plan.entries and just_written not in plan.kept_by_policy:
             log.warning("checkpoint %d is older than the newest in %s and no retention policy keeps it; it is kept "
                         "anyway as the file just written, so %d files remain", just_written, self.directory,
-                        len(keep & {e.idx for e in entries}))
+                        len(plan.keep))
         removed = []
-        for e in entries:
-            if e.idx in keep:
-                continue
+        for idx in plan.delete:
             if dry_run:
-                removed.append(e.idx)
+                removed.append(idx)
                 continue
-            path = self.path(e.idx)
+            path = self.path(idx)
             try:
                 _io.remove(path)
                 self._log("removed old checkpoint %s", path)
@@ -346,24 +342,131 @@ class Checkpoint:
             except OSError as err:  # the new checkpoint is durable: the save succeeded; retry at the next one
                 log.warning("could not remove old checkpoint %s (kept; retried at the next save): %s", path, err)
                 continue
-            removed.append(e.idx)
+            removed.append(idx)
             with self._meta_lock:
                 self._meta_cache.pop(path, None)
         return removed
 
-    def prune(self, dry_run: bool = False) -> list[int]:
+    def plan_prune(self, just_written: Optional[int] = None, *, strict_metric: bool = True,
+                   protected: Iterable[int] = ()) -> _ret.Plan:
+        """What retention would keep and delete now, and which files it skips as damaged (nothing is deleted).
+
+        - A file that does not open as a checkpoint (zip directory, manifest, a ``main``
+          arrays slot whose ``.npy`` headers parse; a cached structural check) is
+          *damaged*: it is never counted by any policy and never deleted (left for a
+          person to inspect), and a warning names it.
+        - The newest checkpoint that verifies (structure and every hash) is never deleted.
+          Its hash pass is paid only when something would be deleted and the newest
+          candidate is not the file this process just wrote (whose hashes were computed
+          as it was written); a result is cached per file (size, mtime, inode). A
+          candidate that fails its hashes is damaged too.
+        - ``protected`` indices (and ``just_written``) are always kept.
+        - ``keep_best`` with a metric that no checkpoint records raises
+          :class:`~ckpt.errors.UnknownMetricError` with ``strict_metric`` (``prune()``,
+          ``ckpt prune``); in a save's rotation it deletes nothing and warns instead. A
+          metric missing from some checkpoints is a warning.
+        """
+        policy = self.retention
+        protected = set(protected) | self._protected_indices()
+        entries, damaged = self._scan()
+        plan = _ret.Plan(entries=entries, damaged=damaged)
+        if not policy.active or not entries:
+            plan.keep = plan.kept_by_policy = {e.idx for e in entries}
+            return self._report(plan)
+        if policy.keep_best is not None and policy.metric is not None:
+            lacking = [e.idx for e in entries if not isinstance(e.metrics, Mapping) or policy.metric not in e.metrics]
+            if len(lacking) == len(entries):
+                recorded = sorted({k for e in entries if isinstance(e.metrics, Mapping) for k in e.metrics})
+                message = (f"{self.directory}: no checkpoint records the metric {policy.metric!r} (recorded: "
+                           f"{', '.join(recorded) or 'none'}); nothing was deleted")
+                if strict_metric:
+                    raise UnknownMetricError(message, file=self.directory, metric=policy.metric, recorded=recorded)
+                log.warning("%s", message)
+                plan.keep = plan.kept_by_policy = {e.idx for e in entries}
+                return self._report(plan)
+            if lacking:
+                plan.missing_metric = lacking
+                log.warning("checkpoints %s in %s do not record the metric %r; keep_best cannot rank them",
+                            lacking, self.directory, policy.metric)
+        while True:
+            newest = plan.entries[-1].idx if plan.entries else None
+            plan.kept_by = _ret.kept_by(plan.entries, policy)
+            plan.kept_by_policy = _ret.select(plan.entries, policy, newest, protected=protected)
+            plan.keep = _ret.select(plan.entries, policy, newest, just_written, protected=protected)
+            if not [e for e in plan.entries if e.idx not in plan.keep]:
+                break
+            verified = self._newest_verified(plan, just_written)
+            if verified is None or verified in plan.entries_by_idx():  # no damage found on the way: plan holds
+                plan.newest_verified = verified
+                if verified is not None:
+                    plan.keep.add(verified)
+                break
+        plan.delete = [e.idx for e in plan.entries if e.idx not in plan.keep]
+        return self._report(plan)
+
+    def _protected_indices(self) -> set[int]:
+        """Indices no retention ever deletes (none here; a hook for named checkpoints)."""
+        return set()
+
+    def _newest_verified(self, plan: _ret.Plan, just_written: Optional[int]) -> Optional[int]:
+        """The newest entry that passes every hash; entries that fail move to ``plan.damaged``."""
+        for e in reversed(list(plan.entries)):
+            if e.idx == just_written:
+                return e.idx
+            path = self.path(e.idx)
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            key = (st.st_size, st.st_mtime_ns, st.st_ino)
+            try:
+                with self._meta_lock:
+                    ok = self._verified_cache.get(path) == key
+                if not ok:
+                    with open_reader(path) as reader:
+                        for slot in reader.slots:
+                            reader.verify_slot(slot)
+                    with self._meta_lock:
+                        self._verified_cache[path] = key
+                return e.idx
+            except FileNotFoundError:
+                continue
+            except (CkptError, OSError) as err:
+                why = _one_line(err, path)
+                plan.damaged[e.idx] = why
+                plan.entries = [x for x in plan.entries if x.idx != e.idx]
+                with self._meta_lock:
+                    self._meta_cache[path] = (key, {}, why)  # damaged until the file changes
+                return -1  # not an index: the entries changed, so the policies select again
+        return None
+
+    def _report(self, plan: _ret.Plan) -> _ret.Plan:
+        for idx, why in sorted(plan.damaged.items()):
+            path = self.path(idx)
+            with self._meta_lock:
+                if self._warned_damaged.get(path) == why:
+                    continue
+                self._warned_damaged[path] = why
+            log.warning("retention skipped damaged checkpoint %s (%s): it is neither counted nor deleted; inspect "
+                        "or remove it yourself", path, why)
+        return plan
+
+    def prune(self, dry_run: bool = False, *, protected: Iterable[int] = ()) -> list[int]:
         """Apply the retention policies now; returns the indices removed (or, with ``dry_run``, that would be).
 
         Useful after changing the policies of an existing run, or for a lower index
-        kept only because it was just written. The newest checkpoint always stays.
+        kept only because it was just written. The newest checkpoint that verifies is
+        always kept; damaged files are skipped (logged, never counted or deleted); a
+        ``keep_best`` metric that no checkpoint records raises
+        :class:`~ckpt.errors.UnknownMetricError` and deletes nothing.
         """
         self._finish_pending(raise_error=False)  # see our own in-flight save; its error stays for save/wait
         if not os.path.isdir(self.directory):
             return []
         if dry_run:
-            return self._rotate(None, dry_run=True)
+            return self._rotate(None, dry_run=True, strict_metric=True, protected=protected)
         with self._lock():
-            return self._rotate(None)
+            return self._rotate(None, strict_metric=True, protected=protected)
 
     def best(self, metric: Optional[str] = None, mode: Optional[str] = None) -> Optional[tuple[int, dict[str, Any]]]:
         """``(idx, metrics)`` of the best checkpoint on disk by ``metric`` (default: the manager's), or None.
@@ -376,7 +479,7 @@ class Checkpoint:
             raise ValueError("best() needs a metric: pass best(metric=...) or Checkpoint(..., metric=...)")
         mode = mode if mode is not None else self.retention.mode
         self._finish_pending(raise_error=False)
-        found = _ret.best(self._entries(metrics=True), metric, mode)
+        found = _ret.best(self._scan()[0], metric, mode)
         return None if found is None else (found.idx, dict(found.metrics))
 
     def metadata(self, idx: Optional[int] = None) -> dict[str, Any]:
@@ -407,43 +510,48 @@ class Checkpoint:
         out["ckpt"] = record
         return out
 
-    def _read_metadata(self, path: str, st: os.stat_result, *, strict: bool = False) -> dict[str, Any]:
-        """A file's manifest metadata, cached by (size, mtime, inode); ``{}`` for an unreadable file unless strict."""
+    def _inspect(self, path: str, st: os.stat_result) -> tuple[dict[str, Any], Optional[str]]:
+        """A file's manifest metadata and None, or ``({}, why)`` when it does not open as a checkpoint.
+
+        Cached by (size, mtime, inode), so rotation re-reads only files that changed.
+        """
         key = (st.st_size, st.st_mtime_ns, st.st_ino)
         with self._meta_lock:
             cached = self._meta_cache.get(path)
-        if cached is not None and cached[0] == key and not strict:
-            return dict(cached[1])
+        if cached is not None and cached[0] == key:
+            return dict(cached[1]), cached[2]
+        problem: Optional[str] = None
+        meta: dict[str, Any] = {}
         try:
             with open_reader(path) as reader:
+                _check_main(reader)
                 meta = dict(reader.metadata)
         except FileNotFoundError:
             raise
         except (CkptError, OSError) as e:
-            if strict:
-                raise
-            log.warning("cannot read the manifest of %s (%s); its metrics are treated as missing", path, e)
-            meta = {}
+            problem = _one_line(e, path)
         with self._meta_lock:
-            self._meta_cache[path] = (key, meta)
-        return dict(meta)
+            self._meta_cache[path] = (key, meta, problem)
+        return dict(meta), problem
 
-    def _entries(self, *, metrics: bool) -> list[_ret.Entry]:
-        """The committed checkpoints as retention entries (index, size, metrics), ascending."""
+    def _scan(self) -> tuple[list[_ret.Entry], dict[int, str]]:
+        """The committed checkpoints that open (index, size, metrics), ascending, and the damaged ones (why)."""
         out = []
+        damaged: dict[int, str] = {}
         for idx in self.indices():
             path = self.path(idx)
             try:
                 st = os.stat(path)
-                found: dict[str, Any] = {}
-                if metrics:
-                    record = self._read_metadata(path, st).get("ckpt")
-                    stored = record.get("metrics") if isinstance(record, dict) else None
-                    found = stored if isinstance(stored, dict) else {}
+                meta, problem = self._inspect(path, st)
             except FileNotFoundError:
                 continue  # removed by a concurrent writer's rotation
-            out.append(_ret.Entry(idx, st.st_size, found))
-        return out
+            if problem is not None:
+                damaged[idx] = problem
+                continue
+            record = meta.get("ckpt")
+            stored = record.get("metrics") if isinstance(record, dict) else None
+            out.append(_ret.Entry(idx, st.st_size, stored if isinstance(stored, dict) else {}))
+        return out, damaged
 
     # -- restoring ---------------------------------------------------------
     def _resolve(self, idx: Optional[int]) -> Optional[int]:
@@ -651,6 +759,12 @@ class Checkpoint:
         if p.keep_best is not None:
             extra += f", mode={p.mode!r}"
         return f"Checkpoint({self.logdir!r}, keep_ckpts={self.keep_ckpts}{extra})"
+
+
+def _one_line(e: BaseException, path: str = "") -> str:
+    """An error as one line, without the file name the caller shows already."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[len(path) + 2:] if path and text.startswith(path + ": ") else text
 
 
 def _check_main(reader: Any) -> None:

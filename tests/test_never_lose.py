@@ -260,3 +260,122 @@ def test_extras_restored_with_the_weights_come_from_the_same_step(tmp_path):
     with pytest.warns(CorruptCheckpointWarning):
         idx, _ = ck.restore({"w": np.zeros(3, np.float32)}, extras=extras)
     assert idx == 200 and extras["config"] == {"step": 200} and extras["opt"]["m"][0] == 200
+
+
+# -- 2/3. retention never deletes the good ones, and a mistyped metric deletes nothing -----------
+def ckpt_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return run_py("import sys; from ckpt._cli import run; sys.argv[0] = 'ckpt'; run()", *args, timeout=timeout)
+
+
+def _run_with(tmp_path, steps=(100, 200, 300), metrics=True):
+    ck = ckpt.Checkpoint(str(tmp_path), keep_ckpts=None, verbose=False)
+    for step in steps:
+        ck.save({"w": np.full(4, step, np.float32)}, idx=step,
+                metrics={"loss": 1.0 / step} if metrics else None)
+    return ck
+
+
+def _restorable(ck):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CorruptCheckpointWarning)
+        return ck.restore({"w": np.zeros(4, np.float32)})[0]
+
+
+@pytest.mark.parametrize("how", ["library", "cli"])
+def test_prune_keeps_the_newest_intact_checkpoint_and_skips_a_truncated_one(tmp_path, how, caplog):
+    ck = _run_with(tmp_path)
+    _damage(ck.path(300), "truncated")
+    if how == "cli":
+        r = ckpt_cli("prune", str(tmp_path), "--keep", "1")
+        assert r.returncode == 0, r.stderr
+        assert "skipped damaged" in r.stderr and "0000000300.npz" in r.stderr
+        assert "skip" in r.stdout
+    else:
+        with caplog.at_level("WARNING", logger="ckpt"):
+            assert ckpt.Checkpoint(str(tmp_path), keep_ckpts=1).prune() == [100]
+        assert "skipped damaged checkpoint" in caplog.text and "0000000300.npz" in caplog.text
+    assert ck.indices() == [200, 300]  # the damaged file is left for a person; 200 still restores
+    assert _restorable(ck) == 200
+
+
+@pytest.mark.parametrize("junk", [b"junk", b"", b"PK\x05\x06" + b"\0" * 18])
+def test_a_junk_file_named_like_a_step_is_never_counted_as_kept(tmp_path, junk):
+    ck = _run_with(tmp_path, steps=(1, 2))
+    with open(ck.path(9), "wb") as f:
+        f.write(junk)
+    mgr = ckpt.Checkpoint(str(tmp_path), keep_ckpts=1, verbose=False)
+    plan = mgr.plan_prune()
+    assert 9 in plan.damaged and [e.idx for e in plan.entries] == [1, 2]
+    assert mgr.prune() == [1]
+    assert ck.indices() == [2, 9] and _restorable(ck) == 2
+
+
+def test_a_newest_with_a_bad_hash_is_not_the_one_kept(tmp_path):
+    """The structure opens, only the hash pass finds the damage: the newest that verifies stays."""
+    ck = _run_with(tmp_path)
+    _damage(ck.path(300), "bad-hash")
+    mgr = ckpt.Checkpoint(str(tmp_path), keep_ckpts=1, verbose=False)
+    assert mgr.prune() == [100]
+    assert ck.indices() == [200, 300] and _restorable(ck) == 200
+    plan = mgr.plan_prune()
+    assert plan.newest_verified is None and 300 in plan.damaged  # nothing left to delete: cached as damaged
+
+
+def test_saving_rotation_skips_damaged_files_and_keeps_count_of_good_ones(tmp_path):
+    ck = ckpt.Checkpoint(str(tmp_path), keep_ckpts=2, verbose=False)
+    for step in (1, 2, 3):
+        ck.save({"w": np.full(4, step, np.float32)}, idx=step)
+    _damage(ck.path(3), "empty-zip")
+    for step in (4, 5):
+        ck.save({"w": np.full(4, step, np.float32)}, idx=step)
+    assert ck.indices() == [3, 4, 5]
+
+
+def test_protected_indices_are_never_deleted(tmp_path):
+    ck = _run_with(tmp_path, steps=(1, 2, 3, 4))
+    mgr = ckpt.Checkpoint(str(tmp_path), keep_ckpts=1, verbose=False)
+    assert mgr.prune(protected={2}) == [1, 3]
+    assert ck.indices() == [2, 4]
+
+
+@pytest.mark.parametrize("how", ["library", "cli"])
+def test_a_metric_no_checkpoint_records_is_an_error_and_deletes_nothing(tmp_path, how):
+    ck = _run_with(tmp_path)
+    if how == "cli":
+        r = ckpt_cli("prune", str(tmp_path), "--keep-best", "1", "--metric", "los")
+        assert r.returncode == 1
+        assert "'los'" in r.stderr and "loss" in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    else:
+        mgr = ckpt.Checkpoint(str(tmp_path), keep_ckpts=1, keep_best=1, metric="los", verbose=False)
+        with pytest.raises(ckpt.errors.UnknownMetricError, match="recorded: loss") as e:
+            mgr.prune()
+        assert isinstance(e.value, ValueError) and e.value.recorded == ["loss"]
+        with pytest.raises(ckpt.errors.UnknownMetricError):
+            mgr.prune(dry_run=True)
+    assert ck.indices() == [100, 200, 300]
+
+
+def test_a_save_with_a_mistyped_metric_deletes_nothing_and_warns(tmp_path, caplog):
+    ck = ckpt.Checkpoint(str(tmp_path), keep_ckpts=1, keep_best=1, metric="los", verbose=False)
+    with caplog.at_level("WARNING", logger="ckpt"):
+        for step in (1, 2, 3):
+            ck.save({"w": np.zeros(2)}, idx=step, metrics={"loss": float(step)})
+    assert ck.indices() == [1, 2, 3]
+    assert "no checkpoint records the metric 'los'" in caplog.text
+
+
+@pytest.mark.parametrize("how", ["library", "cli"])
+def test_a_metric_missing_from_some_checkpoints_is_a_warning(tmp_path, how, caplog):
+    ck = ckpt.Checkpoint(str(tmp_path), keep_ckpts=None, verbose=False)
+    for step, m in ((1, None), (2, {"loss": 0.1}), (3, {"acc": 0.5}), (4, {"loss": 0.9})):
+        ck.save({"w": np.zeros(2)}, idx=step, metrics=m)
+    if how == "cli":
+        r = ckpt_cli("prune", str(tmp_path), "--keep-best", "1", "--metric", "loss")
+        assert r.returncode == 0, r.stderr
+        assert "warning" in r.stderr and "1, 3" in r.stderr and "do not record the metric 'loss'" in r.stderr
+    else:
+        with caplog.at_level("WARNING", logger="ckpt"):
+            ckpt.Checkpoint(str(tmp_path), keep_ckpts=None, keep_best=1, metric="loss").prune()
+        assert "[1, 3]" in caplog.text and "do not record the metric 'loss'" in caplog.text
+    assert ck.indices() == [2, 4]
