@@ -82,7 +82,9 @@ class Checkpoint:
     survive restarts.
 
     ``lock_timeout`` bounds how long ``save`` waits for another writer holding the
-    directory's lock (None waits forever; a timeout raises ``filelock.Timeout``).
+    directory's lock (None waits forever; a timeout raises :class:`~ckpt.errors.LockedError`). A lock
+    that cannot be taken at all (read-only file system, unwritable lock file) raises
+    :class:`~ckpt.errors.SaveError`.
     """
 
     DIR_NAME: str = "ckpt"
@@ -120,7 +122,11 @@ class Checkpoint:
         self._last_read: Optional[int] = None  # what load_extras() reads by default; reset by save()
         self._pattern = _format_regex(self.FILE_FORMAT)
         if makedir:
-            _io.makedirs(self.directory)
+            try:
+                _io.makedirs(self.directory)
+            except OSError as e:
+                raise SaveError(f"cannot create the checkpoint directory {self.directory}: {e.strerror or e} (pass "
+                                "makedir=False to only read checkpoints)", errno=e.errno, file=self.directory) from e
 
     # -- naming and listing ------------------------------------------------
     @property
@@ -174,8 +180,8 @@ class Checkpoint:
         """The directory's writer lock (an OS lock: a writer killed with SIGKILL releases it)."""
         import filelock  # imported here so that `import ckpt` needs numpy alone
 
-        lock = filelock.FileLock(os.path.join(self.directory, self.LOCK_NAME),
-                                 timeout=-1 if self.lock_timeout is None else self.lock_timeout)
+        path = os.path.join(self.directory, self.LOCK_NAME)
+        lock = filelock.FileLock(path, timeout=-1 if self.lock_timeout is None else self.lock_timeout)
         try:
             lock.acquire()
         except filelock.Timeout:
@@ -183,6 +189,10 @@ class Checkpoint:
                 f"{self.directory}: another process is saving to this checkpoint directory (lock held for more "
                 f"than {self.lock_timeout} s); pass lock_timeout=None to wait for it",
                 file=self.directory) from None
+        except OSError as e:  # a read-only file system, an unwritable lock file, a directory in its place
+            raise SaveError(
+                f"{self.directory}: cannot take the writer lock {path}: {e.strerror or e} (a read-only file system "
+                "or an unwritable lock file?); nothing was written or deleted", errno=e.errno, file=path) from e
         try:
             yield
         finally:

@@ -379,3 +379,39 @@ def test_a_metric_missing_from_some_checkpoints_is_a_warning(tmp_path, how, capl
             ckpt.Checkpoint(str(tmp_path), keep_ckpts=None, keep_best=1, metric="loss").prune()
         assert "[1, 3]" in caplog.text and "do not record the metric 'loss'" in caplog.text
     assert ck.indices() == [2, 4]
+
+
+# -- 8. a read-only file system or an unwritable lock file is a SaveError ------------------------
+def test_a_read_only_file_system_gives_save_error_and_still_restores(mount):
+    where = mount("size=16m")
+    ck = ckpt.Checkpoint(os.path.join(where, "run"), keep_ckpts=1)
+    ck.save({"w": np.ones(3)}, idx=1)
+    r = subprocess.run(["mount", "-o", "remount,ro", where], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot remount read-only: {r.stderr!r}")
+    ro = ckpt.Checkpoint(os.path.join(where, "run"), keep_ckpts=1)
+    with pytest.raises(SaveError, match="read-only|Read-only") as e:
+        ro.save({"w": np.zeros(3)}, idx=2)
+    assert isinstance(e.value, OSError) and e.value.errno == 30 and ".ckpt.lock" in str(e.value)
+    with pytest.raises(SaveError):
+        ro.prune()
+    with pytest.raises(SaveError, match="makedir=False"):
+        ckpt.Checkpoint(os.path.join(where, "other"))
+    target = {"w": np.zeros(3)}
+    assert ro.restore(target)[0] == 1 and target["w"].tolist() == [1, 1, 1]
+
+
+def test_a_lock_file_that_cannot_be_opened_gives_save_error(tmp_path):
+    ck = ckpt.Checkpoint(str(tmp_path), keep_ckpts=1)
+    ck.save({"w": np.ones(3)}, idx=1)
+    lock = os.path.join(ck.directory, ".ckpt.lock")
+    os.remove(lock)
+    os.mkdir(lock)  # root ignores permissions; a directory in its place cannot be opened either
+    with pytest.raises(SaveError, match="cannot take the writer lock") as e:
+        ck.save({"w": np.zeros(3)}, idx=2)
+    assert isinstance(e.value, OSError)
+    assert ck.indices() == [1]
+    with ckpt.Checkpoint(str(tmp_path), async_save=True) as bg:
+        bg.save({"w": np.zeros(3)}, idx=3)
+        with pytest.raises(SaveError):
+            bg.wait()
