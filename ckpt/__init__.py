@@ -9,6 +9,23 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import os as _os
+import signal as _signal
+import sys as _sys
+
+
+def _quiet_interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C while the ``ckpt`` command is still importing: one line and status 130, no traceback."""
+    _os.write(2, b"ckpt: interrupted\n")
+    _os._exit(130)
+
+
+# Only in the ``ckpt`` command (``python -m ckpt`` included): its main() puts Python's handler back
+# once start-up is over, so an interrupt later is still a KeyboardInterrupt it reports itself.
+if _os.path.basename(_sys.argv[0] if _sys.argv else "") in ("ckpt", "ckpt.exe", "-m") and \
+        _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+    _signal.signal(_signal.SIGINT, _quiet_interrupt)
+
 import logging as _logging
 
 # A library adds no output of its own: applications decide where "ckpt" logs go.

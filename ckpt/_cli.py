@@ -143,6 +143,31 @@ def _metrics(reader: PackReader) -> dict[str, Any]:
     return {str(k): v for k, v in found.items() if _is_number(v) or isinstance(v, str)}
 
 
+PICKLED_ARRAYS = "holds pickled object arrays; refused unless trusted"
+
+
+def _holds_object_arrays(path: str) -> bool:
+    """Whether a file's ``.npy`` members include object arrays (numpy pickles those), read with numpy's
+    own header parser; such a file is not damaged, only refused."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist()[:10000]:
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = {(1, 0): np.lib.format.read_array_header_1_0,
+                            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                    if read is None:
+                        continue
+                    _shape, _fortran, dtype = read(f)
+                if dtype.hasobject:
+                    return True
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, SyntaxError):
+        return False
+    return False
+
+
 def _verify_file(path: str, bar: Any = None) -> Optional[str]:
     """None if every hash and structure in ``path`` checks out, else one line naming the problem."""
     done = 0
@@ -178,6 +203,8 @@ def _verify_file(path: str, bar: Any = None) -> Optional[str]:
                 elif info.serializer == "json":
                     reader.load(slot, verify=False)
     except (CkptError, OSError, ValueError) as e:
+        if isinstance(e, FormatError) and _holds_object_arrays(path):
+            return f"{path}: {PICKLED_ARRAYS}"
         return _problem(e, path)
     finally:
         if bar is not None:
@@ -311,12 +338,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
             files = sorted(os.path.join(target, n) for n in os.listdir(target)
                            if n.endswith(".npz") and not n.startswith(".") and
                            os.path.isfile(os.path.join(target, n)))
-        if not files:
+        if not files:  # `ckpt verify WRONG_DIR && echo intact` must not pass
             if args.json:
-                dump_json({"path": target, "files": [], "ok": True})
+                dump_json({"path": target, "files": [], "ok": False})
             else:
-                print(f"no checkpoints in {target}: nothing to verify")
-            return 0
+                print(f"ckpt verify: no checkpoints in {target} (nor in {os.path.join(target, 'ckpt')}): nothing "
+                      "was verified", file=sys.stderr)
+            return 1
     else:
         _require_file(target)
         files = [target]
@@ -326,7 +354,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             bar.set_description(f"verifying {os.path.basename(path)}")
             problem = _verify_file(path, bar)
             results.append({"path": path, "ok": problem is None,
-                            "problem": None if problem is None else _strip_path(problem, path)})
+                            "problem": None if problem is None else _strip_path(problem, path),
+                            "refused": problem is not None and problem.endswith(PICKLED_ARRAYS)})
     bad = [r for r in results if not r["ok"]]
     if args.json:
         dump_json({"path": target, "files": results, "ok": not bad})
@@ -941,8 +970,19 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     raise AssertionError("the parser has no subcommands")
 
 
+def _restore_interrupt() -> None:
+    """Start-up is over: Ctrl-C raises KeyboardInterrupt again (reported by main as "interrupted")."""
+    import signal
+
+    from . import _quiet_interrupt
+
+    if signal.getsignal(signal.SIGINT) is _quiet_interrupt:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``ckpt`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    _restore_interrupt()
     parser = build_parser()
     args = parser.parse_args(argv)
     check = getattr(args, "check", None)
@@ -966,6 +1006,9 @@ def run() -> None:
     try:
         status = main()
         sys.stdout.flush()
+    except KeyboardInterrupt:  # between start-up and main's own handler
+        print("ckpt: interrupted", file=sys.stderr)
+        status = 130
     except BrokenPipeError:  # `ckpt ls ... | head`: the reader went away; not an error of ours
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -273,9 +273,17 @@ def render_info(doc: dict[str, Any], limit: Optional[int]) -> str:
 
 
 def render_verify(results: list[dict[str, Any]]) -> str:
-    lines = [f"ok   {r['path']}" if r["ok"] else f"BAD  {r['path']}: {r['problem']}" for r in results]
-    bad = sum(1 for r in results if not r["ok"])
-    lines.append(f"{_plural(len(results), 'file')} checked, " + (f"{bad} damaged" if bad else "all intact"))
+    def line(r: dict[str, Any]) -> str:
+        if r["ok"]:
+            return f"ok   {r['path']}"
+        return f"{'REFUSED' if r.get('refused') else 'BAD'}  {r['path']}: {r['problem']}"
+
+    lines = [line(r) for r in results]
+    refused = sum(1 for r in results if r.get("refused"))
+    bad = sum(1 for r in results if not r["ok"]) - refused
+    found = [f"{bad} damaged"] if bad else []
+    found += [f"{refused} refused (pickled object arrays)"] if refused else []
+    lines.append(f"{_plural(len(results), 'file')} checked, " + (", ".join(found) if found else "all intact"))
     return "\n".join(lines)
 
 

@@ -106,6 +106,10 @@ class PackReader:
         self.format_version = 0
         self.slots = {}
         npy = [n for n in self.zip.members if n.endswith(".npy")]
+        if self.zip.members and not npy:
+            shown = ", ".join(sorted(self.zip.members)[:5]) + (", ..." if len(self.zip.members) > 5 else "")
+            raise NotAPackError(f"{self.label}: not a ckpt file/npz: a zip archive with neither a ckpt manifest nor "
+                                f".npy arrays (it holds: {shown})", file=self.label)
         for n in npy:
             self.members[n] = _Member(self.zip.members[n], None)
         size = sum(self.zip.members[n].size for n in npy)

@@ -415,3 +415,60 @@ def test_a_lock_file_that_cannot_be_opened_gives_save_error(tmp_path):
         bg.save({"w": np.zeros(3)}, idx=3)
         with pytest.raises(SaveError):
             bg.wait()
+
+
+# -- 11. what a new user hits -------------------------------------------------------------------
+def test_verify_of_a_directory_without_checkpoints_fails(tmp_path):
+    r = ckpt_cli("verify", str(tmp_path))
+    assert r.returncode == 1 and "no checkpoints" in r.stderr and "Traceback" not in r.stderr
+    r = ckpt_cli("verify", str(tmp_path), "--json")
+    assert r.returncode == 1 and '"ok": false' in r.stdout
+
+
+def test_a_zip_holding_only_a_readme_is_not_a_checkpoint(tmp_path):
+    path = str(tmp_path / "notes.npz")
+    _zip_with(path, {"readme.txt": b"hello"})
+    r = ckpt_cli("verify", path)
+    assert r.returncode == 1 and "not a ckpt file/npz" in r.stdout and "readme.txt" in r.stdout
+    with pytest.raises(ckpt.NotAPackError, match="not a ckpt file/npz"):
+        ckpt.Pack(path)
+
+
+def test_npz_with_object_arrays_is_refused_not_damaged(tmp_path):
+    path = str(tmp_path / "obj.npz")
+    np.savez(path, a=np.array([{"x": 1}, None], dtype=object), b=np.zeros(3))
+    r = ckpt_cli("verify", path)
+    assert r.returncode == 1
+    assert "holds pickled object arrays; refused unless trusted" in r.stdout
+    assert "damaged" not in r.stdout and "BAD" not in r.stdout
+
+
+def _wait_for_mapping(pid: int, needle: str, timeout: float = 60.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                if needle in f.read():
+                    return True
+        except OSError:
+            return False
+        time.sleep(0.001)
+    return False
+
+
+def test_ctrl_c_during_ckpt_start_up_prints_no_traceback(tmp_path):
+    import signal
+
+    if not os.path.exists("/proc/self/maps"):
+        pytest.skip("needs /proc to see when the command is importing numpy")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.Popen([sys.executable, "-m", "ckpt", "ls", str(tmp_path)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path))
+    # SIGINT once numpy's core library is mapped: the command is inside its imports
+    assert _wait_for_mapping(p.pid, "_multiarray_umath"), "the command never imported numpy"
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, (p.returncode, err)
+    assert "Traceback" not in err and "interrupted" in err
