@@ -312,7 +312,7 @@ class PackReader:
             raise FormatError(f"{where}: a {info.serializer} slot must have exactly one member", file=self.label)
         data = self.read_member(info.members[0], verify=verify, slot=slot)
         if info.serializer == "json":
-            return _ser.decode_json(data, where)
+            return _ser.decode_json(data, where, info.info)
         return bytes(data)
 
     def pickle_globals(self, slot: str) -> list[str]:

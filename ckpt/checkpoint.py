@@ -628,10 +628,18 @@ class Checkpoint:
             self._last_read = resolved
             return resolved, result
         tried: dict[int, str] = {}
+        damaged: list[tuple[int, FormatError]] = []
         while True:
             # Re-list each time: a concurrent writer may have added or rotated files meanwhile.
             candidates = [i for i in self.indices() if i not in tried]
+            if damaged and (candidates or len(tried) > 1):  # falling back past it: say so
+                for i, e in damaged:
+                    warnings.warn(f"skipping damaged checkpoint {self.path(i)}: {e}", CorruptCheckpointWarning,
+                                  stacklevel=3)
+                damaged = []
             if not candidates:
+                if len(tried) == 1 and damaged:  # the only checkpoint: its own error, nothing skipped
+                    raise damaged[0][1]
                 if tried:
                     raise FormatError(f"{self.directory}: every checkpoint is damaged, nothing was read: "
                                       + "; ".join(f"{i}: {why}" for i, why in sorted(tried.items())),
@@ -647,8 +655,7 @@ class Checkpoint:
                 continue  # rotated away between listing and opening
             except FormatError as e:
                 tried[newest] = str(e)
-                warnings.warn(f"skipping damaged checkpoint {self.path(newest)}: {e}", CorruptCheckpointWarning,
-                              stacklevel=3)
+                damaged.append((newest, e))
                 continue
             self._last_read = newest
             return newest, result

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _codec, _limits, _module_pickle, _npy, collections as _coll
+from . import _codec, _limits, _module_pickle, _npy, _tagged, collections as _coll
 from ._pickle_scan import scan_globals, top_level_packages
 from .errors import FormatError, UntrustedPickleError
 
@@ -72,8 +72,8 @@ def choose(obj: Any) -> str:
         return "raw"
     if _coll.flatten(obj) is not None:
         return "arrays"
-    if is_jsonable(obj):
-        return "json"
+    if is_jsonable(obj) or _tagged.encodable(obj):
+        return "json"  # plain JSON, or tagged JSON for tuples, int keys, bytes, ... (no pickle)
     return "pickle"
 
 
@@ -383,20 +383,34 @@ class ArraysView:
 
 # -- json / raw -----------------------------------------------------------
 def encode_json(obj: Any, prefix: str) -> Encoded:
-    if not is_jsonable(obj):
-        raise TypeError(f"{type(obj).__name__} value is not JSON-serialisable exactly (tuples, sets, numpy "
-                        "values and non-str keys are not); use serializer='pickle' or convert it")
-    data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    return Encoded("json", [MemberSource("data.json", len(data), lambda: [data])], informational={"numpy"})
+    """Plain JSON when it holds ``obj`` exactly; else tagged JSON (``info["encoding"] == "tagged"``)."""
+    info: dict[str, Any] = {}
+    if is_jsonable(obj):
+        doc = obj
+    elif _tagged.encodable(obj):
+        doc, info = _tagged.encode(obj), {"encoding": "tagged"}
+    else:
+        raise TypeError(f"{type(obj).__name__} value is not JSON-serialisable exactly (only None, bool, int, "
+                        "float, str, bytes, complex, and lists, tuples, sets and dicts of them are); use "
+                        "serializer='pickle' or convert it")
+    data = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return Encoded("json", [MemberSource("data.json", len(data), lambda: [data])], info=info,
+                   informational={"numpy"})
 
 
-def decode_json(data: Any, where: str) -> Any:
+def decode_json(data: Any, where: str, info: Optional[Mapping[str, Any]] = None) -> Any:
     if len(data) > _limits.MAX_JSON_BYTES:
         raise FormatError(f"{where}: JSON slot of {len(data)} bytes is over the limit of {_limits.MAX_JSON_BYTES}")
     try:
-        return json.loads(bytes(data).decode("utf-8"))
+        doc = json.loads(bytes(data).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise FormatError(f"{where}: JSON slot does not parse ({e})") from None
+    encoding = (info or {}).get("encoding")
+    if encoding is None:
+        return doc
+    if encoding == "tagged":
+        return _tagged.decode(doc, where)
+    raise FormatError(f"{where}: unknown JSON encoding {encoding!r:.40} (this ckpt knows 'tagged')")
 
 
 def encode_raw(obj: Any, prefix: str) -> Encoded:

@@ -100,18 +100,42 @@ def prepare_restore(reader: PackReader, slot: str, target: Any, *, renamer: _col
                     strict: bool = True, verify: bool = True, cast: bool = False) -> PreparedRestore:
     """Match ``target`` against a stored arrays slot and read what it needs, assigning nothing."""
     view = reader.arrays(slot, verify=verify)
-    targets, rebuild = _coll.targets_of(target)
-    stored = {n: view.shape_dtype(n) for n in view.names}
+    skeleton = view.info.get("tree") if view.info.get("kind") == "tree" else None
+    values = _coll.tree_values(skeleton, where=view.where) if skeleton is not None else {}
+    targets, rebuild = _coll.targets_of(target, values)
+    stored: dict[str, tuple[tuple[int, ...], np.dtype]] = {n: view.shape_dtype(n) for n in view.names}
+    # A template array where a plain number was stored (jax.eval_shape turns an int step into a
+    # 0-d ShapeDtypeStruct): that number, as a 0-d array of the template's dtype.
+    from_values = _value_arrays(targets, values, stored, where=view.where)
+    stored.update({n: (a.shape, a.dtype) for n, a in from_values.items()})
     pairs, report = _coll.plan(targets, stored, renamer=renamer, strict=strict, file=reader.label, slot=slot,
                                cast=cast)
     if verify:
-        view.verify(name for _, name in pairs)
+        view.verify(name for _, name in pairs if name not in from_values)
     loaded = []
     for t, name in pairs:
         # A view of the mapped file: assigning copies each array once (into the target or the device).
-        arr = view.read(name, copy=False)
+        arr = from_values[name] if name in from_values else view.read(name, copy=False)
         loaded.append((t, arr if arr.dtype == t.dtype else arr.astype(t.dtype)))
     return PreparedRestore(loaded, rebuild, report)
+
+
+def _value_arrays(targets: list[_coll.Target], values: Mapping[str, Any],
+                  stored: Mapping[str, Any], *, where: str) -> dict[str, np.ndarray]:
+    """0-d arrays for scalar targets that match a stored number by name (and hold it exactly)."""
+    out: dict[str, np.ndarray] = {}
+    for t in targets:
+        name = t.names[0]
+        value = values.get(name)
+        if name in stored or t.shape != () or type(value) not in (bool, int, float, complex):
+            continue
+        try:
+            arr = np.asarray(value, dtype=t.dtype)
+        except (OverflowError, TypeError, ValueError):
+            continue  # reported by plan() as missing
+        if arr.item() == value or (isinstance(value, float) and value != value):
+            out[name] = arr
+    return out
 
 
 def save_var_collection(file: PathOrFile, vc: Any, *, metadata: Optional[Mapping[str, Any]] = None,
