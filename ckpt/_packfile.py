@@ -62,7 +62,7 @@ class _Member:
 class PackReader:
     """Read-only view of one pack (or plain npz) file, positioned at ``f``'s current offset."""
 
-    def __init__(self, f: BinaryIO, label: str):
+    def __init__(self, f: BinaryIO, label: str, *, mmap: bool = False):
         self.f = f
         self.label = label
         start = f.tell()
@@ -73,7 +73,10 @@ class PackReader:
             raise NotAPackError(f"{label}: {what}; ckpt only reads zip-based pack/.npz files and never unpickles "
                                 "a bare file", file=label)
         self.zip = _zip.ZipReader(f, file=label)
-        self.mm = _map(f) if start == 0 else None
+        # Reads copy by default (pread): a mapped file that another program truncates kills the
+        # reader with SIGBUS, while a short read is a FormatError. ``mmap=True`` is for callers that
+        # know the file is not changed while their zero-copy views live (docs/FORMAT.md 6).
+        self.mm = _map(f) if mmap and start == 0 else None
         self._verified: set[str] = set()
         self.members: dict[str, _Member] = {}
         if MANIFEST_MEMBER in self.zip.members:

@@ -327,12 +327,14 @@ class ArraysView:
             encoding = str(rec.get("encoding")) if isinstance(rec, dict) and rec.get("encoding") else "ckz"
         return encoding, self._size(member)
 
-    def read_all(self) -> dict[str, np.ndarray]:
-        """Every array, verified, each in its own writable memory (read and hashed two at a time)."""
+    def read_all(self, names: Optional[Iterable[str]] = None) -> dict[str, np.ndarray]:
+        """Every array (or those ``names``), verified, each in its own writable memory (read and
+        hashed two at a time)."""
+        wanted = list(self.names if names is None else dict.fromkeys(names))
         if self._read_many is None:
-            return {n: self.read(n) for n in self.names}
-        plain = [n for n in self.names if not self._index[n].endswith(".ckz")]
-        packed = [n for n in self.names if n not in plain]
+            return {n: self.read(n) for n in wanted}
+        plain = [n for n in wanted if not self._index[n].endswith(".ckz")]
+        packed = [n for n in wanted if n not in plain]
         self.verify(packed)  # compressed members: hashed in parallel, then decoded all at once
         decoded = dict(zip(packed, _codec.decode_many(
             [self._compressed(self._index[n], self._read_member(self._index[n], False), self.header(n).dtype)
@@ -341,7 +343,7 @@ class ArraysView:
             self.header(n)
         buffers = self._read_many([self._index[n] for n in plain])
         out = {}
-        for n in self.names:
+        for n in wanted:
             h = self.header(n)
             if n in decoded:
                 out[n] = decoded[n]

@@ -59,10 +59,15 @@ def write_encoded(file: PathOrFile, encoded: Mapping[str, _ser.Encoded], *,
 
 
 class open_reader:
-    """Context manager giving a PackReader over a path or a file object (left open)."""
+    """Context manager giving a PackReader over a path or a file object (left open).
 
-    def __init__(self, file: PathOrFile):
+    ``mmap=True`` maps the file, so ``read(name, copy=False)`` gives read-only zero-copy views;
+    only for files nothing truncates while the views live (a truncated mapping is SIGBUS).
+    """
+
+    def __init__(self, file: PathOrFile, *, mmap: bool = False):
         self._file = file
+        self._mmap = mmap
         self._handle: Optional[BinaryIO] = None
 
     def __enter__(self) -> PackReader:
@@ -70,12 +75,12 @@ class open_reader:
             path = os.fspath(self._file)
             self._handle = open(path, "rb")
             try:
-                return PackReader(self._handle, path)
+                return PackReader(self._handle, path, mmap=self._mmap)
             except BaseException:
                 self._handle.close()
                 raise
         label = getattr(self._file, "name", None)
-        return PackReader(self._file, label if isinstance(label, str) else repr(self._file))
+        return PackReader(self._file, label if isinstance(label, str) else repr(self._file), mmap=self._mmap)
 
     def __exit__(self, *exc: Any) -> None:
         if self._handle is not None:
@@ -110,12 +115,13 @@ def prepare_restore(reader: PackReader, slot: str, target: Any, *, renamer: _col
     stored.update({n: (a.shape, a.dtype) for n, a in from_values.items()})
     pairs, report = _coll.plan(targets, stored, renamer=renamer, strict=strict, file=reader.label, slot=slot,
                                cast=cast)
-    if verify:
-        view.verify(name for _, name in pairs if name not in from_values)
+    # Read (not mapped: a file truncated meanwhile is a FormatError, never SIGBUS) and verified,
+    # two arrays at a time, before anything is assigned.
+    arrays = view.read_all(name for _, name in pairs if name not in from_values)
+    arrays.update(from_values)
     loaded = []
     for t, name in pairs:
-        # A view of the mapped file: assigning copies each array once (into the target or the device).
-        arr = from_values[name] if name in from_values else view.read(name, copy=False)
+        arr = arrays[name]
         loaded.append((t, arr if arr.dtype == t.dtype else arr.astype(t.dtype)))
     return PreparedRestore(loaded, rebuild, report)
 

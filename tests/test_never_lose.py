@@ -472,3 +472,51 @@ def test_ctrl_c_during_ckpt_start_up_prints_no_traceback(tmp_path):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, (p.returncode, err)
     assert "Traceback" not in err and "interrupted" in err
+
+
+# -- 9. another program truncating an open checkpoint: an error, never SIGBUS --------------------
+TRUNCATE_WHILE_OPEN = """
+import os, sys, numpy as np, ckpt
+from ckpt.varfile import open_reader
+
+path, mode = sys.argv[1], sys.argv[2]
+ck = ckpt.Checkpoint(path, keep_ckpts=None)
+big = np.arange(8 << 20, dtype=np.float32)  # 32 MiB
+ck.save({"w": big, "b": np.ones(3)}, idx=1)
+f = ck.path(1)
+if mode == "view":  # a zero-copy read asked for, then the file is cut under it
+    with open_reader(f) as r:
+        v = r.arrays("main")
+        arr = v.read("w", copy=False)
+    os.truncate(f, 4096)
+    print("sum", float(arr[-1000:].sum()))
+elif mode == "read":  # the file is cut between opening and reading
+    with open_reader(f) as r:
+        v = r.arrays("main")
+        os.truncate(f, 4096)
+        try:
+            v.read_all()
+        except ckpt.FormatError as e:
+            print("error", type(e).__name__)
+elif mode == "restore":
+    with ckpt.Pack(f) as pack:
+        os.truncate(f, os.path.getsize(f) // 2)
+        try:
+            pack.load("main")
+        except ckpt.FormatError as e:
+            print("error", type(e).__name__)
+"""
+
+
+@pytest.mark.parametrize("mode", ["view", "read", "restore"])
+def test_truncating_an_open_checkpoint_is_contained(tmp_path, mode):
+    import signal
+
+    r = run_py(TRUNCATE_WHILE_OPEN, str(tmp_path), mode)
+    assert r.returncode != -signal.SIGBUS, "killed by SIGBUS"
+    assert r.returncode == 0, r.stderr[-2000:]
+    if mode == "view":
+        expected = float(np.arange(8 << 20, dtype=np.float32)[-1000:].sum())
+        assert r.stdout.split() == ["sum", repr(expected)]
+    else:
+        assert r.stdout.startswith("error "), r.stdout
