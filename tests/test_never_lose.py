@@ -520,3 +520,23 @@ def test_truncating_an_open_checkpoint_is_contained(tmp_path, mode):
         assert r.stdout.split() == ["sum", repr(expected)]
     else:
         assert r.stdout.startswith("error "), r.stdout
+
+
+def test_the_demo_keeps_its_checkpoints_and_says_where_unless_asked_to_clean(tmp_path):
+    pytest.importorskip("objax")
+    demo = os.path.join(ROOT, "examples", "train_resume.py")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, TMPDIR=str(tmp_path))
+    r = subprocess.run([sys.executable, demo, "--steps", "12", "--every", "4"], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    kept = [line for line in r.stdout.splitlines() if line.startswith("Checkpoints kept in ")]
+    assert kept, r.stdout[-2000:]
+    root = kept[0][len("Checkpoints kept in "):].split(" (")[0]
+    assert root.startswith(str(tmp_path))
+    assert ckpt.Checkpoint(os.path.join(root, "reference"), makedir=False).latest() == 12
+    assert f"ckpt ls {os.path.join(root, 'reference')}" in r.stdout  # the README's CLI tour, ready to paste
+    assert ckpt_cli("verify", os.path.join(root, "crashed")).returncode == 0
+    r = subprocess.run([sys.executable, demo, "--steps", "12", "--every", "4", "--clean"], capture_output=True,
+                       text=True, env=env, timeout=600)
+    assert r.returncode == 0 and "Checkpoints kept" not in r.stdout
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(root)])  # only the first run's directory
