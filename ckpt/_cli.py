@@ -690,11 +690,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if plan.missing_metric:
         print(f"ckpt prune: warning: checkpoints {_short_list(plan.missing_metric)} do not record the metric "
               f"{args.metric!r}; --keep-best cannot rank them", file=sys.stderr)
-    for idx, why in sorted(plan.damaged.items()):
-        print(f"ckpt prune: warning: skipped damaged {ck.path(idx)} ({why}): neither counted nor deleted",
+    for idx, problem in sorted(plan.damaged.items()):
+        print(f"ckpt prune: warning: skipped damaged {ck.path(idx)} ({problem}): neither counted nor deleted",
               file=sys.stderr)
     removed = set(ck.prune(dry_run=args.dry_run))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for entry in plan.entries:
         why = [name for name, kept in plan.kept_by.items() if entry.idx in kept]
         if entry.idx == plan.entries[-1].idx:
@@ -703,7 +703,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             why.append("newest intact")
         rows.append({"step": entry.idx, "size": entry.size, "kept": entry.idx not in removed, "kept_by": why,
                      "path": ck.path(entry.idx)})
-    for idx, problem in plan.damaged.items():
+    for idx, problem in plan.damaged.items():  # one row per damaged file: skipped, kept
         rows.append({"step": idx, "size": _file_size(ck.path(idx)) or 0, "kept": True,
                      "kept_by": [f"damaged, skipped: {problem}"], "path": ck.path(idx), "damaged": problem})
     rows.sort(key=lambda r: r["step"])

@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import FormatError
 
-__all__ = ["TAG", "encodable", "encode", "decode"]
+__all__ = ["TAG", "decode", "encodable", "encode"]
 
 TAG = "$ckpt"
 MAX_DEPTH = 200

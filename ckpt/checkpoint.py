@@ -26,7 +26,6 @@ from . import _codec, _io, collections as _coll, deps as _deps, retention as _re
 from ._packfile import DEFAULT_SLOT
 from .errors import (
     CheckpointNotFoundError,
-    ChecksumError,
     CkptError,
     CorruptCheckpointWarning,
     FormatError,
@@ -838,7 +837,7 @@ def _finish_at_exit() -> None:
         import sys
 
         for line in failed:
-            print(line, file=sys.stderr)  # noqa: T201 - the process is ending: stderr is the only one left
+            print(line, file=sys.stderr)  # the process is ending: stderr is the only place left
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

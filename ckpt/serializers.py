@@ -208,11 +208,10 @@ def encode_arrays(obj: Any, prefix: str, *, snapshot: bool = False,
 def _unshared(arrays: dict[str, np.ndarray], members: Mapping[str, str]) -> dict[str, np.ndarray]:
     """Identical arrays are stored once; each name still gets its own writable memory."""
     seen: set[str] = set()
-    for n in arrays:
-        member = members[n]
-        if member in seen:
-            arrays[n] = np.array(arrays[n], copy=True)
-        seen.add(member)
+    for n, arr in list(arrays.items()):
+        if members[n] in seen:
+            arrays[n] = np.array(arr, copy=True)
+        seen.add(members[n])
     return arrays
 
 

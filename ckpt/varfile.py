@@ -8,6 +8,7 @@ assigns anything: a mismatch or a corrupt file never leaves a half-restored mode
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Mapping, Optional, Union
@@ -139,7 +140,7 @@ def _value_arrays(targets: list[_coll.Target], values: Mapping[str, Any],
             arr = np.asarray(value, dtype=t.dtype)
         except (OverflowError, TypeError, ValueError):
             continue  # reported by plan() as missing
-        if arr.item() == value or (isinstance(value, float) and value != value):
+        if arr.item() == value or (isinstance(value, float) and math.isnan(value)):
             out[name] = arr
     return out
 

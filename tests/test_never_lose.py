@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_py(code: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=env, check=False)
 
 
 @pytest.fixture
@@ -34,7 +34,8 @@ def mount(tmp_path):
     def make(options: str, name: str = "mnt") -> str:
         where = tmp_path / name
         where.mkdir()
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
+                           check=False)
         if r.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode(errors='replace').strip()}")
         mounted.append(str(where))
@@ -42,7 +43,7 @@ def mount(tmp_path):
 
     yield make
     for where in reversed(mounted):
-        subprocess.run(["umount", "-l", where], capture_output=True)
+        subprocess.run(["umount", "-l", where], capture_output=True, check=False)
 
 
 # -- 1. the last async save survives interpreter exit --------------------------
@@ -173,7 +174,6 @@ def _damage(path: str, kind: str) -> None:
             pack.dump("main", {"w": "not arrays"}, serializer="json")
     elif kind == "broken-npy-header":
         good = _npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }")
-        names = np.lib.format.header_data_from_array_1_0(np.array(["w"]))  # noqa: F841 - realistic layout
         import io
 
         buf = io.BytesIO()
@@ -181,7 +181,7 @@ def _damage(path: str, kind: str) -> None:
         _zip_with(path, {"names.npy": buf.getvalue(),
                          "0.npy": good.replace(b"'shape': (3,)", b"'shape': (3,;")})
     elif kind == "bad-hash":
-        from tests.helpers import npy_data_offset, flip_byte
+        from helpers import flip_byte, npy_data_offset
 
         flip_byte(path, npy_data_offset(path, "0.npy"))
     else:
@@ -199,12 +199,17 @@ def _three_steps(tmp_path):
     return ck
 
 
+def _restore_and_read(ck):
+    target = {"w": np.zeros(3, np.float32)}
+    return ck.restore(target)[0], target["w"][0]
+
+
 @pytest.mark.parametrize("kind", DAMAGE)
 def test_every_load_path_falls_back_past_the_same_damage(tmp_path, kind):
     ck = _three_steps(tmp_path)
     _damage(ck.path(300), kind)
     paths = {
-        "restore": lambda c: (lambda t: (c.restore(t)[0], t["w"][0]))({"w": np.zeros(3, np.float32)}),
+        "restore": _restore_and_read,
         "load": lambda c: (200, c.load()["w"][0]),
         "load-template": lambda c: (200, c.load(template={"w": np.zeros(3, np.float32)})["w"][0]),
         "load_extras": lambda c: (200, c.load_extras()["opt"]["m"][0]),
@@ -386,7 +391,7 @@ def test_a_read_only_file_system_gives_save_error_and_still_restores(mount):
     where = mount("size=16m")
     ck = ckpt.Checkpoint(os.path.join(where, "run"), keep_ckpts=1)
     ck.save({"w": np.ones(3)}, idx=1)
-    r = subprocess.run(["mount", "-o", "remount,ro", where], capture_output=True)
+    r = subprocess.run(["mount", "-o", "remount,ro", where], capture_output=True, check=False)
     if r.returncode != 0:
         pytest.skip(f"cannot remount read-only: {r.stderr!r}")
     ro = ckpt.Checkpoint(os.path.join(where, "run"), keep_ckpts=1)
@@ -527,7 +532,7 @@ def test_the_demo_keeps_its_checkpoints_and_says_where_unless_asked_to_clean(tmp
     demo = os.path.join(ROOT, "examples", "train_resume.py")
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, TMPDIR=str(tmp_path))
     r = subprocess.run([sys.executable, demo, "--steps", "12", "--every", "4"], capture_output=True, text=True,
-                       env=env, timeout=600)
+                       env=env, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     kept = [line for line in r.stdout.splitlines() if line.startswith("Checkpoints kept in ")]
     assert kept, r.stdout[-2000:]
@@ -537,6 +542,6 @@ def test_the_demo_keeps_its_checkpoints_and_says_where_unless_asked_to_clean(tmp
     assert f"ckpt ls {os.path.join(root, 'reference')}" in r.stdout  # the README's CLI tour, ready to paste
     assert ckpt_cli("verify", os.path.join(root, "crashed")).returncode == 0
     r = subprocess.run([sys.executable, demo, "--steps", "12", "--every", "4", "--clean"], capture_output=True,
-                       text=True, env=env, timeout=600)
+                       text=True, env=env, timeout=600, check=False)
     assert r.returncode == 0 and "Checkpoints kept" not in r.stdout
     assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(root)])  # only the first run's directory
