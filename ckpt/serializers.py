@@ -85,8 +85,12 @@ def snapshot_leaf(leaf: Any) -> Any:
     if isinstance(leaf, np.ndarray):
         return np.array(leaf, copy=True, order="K")
     if _coll.is_jax_array(leaf):
+        if all(d.platform == "cpu" for d in getattr(leaf, "devices", lambda: [])()):
+            # A host view now (no copy): while it lives JAX does not donate the buffer to a later
+            # jit(donate_argnums=...), so the loop cannot reuse the memory under the writer.
+            return np.asarray(_coll.storable(leaf))
         start = getattr(leaf, "copy_to_host_async", None)
-        if start is not None and not all(d.platform == "cpu" for d in getattr(leaf, "devices", lambda: [])()):
+        if start is not None:
             start()
     return leaf
 
@@ -423,6 +427,7 @@ def encode_raw(obj: Any, prefix: str) -> Encoded:
 def encode_pickle(obj: Any, prefix: str, *, snapshot: bool = False) -> Encoded:
     """A pickle member holding structure only, then one .npy member per array it referenced."""
     data, arrays = _module_pickle.dumps(obj)
+    kinds = ["jax" if _coll.is_jax_array(a) else "numpy" for a in arrays]
     if snapshot:
         arrays = [snapshot_leaf(a) for a in arrays]
     globals_ = scan_globals(data)
@@ -432,7 +437,7 @@ def encode_pickle(obj: Any, prefix: str, *, snapshot: bool = False) -> Encoded:
         members.append(_npy_source(f"{i}.npy", arr))
         shape, dtype = _coll.shape_dtype(arr)
         arrays_info.append({"shape": list(shape), "dtype": _npy.dtype_name(dtype),
-                            "kind": "jax" if _coll.is_jax_array(arr) else "numpy"})
+                            "kind": kinds[i]})
     needed = top_level_packages(globals_)
     if any(_npy.is_extension_dtype(_coll.shape_dtype(a)[1]) for a in arrays):
         needed.add("ml_dtypes")
