@@ -53,6 +53,10 @@ def _problem(e: BaseException, path: Optional[str] = None) -> str:
         where = e.filename if e.filename is not None else path
         msg = e.strerror[0].lower() + e.strerror[1:]
         return f"{where}: {msg}" if where else msg
+    where = path or getattr(e, "file", None)
+    if isinstance(e, FormatError) and isinstance(where, str) and os.path.isfile(where) and \
+            _holds_object_arrays(where):
+        return f"{where}: {PICKLED_ARRAYS}"  # not damaged: numpy pickled the objects, ckpt will not unpickle
     msg = _one_line(str(e) or type(e).__name__)
     if isinstance(e, KeyError) and not isinstance(e, CkptError) and len(e.args) == 1:
         msg = _one_line(str(e.args[0]))
@@ -203,8 +207,6 @@ def _verify_file(path: str, bar: Any = None) -> Optional[str]:
                 elif info.serializer == "json":
                     reader.load(slot, verify=False)
     except (CkptError, OSError, ValueError) as e:
-        if isinstance(e, FormatError) and _holds_object_arrays(path):
-            return f"{path}: {PICKLED_ARRAYS}"
         return _problem(e, path)
     finally:
         if bar is not None:
@@ -307,7 +309,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                     slot["arrays"] = _array_records(reader, name)
                 except (CkptError, ValueError) as e:
                     slot["arrays"] = None
-                    slot["error"] = _problem(e)
+                    slot["error"] = _strip_path(_problem(e, args.file), args.file)
             elif slot["serializer"] == "pickle":
                 recorded = reader.slot(name).info.get("arrays")
                 slot["arrays"] = [
@@ -994,7 +996,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:
         raise
     except (CliError, CkptError, OSError, ValueError) as e:
-        print(f"ckpt {args.command}: error: {_problem(e)}", file=sys.stderr)
+        files = [getattr(args, n, None) for n in ("file", "path", "src", "a", "b")]
+        pickled = isinstance(e, FormatError) and not getattr(e, "file", None) and next(
+            (f for f in files if isinstance(f, str) and os.path.isfile(f) and _holds_object_arrays(f)), None)
+        print(f"ckpt {args.command}: error: {_problem(e, pickled or None)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"ckpt {args.command}: interrupted", file=sys.stderr)

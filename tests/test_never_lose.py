@@ -464,6 +464,11 @@ def test_npz_with_object_arrays_is_refused_not_damaged(tmp_path):
     assert r.returncode == 1
     assert "holds pickled object arrays; refused unless trusted" in r.stdout
     assert "damaged" not in r.stdout and "BAD" not in r.stdout
+    r = ckpt_cli("info", path)
+    assert "holds pickled object arrays; refused unless trusted" in r.stdout
+    r = ckpt_cli("export", path, "--to", "npz", str(tmp_path / "out.npz"))
+    assert r.returncode == 1 and "holds pickled object arrays; refused unless trusted" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def _wait_for_mapping(pid: int, needle: str, timeout: float = 60.0) -> bool:
