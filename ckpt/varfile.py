@@ -140,7 +140,10 @@ def _value_arrays(targets: list[_coll.Target], values: Mapping[str, Any],
             arr = np.asarray(value, dtype=t.dtype)
         except (OverflowError, TypeError, ValueError):
             continue  # reported by plan() as missing
-        if arr.item() == value or (isinstance(value, float) and math.isnan(value)):
+        # Integers must fit exactly; a Python float rounds to the template's float dtype, as JAX
+        # itself rounds a weakly typed float.
+        inexact = isinstance(value, (float, complex)) and t.dtype.kind in "fc"
+        if inexact or arr.item() == value or (isinstance(value, float) and math.isnan(value)):
             out[name] = arr
     return out
 

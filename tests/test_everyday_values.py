@@ -186,3 +186,29 @@ def test_a_flax_train_state_with_an_int_step_restores_the_stored_step(tmp_path):
     abstract = jax.eval_shape(lambda: fresh)
     back = ck.load(template=abstract)
     assert int(back.step) == 41
+
+
+def test_an_equinox_module_with_int_fields_and_a_float_schedule_round_trip(tmp_path):
+    jax = pytest.importorskip("jax")
+    eqx = pytest.importorskip("equinox")
+    optax = pytest.importorskip("optax")
+    jnp = jax.numpy
+
+    class Model(eqx.Module):
+        w: jax.Array
+        n_layers: int  # a plain int leaf of the pytree
+        name: str = eqx.field(static=True)
+
+    def make(w, n):
+        model = Model(w, n, "mlp")
+        opt = optax.chain(optax.clip(1.0), optax.adam(1e-3))
+        return {"model": model, "opt": opt.init(model), "epoch": n, "sched": {0: 0.1, 100: 0.01}}
+
+    ck = ckpt.Checkpoint(str(tmp_path))
+    ck.save(make(jnp.ones(3), 7), idx=1)
+    back = ck.load(template=make(jnp.zeros(3), 0))
+    assert back["model"].n_layers == 7 and back["epoch"] == 7 and back["sched"] == {0: 0.1, 100: 0.01}
+    np.testing.assert_array_equal(np.asarray(back["model"].w), np.ones(3))
+    abstract = ck.load(template=jax.eval_shape(lambda: make(jnp.zeros(3), 0)))  # ints become 0-d structs
+    assert int(abstract["model"].n_layers) == 7 and int(abstract["epoch"]) == 7
+    assert float(abstract["sched"][100]) == pytest.approx(0.01)  # rounded to the template's float32
