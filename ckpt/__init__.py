@@ -20,10 +20,18 @@ def _quiet_interrupt(signum: int, frame: object) -> None:
     _os._exit(130)
 
 
-# Only in the ``ckpt`` command (``python -m ckpt`` included): its main() puts Python's handler back
-# once start-up is over, so an interrupt later is still a KeyboardInterrupt it reports itself.
-if _os.path.basename(_sys.argv[0] if _sys.argv else "") in ("ckpt", "ckpt.exe", "-m") and \
-        _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+def _is_ckpt_command() -> bool:
+    """Whether this process is the ``ckpt`` command (console script or ``python -m ckpt``), not a
+    program that imports ckpt (``python -m mytrainer`` also shows ``-m`` in ``sys.argv`` here)."""
+    orig = list(getattr(_sys, "orig_argv", []))
+    if any(a == "-m" and b in ("ckpt", "ckpt.__main__") for a, b in zip(orig, orig[1:])):
+        return True
+    return bool(_sys.argv) and _os.path.basename(_sys.argv[0]) in ("ckpt", "ckpt.exe")
+
+
+# Only in the ``ckpt`` command: its main() puts Python's handler back once start-up is over, so an
+# interrupt later is still a KeyboardInterrupt it reports itself.
+if _is_ckpt_command() and _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
     _signal.signal(_signal.SIGINT, _quiet_interrupt)
 
 import logging as _logging

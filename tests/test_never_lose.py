@@ -589,3 +589,15 @@ def test_an_async_save_of_cpu_jax_arrays_survives_buffer_donation(tmp_path):
         back = ck.load(1)
         np.testing.assert_array_equal(back["w"], np.arange(1 << 20, dtype=np.float32))
         assert jax.dtypes.issubdtype(ck.load_extras(1)["rng"].dtype, jax.dtypes.prng_key)
+
+
+def test_a_program_run_with_dash_m_that_imports_ckpt_keeps_its_own_ctrl_c(tmp_path):
+    pkg = tmp_path / "mytrainer"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("import signal, ckpt\n"
+                                     "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n")
+    (pkg / "__main__.py").write_text("")
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}")
+    r = subprocess.run([sys.executable, "-m", "mytrainer"], capture_output=True, text=True, env=env, timeout=120,
+                       check=False, cwd=str(tmp_path))
+    assert r.returncode == 0 and r.stdout.strip() == "True", r.stderr
