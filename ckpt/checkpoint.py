@@ -395,8 +395,10 @@ class Checkpoint:
                 return self._report(plan)
             if lacking:
                 plan.missing_metric = lacking
-                log.warning("checkpoints %s in %s do not record the metric %r; keep_best cannot rank them",
-                            lacking, self.directory, policy.metric)
+                # prune() says so; a save's rotation already warned about its own file in save()
+                log.log(logging.WARNING if strict_metric else logging.DEBUG,
+                        "checkpoints %s in %s do not record the metric %r; keep_best cannot rank them",
+                        lacking, self.directory, policy.metric)
         while True:
             newest = plan.entries[-1].idx if plan.entries else None
             plan.kept_by = _ret.kept_by(plan.entries, policy)
