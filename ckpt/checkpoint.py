@@ -31,6 +31,7 @@ from .errors import (
     FormatError,
     LockedError,
     SaveError,
+    SlotNotFoundError,
     UnknownMetricError,
 )
 from .pack import check_slot_name
@@ -361,10 +362,11 @@ class Checkpoint:
         """What retention would keep and delete now, and which files it skips as damaged (nothing is deleted).
 
         - A file that does not open as a checkpoint (zip directory, manifest, a ``main``
-          arrays slot whose ``.npy`` headers parse; a cached structural check) is
+          arrays slot; a structural check cached per file, which reads no array data) is
           *damaged*: it is never counted by any policy and never deleted (left for a
           person to inspect), and a warning names it.
-        - The newest checkpoint that verifies (structure and every hash) is never deleted.
+        - The newest checkpoint that verifies (structure, every ``.npy`` header and every hash)
+          is never deleted.
           Its hash pass is paid only when something would be deleted and the newest
           candidate is not the file this process just wrote (whose hashes were computed
           as it was written); a result is cached per file (size, mtime, inode). A
@@ -435,6 +437,7 @@ class Checkpoint:
                     ok = self._verified_cache.get(path) == key
                 if not ok:
                     with open_reader(path) as reader:
+                        _check_main(reader, headers=True)
                         for slot in reader.slots:
                             reader.verify_slot(slot)
                     with self._meta_lock:
@@ -497,8 +500,9 @@ class Checkpoint:
         """The manifest metadata of checkpoint ``idx``; ``["ckpt"]["metrics"]`` holds its metrics.
 
         Without ``idx``: the checkpoint last restored or loaded (as :meth:`load_extras`),
-        else the newest whose structure is intact. Reads only the zip directory and the
-        manifest and the arrays' headers, not their data (a bad hash is not noticed here).
+        else the newest whose structure is intact (zip directory, manifest, a ``main`` arrays
+        slot). Reads only those, not the arrays (a bad hash or a broken ``.npy`` header is not
+        noticed here; restore and load notice them).
         """
         def read(resolved: int) -> dict[str, Any]:
             with open_reader(self.path(resolved)) as reader:
@@ -668,8 +672,12 @@ class Checkpoint:
         with open_reader(path) as reader:
             _check_main(reader)
             names = [DEFAULT_SLOT, *extras]
-            for n in names:
-                reader.slot(n)
+            try:
+                for n in names:
+                    reader.slot(n)
+            except SlotNotFoundError:
+                _check_main(reader, headers=True)  # a damaged file is skipped as damaged, not "no slot"
+                raise
             _deps.report(reader.dependency_mismatches(names), self.deps, path)
             prepared = prepare_restore(reader, DEFAULT_SLOT, vc, renamer=renamer, strict=strict, verify=self.verify)
             loaded: dict[str, Any] = {}
@@ -758,7 +766,7 @@ class Checkpoint:
                 if idx is None and self._last_read is None:
                     # Choosing the newest intact checkpoint as restore() would: its weights are checked
                     # too (a hash pass over them), so extras never come from a step restore() skips.
-                    _check_main(reader)
+                    _check_main(reader, headers=True)
                     if self.verify:
                         reader.verify_slot(DEFAULT_SLOT)
                 wanted = list(names) if names is not None else [s for s in reader.slots if s not in RESERVED_SLOTS]
@@ -785,8 +793,9 @@ def _one_line(e: BaseException, path: str = "") -> str:
     return text[len(path) + 2:] if path and text.startswith(path + ": ") else text
 
 
-def _check_main(reader: Any) -> None:
-    """A checkpoint holds a ``main`` arrays slot whose ``.npy`` headers parse; else it is damaged."""
+def _check_main(reader: Any, *, headers: bool = False) -> None:
+    """A checkpoint holds a ``main`` arrays slot (with ``headers``, whose ``.npy`` headers parse:
+    a small read per array); else it is damaged."""
     info = reader.slots.get(DEFAULT_SLOT)
     if info is None:
         have = ", ".join(sorted(reader.slots)) or "none"
@@ -795,9 +804,10 @@ def _check_main(reader: Any) -> None:
     if info.serializer != "arrays":
         raise FormatError(f"{reader.label}: not a checkpoint: slot {DEFAULT_SLOT!r} holds {info.serializer} data, "
                           "not arrays", file=reader.label, slot=DEFAULT_SLOT)
-    view = reader.arrays(DEFAULT_SLOT, verify=False)
-    for name in view.names:  # every array's header parses (a few hundred bytes each; hashes are not read)
-        view.header(name)
+    if headers:
+        view = reader.arrays(DEFAULT_SLOT, verify=False)
+        for name in view.names:  # every array's header parses (hashes are not read)
+            view.header(name)
 
 
 def _pid_alive(pid: int) -> bool:
