@@ -362,7 +362,8 @@ class Checkpoint:
         """What retention would keep and delete now, and which files it skips as damaged (nothing is deleted).
 
         - A file that does not open as a checkpoint (zip directory, manifest, a ``main``
-          arrays slot; a structural check cached per file, which reads no array data) is
+          arrays slot whose ``.npy`` headers parse; a structural check cached per file, which
+          reads a few KiB per array and no array data) is
           *damaged*: it is never counted by any policy and never deleted (left for a
           person to inspect), and a warning names it.
         - The newest checkpoint that verifies (structure, every ``.npy`` header and every hash)
@@ -501,12 +502,12 @@ class Checkpoint:
 
         Without ``idx``: the checkpoint last restored or loaded (as :meth:`load_extras`),
         else the newest whose structure is intact (zip directory, manifest, a ``main`` arrays
-        slot). Reads only those, not the arrays (a bad hash or a broken ``.npy`` header is not
-        noticed here; restore and load notice them).
+        slot whose ``.npy`` headers parse). Reads only those, not the array data (a bad hash is not
+        noticed here; restore and load notice it).
         """
         def read(resolved: int) -> dict[str, Any]:
             with open_reader(self.path(resolved)) as reader:
-                _check_main(reader)
+                _check_main(reader, headers=True)
                 return dict(reader.metadata)
 
         return self._on_checkpoint(idx, read, default_restored=True)[1]
@@ -539,7 +540,7 @@ class Checkpoint:
         meta: dict[str, Any] = {}
         try:
             with open_reader(path) as reader:
-                _check_main(reader)
+                _check_main(reader, headers=True)
                 meta = dict(reader.metadata)
         except FileNotFoundError:
             raise

@@ -209,6 +209,9 @@ def encode_arrays(obj: Any, prefix: str, *, snapshot: bool = False,
     return Encoded("arrays", members, info, needed=needed, informational=set(flat.frameworks))
 
 
+_SMALL_HEAD = 4096
+
+
 def _unshared(arrays: dict[str, np.ndarray], members: Mapping[str, str]) -> dict[str, np.ndarray]:
     """Identical arrays are stored once; each name still gets its own writable memory."""
     seen: set[str] = set()
@@ -226,7 +229,7 @@ class ArraysView:
     """
 
     def __init__(self, members: list[str], info: dict[str, Any], read_member: Callable[..., Any],
-                 read_head: Callable[[str], bytes], member_size: Callable[[str], int], where: str,
+                 read_head: Callable[..., bytes], member_size: Callable[[str], int], where: str,
                  verify_members: Optional[Callable[[list[str]], None]] = None,
                  read_many: Optional[Callable[[list[str]], dict[str, Any]]] = None):
         self._read_member = read_member
@@ -294,12 +297,25 @@ class ArraysView:
         if self._verify_members is not None:
             self._verify_members([self._index[n] for n in names if n in self._index])
 
+    def _head(self, member: str, size: int) -> bytes:
+        """The start of a member holding its whole header: a small read first (headers are
+        usually under 200 bytes), the reader's full header limit only when that cuts it short."""
+        if member.endswith(".ckz"):
+            return self._read_head(member)
+        head = self._read_head(member, _SMALL_HEAD)
+        if len(head) >= min(size, 12) and len(head) < size:
+            try:
+                _npy.parse_header(head, size, where=self.where)
+            except FormatError:
+                return self._read_head(member)  # a long (or broken) header: read all the limit allows
+        return head
+
     def header(self, name: str) -> _npy.NpyHeader:
         """Shape and dtype of one array, from its .npy header (not yet verified by hash)."""
         if name not in self._headers:
             member = self._index[name]
             size = self._size(member)
-            head = self._read_head(member)
+            head = self._head(member, size)
             if member.endswith(".ckz"):
                 c = _codec.parse_header(head, where=f"{self.where} array {name!r}")
                 h = _npy.NpyHeader(c.dtype, c.shape, c.fortran_order, -1)

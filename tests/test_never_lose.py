@@ -233,8 +233,8 @@ def test_every_load_path_falls_back_past_the_same_damage(tmp_path, kind):
         "load_extras": lambda c: (200, c.load_extras()["opt"]["m"][0]),
         "metadata": lambda c: (200, c.metadata()["ckpt"]["idx"]),
     }
-    if kind in ("bad-hash", "broken-npy-header"):
-        del paths["metadata"]  # reads the zip directory and the manifest only, by design (documented)
+    if kind == "bad-hash":
+        del paths["metadata"]  # reads no array data, by design (documented)
     for name, call in paths.items():
         fresh = ckpt.Checkpoint(str(tmp_path), keep_ckpts=None)
         with pytest.warns(CorruptCheckpointWarning, match="0000000300.npz"):
@@ -342,6 +342,15 @@ def test_a_newest_with_a_bad_hash_is_not_the_one_kept(tmp_path):
     assert ck.indices() == [200, 300] and _restorable(ck) == 200
     plan = mgr.plan_prune()
     assert plan.newest_verified is None and 300 in plan.damaged  # nothing left to delete: cached as damaged
+
+
+def test_an_older_file_with_a_broken_npy_header_is_not_counted(tmp_path):
+    ck = _run_with(tmp_path, steps=(100, 200, 300))
+    _damage(ck.path(200), "broken-npy-header")
+    mgr = ckpt.Checkpoint(str(tmp_path), keep_ckpts=2, verbose=False)
+    assert 200 in mgr.plan_prune().damaged
+    assert mgr.prune() == []  # 100 and 300 are the two newest good ones
+    assert ck.indices() == [100, 200, 300]
 
 
 def test_saving_rotation_skips_damaged_files_and_keeps_count_of_good_ones(tmp_path):
