@@ -182,6 +182,8 @@ def _flatten_tree(obj: Any, path: tuple[str, ...], names: list[str], leaves: lis
         if not all(type(k) is str for k in obj):
             if not all(type(k) in _KEY_TYPES and _tagged.encodable(k) for k in obj):
                 raise _NotArrays
+            if len({str(k) for k in obj}) != len(obj):  # {1: a, "1": b}: no names to tell them apart
+                raise _NotArrays
             return {"dict": [[_tagged.encode(k), _flatten_tree(v, path + (str(k),), names, leaves, value_names)]
                              for k, v in obj.items()]}
         return {"dict": [[k, _flatten_tree(v, path + (k,), names, leaves, value_names)] for k, v in obj.items()]}

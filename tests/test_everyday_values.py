@@ -212,3 +212,13 @@ def test_an_equinox_module_with_int_fields_and_a_float_schedule_round_trip(tmp_p
     abstract = ck.load(template=jax.eval_shape(lambda: make(jnp.zeros(3), 0)))  # ints become 0-d structs
     assert int(abstract["model"].n_layers) == 7 and int(abstract["epoch"]) == 7
     assert float(abstract["sched"][100]) == pytest.approx(0.01)  # rounded to the template's float32
+
+
+def test_keys_whose_names_collide_fall_back_as_before(tmp_path):
+    path = str(tmp_path / "p.npz")
+    with ckpt.Pack(path) as pack:
+        pack.dump("arrays", {1: np.ones(2), "1": np.zeros(2)})  # array names "1" and "1": pickle, as before
+        pack.dump("values", {1: "x", "1": "y"})  # no arrays to name: tagged JSON keeps both keys
+        assert pack.slots_info["arrays"].serializer == "pickle"
+        assert pack.slots_info["values"].serializer == "json"
+        assert pack.load("values") == {1: "x", "1": "y"}
