@@ -362,12 +362,11 @@ class Checkpoint:
         """What retention would keep and delete now, and which files it skips as damaged (nothing is deleted).
 
         - A file that does not open as a checkpoint (zip directory, manifest, a ``main``
-          arrays slot whose ``.npy`` headers parse; a structural check cached per file, which
-          reads a few KiB per array and no array data) is
-          *damaged*: it is never counted by any policy and never deleted (left for a
-          person to inspect), and a warning names it.
-        - The newest checkpoint that verifies (structure, every ``.npy`` header and every hash)
-          is never deleted.
+          arrays slot whose ``.npy`` headers parse: a structural check, cached per file,
+          that reads a few KiB per array and no array data) is *damaged*: it is never
+          counted by any policy and never deleted (left for a person to inspect), and a
+          warning names it.
+        - The newest checkpoint that verifies (structure and every hash) is never deleted.
           Its hash pass is paid only when something would be deleted and the newest
           candidate is not the file this process just wrote (whose hashes were computed
           as it was written); a result is cached per file (size, mtime, inode). A
