@@ -433,6 +433,22 @@ def test_a_read_only_file_system_gives_save_error_and_still_restores(mount):
     assert ro.restore(target)[0] == 1 and target["w"].tolist() == [1, 1, 1]
 
 
+def test_an_immutable_lock_file_gives_save_error(tmp_path):
+    """chattr +i: even root cannot open the lock file for writing (EPERM)."""
+    ck = ckpt.Checkpoint(str(tmp_path), keep_ckpts=1)
+    ck.save({"w": np.ones(3)}, idx=1)
+    lock = os.path.join(ck.directory, ".ckpt.lock")
+    r = subprocess.run(["chattr", "+i", lock], capture_output=True, check=False)
+    if r.returncode != 0:
+        pytest.skip(f"cannot make the lock file immutable here: {r.stderr!r}")
+    try:
+        with pytest.raises(SaveError, match="cannot take the writer lock") as e:
+            ck.save({"w": np.zeros(3)}, idx=2)
+        assert e.value.errno in (1, 13) and ck.indices() == [1]
+    finally:
+        subprocess.run(["chattr", "-i", lock], capture_output=True, check=False)
+
+
 def test_a_lock_file_that_cannot_be_opened_gives_save_error(tmp_path):
     ck = ckpt.Checkpoint(str(tmp_path), keep_ckpts=1)
     ck.save({"w": np.ones(3)}, idx=1)
