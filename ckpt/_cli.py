@@ -854,8 +854,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("verify", cmd_verify, "check every hash and structure of a file or a log directory",
             "Check every member of FILE (or of every checkpoint in LOGDIR) against its sha256 (zip CRCs\n"
             "for files without a manifest), and that every array header, JSON slot and pickle opcode\n"
-            "stream is well formed. Prints one line per file; a damaged file's line names the problem.\n"
-            "Exit status 0 only if every file is intact.",
+            "stream is well formed. Prints one line per file; a damaged file's line names the problem\n"
+            "(an npz with object arrays is REFUSED: numpy pickled them). Exit status 0 only if every\n"
+            "file is intact, and 1 for a directory without checkpoints (nothing verified).",
             """\
             ckpt verify runs/exp1/ckpt/0000001000.npz
             ckpt verify runs/exp1 && echo all intact""")
@@ -940,8 +941,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("prune", cmd_prune, "delete checkpoints a retention policy does not keep",
             "Apply a retention policy to LOGDIR once, as Checkpoint(...).prune() does, and delete the\n"
             "checkpoints it does not keep. Policies combine: a checkpoint stays if ANY given policy\n"
-            "keeps it, and the newest always stays. Prints each checkpoint with the policies keeping it.\n"
-            "With --dry-run nothing is deleted.",
+            "keeps it, and the newest one that verifies always stays. Damaged files (truncated, junk\n"
+            "named like a step) are skipped: never counted, never deleted, listed as 'skip'. A --metric\n"
+            "that no checkpoint records is an error and deletes nothing. Prints each checkpoint with the\n"
+            "policies keeping it. With --dry-run nothing is deleted.",
             """\
             ckpt prune runs/exp1 --keep 3 --dry-run
             ckpt prune runs/exp1 --keep 3 --keep-every 10000 --keep-best 2 --metric val_loss --mode min
