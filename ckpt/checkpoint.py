@@ -76,10 +76,11 @@ class Checkpoint:
     indices divisible by N forever, ``keep_best=k`` keeps the k best by
     ``metric`` (``mode`` "min" or "max", values given to ``save(metrics=...)``;
     NaN, infinite or missing values are never best), ``max_bytes`` keeps the
-    newest files whose total size fits. The newest checkpoint and the file just
-    written are never deleted; with every policy off, nothing is. Policies are
-    recomputed from the files on disk (metrics live in each manifest), so they
-    survive restarts.
+    newest files whose total size fits. The newest checkpoint, the newest one that
+    verifies and the file just written are never deleted; damaged files are never
+    counted or deleted (see :meth:`plan_prune`); with every policy off, nothing is.
+    Policies are recomputed from the files on disk (metrics live in each manifest),
+    so they survive restarts.
 
     ``lock_timeout`` bounds how long ``save`` waits for another writer holding the
     directory's lock (None waits forever; a timeout raises :class:`~ckpt.errors.LockedError`). A lock
