@@ -24,7 +24,7 @@ def _is_ckpt_command() -> bool:
     """Whether this process is the ``ckpt`` command (console script or ``python -m ckpt``), not a
     program that imports ckpt (``python -m mytrainer`` also shows ``-m`` in ``sys.argv`` here)."""
     orig = list(getattr(_sys, "orig_argv", []))
-    if any(a == "-m" and b in ("ckpt", "ckpt.__main__") for a, b in zip(orig, orig[1:])):
+    if any(orig[i] == "-m" and orig[i + 1] in ("ckpt", "ckpt.__main__") for i in range(len(orig) - 1)):
         return True
     return bool(_sys.argv) and _os.path.basename(_sys.argv[0]) in ("ckpt", "ckpt.exe")
 
