@@ -36,7 +36,7 @@ def _views(path: str, *, verify: bool) -> dict[str, Any]:
     """ckpt's zero-copy read: hashes checked up front on every core, then read-only views of the mapping."""
     from ckpt.varfile import open_reader
 
-    with open_reader(path) as r:
+    with open_reader(path, mmap=True) as r:
         v = r.arrays("main", verify=verify)
         v.verify(v.names)
         return {n: v.read(n, copy=False) for n in v.names}

@@ -9,6 +9,31 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import os as _os
+import signal as _signal
+import sys as _sys
+
+
+def _quiet_interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C while the ``ckpt`` command is still importing: one line and status 130, no traceback."""
+    _os.write(2, b"ckpt: interrupted\n")
+    _os._exit(130)
+
+
+def _is_ckpt_command() -> bool:
+    """Whether this process is the ``ckpt`` command (console script or ``python -m ckpt``), not a
+    program that imports ckpt (``python -m mytrainer`` also shows ``-m`` in ``sys.argv`` here)."""
+    orig = list(getattr(_sys, "orig_argv", []))
+    if any(orig[i] == "-m" and orig[i + 1] in ("ckpt", "ckpt.__main__") for i in range(len(orig) - 1)):
+        return True
+    return bool(_sys.argv) and _os.path.basename(_sys.argv[0]) in ("ckpt", "ckpt.exe")
+
+
+# Only in the ``ckpt`` command: its main() puts Python's handler back once start-up is over, so an
+# interrupt later is still a KeyboardInterrupt it reports itself.
+if _is_ckpt_command() and _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+    _signal.signal(_signal.SIGINT, _quiet_interrupt)
+
 import logging as _logging
 
 # A library adds no output of its own: applications decide where "ckpt" logs go.

@@ -32,7 +32,7 @@ from .averaging import average as _average, ema as _ema
 from .checkpoint import Checkpoint
 from .errors import CkptError, DependencyWarning, FormatError
 from .manifest import MANIFEST_MEMBER
-from .retention import Entry, best as best_entry, kept_by
+from .retention import Entry, best as best_entry
 from .varfile import open_reader, save_var_collection
 
 __all__ = ["main", "run", "build_parser"]
@@ -53,6 +53,10 @@ def _problem(e: BaseException, path: Optional[str] = None) -> str:
         where = e.filename if e.filename is not None else path
         msg = e.strerror[0].lower() + e.strerror[1:]
         return f"{where}: {msg}" if where else msg
+    where = path or getattr(e, "file", None)
+    if isinstance(e, FormatError) and isinstance(where, str) and os.path.isfile(where) and \
+            _holds_object_arrays(where):
+        return f"{where}: {PICKLED_ARRAYS}"  # not damaged: numpy pickled the objects, ckpt will not unpickle
     msg = _one_line(str(e) or type(e).__name__)
     if isinstance(e, KeyError) and not isinstance(e, CkptError) and len(e.args) == 1:
         msg = _one_line(str(e.args[0]))
@@ -141,6 +145,31 @@ def _metrics(reader: PackReader) -> dict[str, Any]:
         if not isinstance(found, dict):
             return {}
     return {str(k): v for k, v in found.items() if _is_number(v) or isinstance(v, str)}
+
+
+PICKLED_ARRAYS = "holds pickled object arrays; refused unless trusted"
+
+
+def _holds_object_arrays(path: str) -> bool:
+    """Whether a file's ``.npy`` members include object arrays (numpy pickles those), read with numpy's
+    own header parser; such a file is not damaged, only refused."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist()[:10000]:
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = {(1, 0): np.lib.format.read_array_header_1_0,
+                            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                    if read is None:
+                        continue
+                    _shape, _fortran, dtype = read(f)
+                if dtype.hasobject:
+                    return True
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, SyntaxError):
+        return False
+    return False
 
 
 def _verify_file(path: str, bar: Any = None) -> Optional[str]:
@@ -283,7 +312,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                     slot["arrays"] = _array_records(reader, name)
                 except (CkptError, ValueError) as e:
                     slot["arrays"] = None
-                    slot["error"] = _problem(e)
+                    slot["error"] = _strip_path(_problem(e, args.file), args.file)
             elif slot["serializer"] == "pickle":
                 recorded = reader.slot(name).info.get("arrays")
                 slot["arrays"] = [
@@ -320,12 +349,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
             files = sorted(os.path.join(target, n) for n in os.listdir(target)
                            if n.endswith(".npz") and not n.startswith(".") and
                            os.path.isfile(os.path.join(target, n)))
-        if not files:
+        if not files:  # `ckpt verify WRONG_DIR && echo intact` must not pass
             if args.json:
-                dump_json({"path": target, "files": [], "ok": True})
+                dump_json({"path": target, "files": [], "ok": False})
             else:
-                print(f"no checkpoints in {target}: nothing to verify")
-            return 0
+                print(f"ckpt verify: no checkpoints in {target} (nor in {os.path.join(target, 'ckpt')}): nothing "
+                      "was verified", file=sys.stderr)
+            return 1
     else:
         _require_file(target)
         files = [target]
@@ -335,7 +365,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             bar.set_description(f"verifying {os.path.basename(path)}")
             problem = _verify_file(path, bar)
             results.append({"path": path, "ok": problem is None,
-                            "problem": None if problem is None else _strip_path(problem, path)})
+                            "problem": None if problem is None else _strip_path(problem, path),
+                            "refused": problem is not None and problem.endswith(PICKLED_ARRAYS)})
     bad = [r for r in results if not r["ok"]]
     if args.json:
         dump_json({"path": target, "files": results, "ok": not bad})
@@ -659,45 +690,49 @@ def _average_check(args: argparse.Namespace) -> Optional[str]:
 def cmd_prune(args: argparse.Namespace) -> int:
     ck = _manager(args.logdir, keep_ckpts=args.keep, keep_every=args.keep_every, keep_best=args.keep_best,
                   metric=args.metric, mode=args.mode, max_bytes=args.max_bytes)
-    entries = []
-    for idx in ck.indices():
-        path = ck.path(idx)
-        metrics: dict[str, Any] = {}
-        try:
-            with open_reader(path) as reader:
-                metrics = _metrics(reader)
-        except FileNotFoundError:
-            continue
-        except (CkptError, OSError, ValueError) as e:
-            print(f"ckpt prune: warning: {_problem(e, path)}; its metrics count as missing", file=sys.stderr)
-        entries.append(Entry(idx, _file_size(path) or 0, metrics))
-    if not entries:
+    if not ck.indices():
         if args.json:
             dump_json({"directory": ck.directory, "dry_run": args.dry_run, "deleted": [], "kept": [],
-                       "freed_bytes": 0})
+                       "skipped": [], "freed_bytes": 0})
         else:
             print(f"no checkpoints in {args.logdir} (looked in {ck.directory}); nothing to prune")
         return 0
+    plan = ck.plan_prune()  # a metric no checkpoint records raises here, before anything is deleted
+    if plan.missing_metric:
+        print(f"ckpt prune: warning: checkpoints {_short_list(plan.missing_metric)} do not record the metric "
+              f"{args.metric!r}; --keep-best cannot rank them", file=sys.stderr)
+    for idx, problem in sorted(plan.damaged.items()):
+        print(f"ckpt prune: warning: skipped damaged {ck.path(idx)} ({problem}): neither counted nor deleted",
+              file=sys.stderr)
     removed = set(ck.prune(dry_run=args.dry_run))
-    reasons = kept_by(entries, ck.retention)
-    newest = entries[-1].idx
     aliased = _aliases.by_index(ck.directory)
-    rows = []
-    for entry in entries:
-        why = [name for name, kept in reasons.items() if entry.idx in kept]
-        if entry.idx == newest:
+    rows: list[dict[str, Any]] = []
+    for entry in plan.entries:
+        why = [name for name, kept in plan.kept_by.items() if entry.idx in kept]
+        if entry.idx == plan.entries[-1].idx:
             why.append("newest")
+        if entry.idx == plan.newest_verified and entry.idx not in plan.kept_by_policy:
+            why.append("newest intact")
         why += [f"alias:{a}" for a in aliased.get(entry.idx, [])]  # retention never deletes these
         rows.append({"step": entry.idx, "size": entry.size, "kept": entry.idx not in removed, "kept_by": why,
                      "path": ck.path(entry.idx)})
+    for idx, problem in plan.damaged.items():  # one row per damaged file: skipped, kept
+        rows.append({"step": idx, "size": _file_size(ck.path(idx)) or 0, "kept": True,
+                     "kept_by": [f"damaged, skipped: {problem}"], "path": ck.path(idx), "damaged": problem})
+    rows.sort(key=lambda r: r["step"])
     if args.json:
         dump_json({"directory": ck.directory, "dry_run": args.dry_run,
                    "deleted": [r["step"] for r in rows if not r["kept"]],
-                   "kept": [r["step"] for r in rows if r["kept"]],
+                   "kept": [r["step"] for r in rows if r["kept"] and "damaged" not in r],
+                   "skipped": [{"step": r["step"], "problem": r["damaged"]} for r in rows if "damaged" in r],
                    "freed_bytes": sum(r["size"] for r in rows if not r["kept"]), "checkpoints": rows})
     else:
         print(render_prune(rows, dry_run=args.dry_run))
     return 0
+
+
+def _short_list(items: list[int]) -> str:
+    return ", ".join(map(str, items[:10])) + (f" and {len(items) - 10} more" if len(items) > 10 else "")
 
 
 # -- the parser ---------------------------------------------------------------
@@ -833,8 +868,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("verify", cmd_verify, "check every hash and structure of a file or a log directory",
             "Check every member of FILE (or of every checkpoint in LOGDIR) against its sha256 (zip CRCs\n"
             "for files without a manifest), and that every array header, JSON slot and pickle opcode\n"
-            "stream is well formed. Prints one line per file; a damaged file's line names the problem.\n"
-            "Exit status 0 only if every file is intact.",
+            "stream is well formed. Prints one line per file; a damaged file's line names the problem\n"
+            "(an npz with object arrays is REFUSED: numpy pickled them). Exit status 0 only if every\n"
+            "file is intact, and 1 for a directory without checkpoints (nothing verified).",
             """\
             ckpt verify runs/exp1/ckpt/0000001000.npz
             ckpt verify runs/exp1 && echo all intact""")
@@ -919,8 +955,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("prune", cmd_prune, "delete checkpoints a retention policy does not keep",
             "Apply a retention policy to LOGDIR once, as Checkpoint(...).prune() does, and delete the\n"
             "checkpoints it does not keep. Policies combine: a checkpoint stays if ANY given policy\n"
-            "keeps it, and the newest always stays. Prints each checkpoint with the policies keeping it.\n"
-            "With --dry-run nothing is deleted.",
+            "keeps it, and the newest one that verifies always stays. Damaged files (truncated, junk\n"
+            "named like a step) are skipped: never counted, never deleted, listed as 'skip'. A --metric\n"
+            "that no checkpoint records is an error and deletes nothing. Prints each checkpoint with the\n"
+            "policies keeping it. With --dry-run nothing is deleted.",
             """\
             ckpt prune runs/exp1 --keep 3 --dry-run
             ckpt prune runs/exp1 --keep 3 --keep-every 10000 --keep-best 2 --metric val_loss --mode min
@@ -952,8 +990,19 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     raise AssertionError("the parser has no subcommands")
 
 
+def _restore_interrupt() -> None:
+    """Start-up is over: Ctrl-C raises KeyboardInterrupt again (reported by main as "interrupted")."""
+    import signal
+
+    from . import _quiet_interrupt
+
+    if signal.getsignal(signal.SIGINT) is _quiet_interrupt:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``ckpt`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    _restore_interrupt()
     parser = build_parser()
     args = parser.parse_args(argv)
     check = getattr(args, "check", None)
@@ -965,7 +1014,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:
         raise
     except (CliError, CkptError, OSError, ValueError) as e:
-        print(f"ckpt {args.command}: error: {_problem(e)}", file=sys.stderr)
+        files = [getattr(args, n, None) for n in ("file", "path", "src", "a", "b")]
+        pickled = isinstance(e, FormatError) and not getattr(e, "file", None) and next(
+            (f for f in files if isinstance(f, str) and os.path.isfile(f) and _holds_object_arrays(f)), None)
+        print(f"ckpt {args.command}: error: {_problem(e, pickled or None)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"ckpt {args.command}: interrupted", file=sys.stderr)
@@ -977,6 +1029,9 @@ def run() -> None:
     try:
         status = main()
         sys.stdout.flush()
+    except KeyboardInterrupt:  # between start-up and main's own handler
+        print("ckpt: interrupted", file=sys.stderr)
+        status = 130
     except BrokenPipeError:  # `ckpt ls ... | head`: the reader went away; not an error of ours
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

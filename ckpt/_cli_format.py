@@ -273,9 +273,17 @@ def render_info(doc: dict[str, Any], limit: Optional[int]) -> str:
 
 
 def render_verify(results: list[dict[str, Any]]) -> str:
-    lines = [f"ok   {r['path']}" if r["ok"] else f"BAD  {r['path']}: {r['problem']}" for r in results]
-    bad = sum(1 for r in results if not r["ok"])
-    lines.append(f"{_plural(len(results), 'file')} checked, " + (f"{bad} damaged" if bad else "all intact"))
+    def line(r: dict[str, Any]) -> str:
+        if r["ok"]:
+            return f"ok   {r['path']}"
+        return f"{'REFUSED' if r.get('refused') else 'BAD'}  {r['path']}: {r['problem']}"
+
+    lines = [line(r) for r in results]
+    refused = sum(1 for r in results if r.get("refused"))
+    bad = sum(1 for r in results if not r["ok"]) - refused
+    found = [f"{bad} damaged"] if bad else []
+    found += [f"{refused} refused (pickled object arrays)"] if refused else []
+    lines.append(f"{_plural(len(results), 'file')} checked, " + (", ".join(found) if found else "all intact"))
     return "\n".join(lines)
 
 
@@ -312,13 +320,23 @@ def render_diff(a: str, b: str, only_a: list[str], only_b: list[str], changed: l
 
 def render_prune(rows: list[dict[str, Any]], *, dry_run: bool) -> str:
     verb = "would delete" if dry_run else "deleted"
+    def action(r: dict[str, Any]) -> str:
+        if r.get("damaged"):
+            return "skip"
+        return "keep" if r["kept"] else ("delete" if dry_run else "deleted")
+
     lines = table(["step", "size", "action", "kept by"],
-                  [[r["step"], human_size(r["size"]), "keep" if r["kept"] else ("delete" if dry_run else "deleted"),
-                    ", ".join(r["kept_by"]) or "-"] for r in rows], right=[0, 1])
+                  [[r["step"], human_size(r["size"]), action(r), ", ".join(r["kept_by"]) or "-"] for r in rows],
+                  right=[0, 1])
     gone = [r for r in rows if not r["kept"]]
+    damaged = [r for r in rows if r.get("damaged")]
+    good = len(rows) - len(damaged)
     freed = sum(r["size"] or 0 for r in gone)
-    summary = (f"{verb} {_plural(len(gone), 'checkpoint')} ({human_size(freed)}), kept {len(rows) - len(gone)}"
-               if gone else f"nothing to delete: every one of the {_plural(len(rows), 'checkpoint')} is kept")
+    summary = (f"{verb} {_plural(len(gone), 'checkpoint')} ({human_size(freed)}), kept {good - len(gone)}"
+               if gone else f"nothing to delete: every one of the {_plural(good, 'checkpoint')} is kept")
+    if damaged:
+        summary += (f"; skipped {_plural(len(damaged), 'damaged file')} (not counted, not deleted: "
+                    f"steps {', '.join(str(r['step']) for r in damaged)})")
     return lines + "\n" + summary + (" (dry run: nothing was deleted)" if dry_run and gone else "")
 
 

@@ -62,7 +62,7 @@ class _Member:
 class PackReader:
     """Read-only view of one pack (or plain npz) file, positioned at ``f``'s current offset."""
 
-    def __init__(self, f: BinaryIO, label: str):
+    def __init__(self, f: BinaryIO, label: str, *, mmap: bool = False):
         self.f = f
         self.label = label
         start = f.tell()
@@ -73,7 +73,10 @@ class PackReader:
             raise NotAPackError(f"{label}: {what}; ckpt only reads zip-based pack/.npz files and never unpickles "
                                 "a bare file", file=label)
         self.zip = _zip.ZipReader(f, file=label)
-        self.mm = _map(f) if start == 0 else None
+        # Reads copy by default (pread): a mapped file that another program truncates kills the
+        # reader with SIGBUS, while a short read is a FormatError. ``mmap=True`` is for callers that
+        # know the file is not changed while their zero-copy views live (docs/FORMAT.md 6).
+        self.mm = _map(f) if mmap and start == 0 else None
         self._verified: set[str] = set()
         self.members: dict[str, _Member] = {}
         if MANIFEST_MEMBER in self.zip.members:
@@ -106,6 +109,10 @@ class PackReader:
         self.format_version = 0
         self.slots = {}
         npy = [n for n in self.zip.members if n.endswith(".npy")]
+        if self.zip.members and not npy:
+            shown = ", ".join(sorted(self.zip.members)[:5]) + (", ..." if len(self.zip.members) > 5 else "")
+            raise NotAPackError(f"{self.label}: not a ckpt file/npz: a zip archive with neither a ckpt manifest nor "
+                                f".npy arrays (it holds: {shown})", file=self.label)
         for n in npy:
             self.members[n] = _Member(self.zip.members[n], None)
         size = sum(self.zip.members[n].size for n in npy)
@@ -308,7 +315,7 @@ class PackReader:
             raise FormatError(f"{where}: a {info.serializer} slot must have exactly one member", file=self.label)
         data = self.read_member(info.members[0], verify=verify, slot=slot)
         if info.serializer == "json":
-            return _ser.decode_json(data, where)
+            return _ser.decode_json(data, where, info.info)
         return bytes(data)
 
     def pickle_globals(self, slot: str) -> list[str]:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 
+from . import _tagged
 from .errors import FormatError, MismatchError
 
 Renamer = Union[Callable[[str], str], Mapping[str, str], None]
@@ -153,7 +154,18 @@ def _key_name(k: Any) -> str:
     return str(k)
 
 
-def _flatten_tree(obj: Any, path: tuple[str, ...], names: list[str], leaves: list[Any]) -> Any:
+def _is_value(obj: Any) -> bool:
+    """A non-array leaf stored in the skeleton as tagged JSON (docs/FORMAT.md 3.1): a Python scalar,
+    string or bytes (a plain ``int`` step, an epoch counter), or a set of them."""
+    t = type(obj)
+    return t in _VALUE_TYPES or (t in (set, frozenset) and _tagged.encodable(obj))
+
+
+_VALUE_TYPES = (bool, int, float, complex, str, bytes)
+
+
+def _flatten_tree(obj: Any, path: tuple[str, ...], names: list[str], leaves: list[Any],
+                  value_names: Optional[list[str]] = None) -> Any:
     """Flatten plain containers natively and other pytree nodes through jax; return the skeleton."""
     if is_array(obj):
         names.append("/".join(path) if path else "array")
@@ -162,14 +174,24 @@ def _flatten_tree(obj: Any, path: tuple[str, ...], names: list[str], leaves: lis
     t = type(obj)
     if obj is None:
         return {"none": None}
+    if _is_value(obj):
+        if value_names is not None:
+            value_names.append("/".join(path))
+        return {"value": _tagged.encode(obj)}
     if t is dict:
         if not all(type(k) is str for k in obj):
-            raise _NotArrays
-        return {"dict": [[k, _flatten_tree(v, path + (k,), names, leaves)] for k, v in obj.items()]}
+            if not all(type(k) in _KEY_TYPES and _tagged.encodable(k) for k in obj):
+                raise _NotArrays
+            if len({str(k) for k in obj}) != len(obj):  # {1: a, "1": b}: no names to tell them apart
+                raise _NotArrays
+            return {"dict": [[_tagged.encode(k), _flatten_tree(v, path + (str(k),), names, leaves, value_names)]
+                             for k, v in obj.items()]}
+        return {"dict": [[k, _flatten_tree(v, path + (k,), names, leaves, value_names)] for k, v in obj.items()]}
     if t is list:
-        return {"list": [_flatten_tree(v, path + (str(i),), names, leaves) for i, v in enumerate(obj)]}
+        return {"list": [_flatten_tree(v, path + (str(i),), names, leaves, value_names) for i, v in enumerate(obj)]}
     if t is tuple:
-        return {"tuple": [_flatten_tree(v, path + (str(i),), names, leaves) for i, v in enumerate(obj)]}
+        return {"tuple": [_flatten_tree(v, path + (str(i),), names, leaves, value_names)
+                          for i, v in enumerate(obj)]}
     jax = _jax()
     if jax is None:
         raise _NotArrays
@@ -179,9 +201,10 @@ def _flatten_tree(obj: Any, path: tuple[str, ...], names: list[str], leaves: lis
     if len(pairs) == 1 and pairs[0][1] is obj:
         raise _NotArrays  # not a pytree node: an object that is not an array
     # A custom pytree node (optax state, equinox module, flax struct, dataclass): its array
-    # leaves are stored; other leaves (functions, ints, strings) come back from the template.
-    # A node without any (optax's EmptyState) is an empty subtree.
-    pairs = [(k, leaf) for k, leaf in pairs if is_array(leaf)]
+    # leaves are stored, and so are plain values (a flax TrainState's int step); other leaves
+    # (functions, objects) come back from the template. A node without any (optax's EmptyState)
+    # is an empty subtree.
+    pairs = [(k, leaf) for k, leaf in pairs if is_array(leaf) or _is_value(leaf)]
     nested: dict[str, Any] = {}
     for keypath, leaf in pairs:
         parts = [_key_name(k) for k in keypath]
@@ -193,7 +216,10 @@ def _flatten_tree(obj: Any, path: tuple[str, ...], names: list[str], leaves: lis
         if parts[-1] in d:
             raise ValueError(f"pytree key path {'/'.join(path + tuple(parts))} appears twice")
         d[parts[-1]] = leaf
-    return _flatten_tree(nested, path, names, leaves)
+    return _flatten_tree(nested, path, names, leaves, value_names)
+
+
+_KEY_TYPES = (bool, int, float, complex, str, bytes, tuple, frozenset, type(None))
 
 
 class _NotArrays(Exception):
@@ -217,21 +243,25 @@ def flatten(obj: Any) -> Optional[Flat]:
         return None
     names: list[str] = []
     leaves = []
+    value_names: list[str] = []
     try:
-        tree = _flatten_tree(obj, (), names, leaves)
+        tree = _flatten_tree(obj, (), names, leaves, value_names)
     except _NotArrays:
         return None
     if not leaves:
         return None
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
+    every = names + value_names
+    if len(set(every)) != len(every):
+        dup = sorted({n for n in every if every.count(n) > 1})
         raise ValueError(f"two leaves of the pytree get the same name: {dup[:5]}; rename the keys")
     return Flat(names, leaves, "tree", tree, _frameworks_of(leaves))
 
 
-def unflatten_tree(skeleton: Any, leaves: list[Any], *, where: str) -> Any:
-    """Rebuild the dict/list/tuple nesting recorded by :func:`flatten`."""
-    def build(node: Any) -> Any:
+def unflatten_tree(skeleton: Any, leaves: list[Any], *, where: str, values: Optional[Mapping[str, Any]] = None
+                   ) -> Any:
+    """Rebuild the dict/list/tuple nesting recorded by :func:`flatten`; ``values`` (name -> value)
+    replace the skeleton's own value leaves of those names (a template's, by the stored ones)."""
+    def build(node: Any, path: tuple[str, ...]) -> Any:
         if isinstance(node, int) and not isinstance(node, bool):
             if not 0 <= node < len(leaves):
                 raise FormatError(f"{where}: tree refers to array {node}, but there are {len(leaves)}")
@@ -240,20 +270,52 @@ def unflatten_tree(skeleton: Any, leaves: list[Any], *, where: str) -> Any:
             (tag, body), = node.items()
             if tag == "none":
                 return None
+            if tag == "value":
+                name = "/".join(path)
+                return values[name] if values is not None and name in values else _tagged.decode(body, where)
             if tag == "dict" and isinstance(body, list):
-                return {str(k): build(v) for k, v in body}
+                out = {}
+                for k, v in body:
+                    key = k if type(k) is str else _tagged.decode(k, where)
+                    out[key] = build(v, path + (str(key),))
+                return out
             if tag == "list" and isinstance(body, list):
-                return [build(v) for v in body]
+                return [build(v, path + (str(i),)) for i, v in enumerate(body)]
             if tag == "tuple" and isinstance(body, list):
-                return tuple(build(v) for v in body)
+                return tuple(build(v, path + (str(i),)) for i, v in enumerate(body))
         raise FormatError(f"{where}: malformed tree skeleton node {node!r:.100}")
 
     try:
-        return build(skeleton)
+        return build(skeleton, ())
     except (TypeError, ValueError, RecursionError) as e:
         if isinstance(e, FormatError):
             raise
         raise FormatError(f"{where}: malformed tree skeleton ({e})") from None
+
+
+def tree_values(skeleton: Any, *, where: str) -> dict[str, Any]:
+    """The value leaves of a stored skeleton by name (the names :func:`flatten` gives), decoded."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, path: tuple[str, ...], depth: int) -> None:
+        if depth > 1000:
+            raise FormatError(f"{where}: tree skeleton nested deeper than 1000")
+        if not isinstance(node, dict) or len(node) != 1:
+            return
+        (tag, body), = node.items()
+        if tag == "value":
+            out["/".join(path)] = _tagged.decode(body, where)
+        elif tag == "dict" and isinstance(body, list):
+            for pair in body:
+                if isinstance(pair, list) and len(pair) == 2:
+                    key = pair[0] if type(pair[0]) is str else _tagged.decode(pair[0], where)
+                    walk(pair[1], path + (str(key),), depth + 1)
+        elif tag in ("list", "tuple") and isinstance(body, list):
+            for i, v in enumerate(body):
+                walk(v, path + (str(i),), depth + 1)
+
+    walk(skeleton, (), 0)
+    return out
 
 
 # -- restoring ------------------------------------------------------------
@@ -303,8 +365,10 @@ def restores_in_place(obj: Any) -> bool:
         type(obj) is dict and all(type(k) is str for k in obj) and all(is_array(v) for v in obj.values()))
 
 
-def targets_of(obj: Any) -> tuple[list[Target], Callable[[], Any]]:
-    """Targets of a collection, and a function returning the restored collection afterwards."""
+def targets_of(obj: Any, values: Optional[Mapping[str, Any]] = None) -> tuple[list[Target], Callable[[], Any]]:
+    """Targets of a collection, and a function returning the restored collection afterwards.
+
+    ``values`` (name -> stored value leaf) replace the template's non-array leaves of those names."""
     if is_var_collection(obj):
         jnp = _jax().numpy
         out = []
@@ -316,7 +380,7 @@ def targets_of(obj: Any) -> tuple[list[Target], Callable[[], Any]]:
     if type(obj) is dict and all(is_array(v) for v in obj.values()) and all(type(k) is str for k in obj):
         return [_dict_target(obj, k) for k in obj], lambda: obj
     if _jax() is not None:
-        return _template_targets(obj)
+        return _template_targets(obj, values or {})
     flat = flatten(obj)
     if flat is None or flat.kind not in ("tree", "array", "scalar"):
         raise TypeError(f"cannot restore into a {type(obj).__name__}: expected an objax VarCollection, a dict of "
@@ -334,7 +398,7 @@ def targets_of(obj: Any) -> tuple[list[Target], Callable[[], Any]]:
     def rebuild() -> Any:
         if flat.kind in ("array", "scalar"):
             return new_leaves[0]
-        return unflatten_tree(flat.tree, new_leaves, where="restore")
+        return unflatten_tree(flat.tree, new_leaves, where="restore", values=values)
 
     return targets, rebuild
 
@@ -362,7 +426,7 @@ def _abstract_key_impl(sds: Any) -> str:
     return key_impl_name(jax.random.wrap_key_data(np.zeros(shape_dtype(sds)[0], np.uint32)))
 
 
-def _template_targets(obj: Any) -> tuple[list[Target], Callable[[], Any]]:
+def _template_targets(obj: Any, values: Mapping[str, Any]) -> tuple[list[Target], Callable[[], Any]]:
     """Targets from any JAX pytree: array and ShapeDtypeStruct leaves take stored arrays (named by
     key path); other leaves are kept from the template. Nothing is allocated until assignment."""
     jax = _jax()
@@ -371,6 +435,9 @@ def _template_targets(obj: Any) -> tuple[list[Target], Callable[[], Any]]:
     targets = []
     for i, (keypath, leaf) in enumerate(pairs):
         if not (is_array(leaf) or is_abstract(leaf)):
+            name = "/".join(_key_name(k) for k in keypath)
+            if name in values:  # a plain value (an int step): the stored one, not the template's
+                new_leaves[i] = values[name]
             continue
         name = "/".join(_key_name(k) for k in keypath) or "array"
         shape, dtype = shape_dtype(leaf)

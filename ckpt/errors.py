@@ -27,6 +27,7 @@ __all__ = [
     "SaveError",
     "SlotKindError",
     "LockedError",
+    "UnknownMetricError",
     "CorruptCheckpointWarning",
 ]
 
@@ -167,8 +168,21 @@ class LockedError(CkptError, TimeoutError):
     """Another writer holds the checkpoint directory's lock and ``lock_timeout`` ran out."""
 
 
+class UnknownMetricError(CkptError, ValueError):
+    """``keep_best`` ranks by a metric that no checkpoint records (a typo?); nothing was deleted.
+
+    ``recorded`` lists the metric names the checkpoints do record.
+    """
+
+    def __init__(self, message: str, *, file: Optional[str] = None, metric: str = "",
+                 recorded: Sequence[str] = ()):
+        super().__init__(message, file=file)
+        self.metric = metric
+        self.recorded = list(recorded)
+
+
 class CorruptCheckpointWarning(UserWarning):
-    """``restore()`` skipped a damaged newest checkpoint and restored an older, intact one."""
+    """A load without an index skipped a damaged newest checkpoint and read an older, intact one."""
 
 
 class DependencyWarning(UserWarning):

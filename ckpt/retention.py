@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
-__all__ = ["RetentionPolicy", "Entry", "select", "kept_by", "rank", "best", "metric_value", "normalize_metrics"]
+__all__ = ["RetentionPolicy", "Entry", "Plan", "select", "kept_by", "rank", "best", "metric_value",
+           "normalize_metrics"]
 
 MODES = ("min", "max")
 
@@ -123,11 +124,12 @@ def kept_by(entries: Iterable[Entry], policy: RetentionPolicy) -> dict[str, set[
 
 
 def select(entries: Iterable[Entry], policy: RetentionPolicy, newest: Optional[int],
-           just_written: Optional[int] = None) -> set[int]:
-    """The indices to keep: the union of every active policy's, plus ``newest`` and ``just_written``.
+           just_written: Optional[int] = None, *, protected: Iterable[int] = ()) -> set[int]:
+    """The indices to keep: the union of every active policy's, plus ``newest``, ``just_written``
+    and every ``protected`` index.
 
-    With no active policy every entry is kept. ``newest`` and ``just_written`` are
-    kept even when they are not among ``entries``' indices.
+    With no active policy every entry is kept. ``newest``, ``just_written`` and
+    ``protected`` are kept even when they are not among ``entries``' indices.
     """
     entries = list(entries)
     if not policy.active:
@@ -135,7 +137,27 @@ def select(entries: Iterable[Entry], policy: RetentionPolicy, newest: Optional[i
     else:
         kept = set().union(*kept_by(entries, policy).values())
     kept.update(i for i in (newest, just_written) if i is not None)
+    kept.update(protected)
     return kept
+
+
+@dataclass
+class Plan:
+    """What a prune would do: the readable ``entries`` and the ``damaged`` files (index -> why) it
+    skipped, what it keeps (and which policy keeps what), what it deletes, and the newest
+    checkpoint that verified (None when nothing had to be deleted, so none was checked)."""
+
+    entries: list[Entry] = field(default_factory=list)
+    damaged: dict[int, str] = field(default_factory=dict)
+    keep: set[int] = field(default_factory=set)
+    kept_by_policy: set[int] = field(default_factory=set)
+    kept_by: dict[str, set[int]] = field(default_factory=dict)
+    delete: list[int] = field(default_factory=list)
+    newest_verified: Optional[int] = None
+    missing_metric: list[int] = field(default_factory=list)
+
+    def entries_by_idx(self) -> dict[int, Entry]:
+        return {e.idx: e for e in self.entries}
 
 
 def normalize_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:

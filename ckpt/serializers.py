@@ -12,11 +12,11 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _codec, _limits, _module_pickle, _npy, collections as _coll
+from . import _codec, _limits, _module_pickle, _npy, _tagged, collections as _coll
 from ._pickle_scan import scan_globals, top_level_packages
 from .errors import FormatError, UntrustedPickleError
 
@@ -72,19 +72,25 @@ def choose(obj: Any) -> str:
         return "raw"
     if _coll.flatten(obj) is not None:
         return "arrays"
-    if is_jsonable(obj):
-        return "json"
+    if is_jsonable(obj) or _tagged.encodable(obj):
+        return "json"  # plain JSON, or tagged JSON for tuples, int keys, bytes, ... (no pickle)
     return "pickle"
 
 
 def snapshot_leaf(leaf: Any) -> Any:
-    """A leaf that later mutation cannot change: writable numpy arrays are copied, JAX arrays are
-    immutable and kept by reference (their device-to-host copy is started now)."""
+    """A leaf that later mutation cannot change: numpy arrays are copied (a read-only array may be
+    a view of memory the caller still writes, e.g. ``np.broadcast_to`` or ``a.view()`` with the
+    flag cleared), JAX arrays are immutable and kept by reference (their device-to-host copy is
+    started now)."""
     if isinstance(leaf, np.ndarray):
-        return leaf.copy() if leaf.flags.writeable else leaf
+        return np.array(leaf, copy=True, order="K")
     if _coll.is_jax_array(leaf):
+        if all(d.platform == "cpu" for d in getattr(leaf, "devices", lambda: [])()):
+            # A host view now (no copy): while it lives JAX does not donate the buffer to a later
+            # jit(donate_argnums=...), so the loop cannot reuse the memory under the writer.
+            return np.asarray(_coll.storable(leaf))
         start = getattr(leaf, "copy_to_host_async", None)
-        if start is not None and not all(d.platform == "cpu" for d in getattr(leaf, "devices", lambda: [])()):
+        if start is not None:
             start()
     return leaf
 
@@ -203,6 +209,19 @@ def encode_arrays(obj: Any, prefix: str, *, snapshot: bool = False,
     return Encoded("arrays", members, info, needed=needed, informational=set(flat.frameworks))
 
 
+_SMALL_HEAD = 4096
+
+
+def _unshared(arrays: dict[str, np.ndarray], members: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """Identical arrays are stored once; each name still gets its own writable memory."""
+    seen: set[str] = set()
+    for n, arr in list(arrays.items()):
+        if members[n] in seen:
+            arrays[n] = np.array(arr, copy=True)
+        seen.add(members[n])
+    return arrays
+
+
 class ArraysView:
     """Lazy, verified access to the arrays of one stored slot.
 
@@ -210,7 +229,7 @@ class ArraysView:
     """
 
     def __init__(self, members: list[str], info: dict[str, Any], read_member: Callable[..., Any],
-                 read_head: Callable[[str], bytes], member_size: Callable[[str], int], where: str,
+                 read_head: Callable[..., bytes], member_size: Callable[[str], int], where: str,
                  verify_members: Optional[Callable[[list[str]], None]] = None,
                  read_many: Optional[Callable[[list[str]], dict[str, Any]]] = None):
         self._read_member = read_member
@@ -278,12 +297,25 @@ class ArraysView:
         if self._verify_members is not None:
             self._verify_members([self._index[n] for n in names if n in self._index])
 
+    def _head(self, member: str, size: int) -> bytes:
+        """The start of a member holding its whole header: a small read first (headers are
+        usually under 200 bytes), the reader's full header limit only when that cuts it short."""
+        if member.endswith(".ckz"):
+            return self._read_head(member)
+        head = self._read_head(member, _SMALL_HEAD)
+        if len(head) >= min(size, 12) and len(head) < size:
+            try:
+                _npy.parse_header(head, size, where=self.where)
+            except FormatError:
+                return self._read_head(member)  # a long (or broken) header: read all the limit allows
+        return head
+
     def header(self, name: str) -> _npy.NpyHeader:
         """Shape and dtype of one array, from its .npy header (not yet verified by hash)."""
         if name not in self._headers:
             member = self._index[name]
             size = self._size(member)
-            head = self._read_head(member)
+            head = self._head(member, size)
             if member.endswith(".ckz"):
                 c = _codec.parse_header(head, where=f"{self.where} array {name!r}")
                 h = _npy.NpyHeader(c.dtype, c.shape, c.fortran_order, -1)
@@ -314,12 +346,14 @@ class ArraysView:
             encoding = str(rec.get("encoding")) if isinstance(rec, dict) and rec.get("encoding") else "ckz"
         return encoding, self._size(member)
 
-    def read_all(self) -> dict[str, np.ndarray]:
-        """Every array, verified, each in its own writable memory (read and hashed two at a time)."""
+    def read_all(self, names: Optional[Iterable[str]] = None) -> dict[str, np.ndarray]:
+        """Every array (or those ``names``), verified, each in its own writable memory (read and
+        hashed two at a time)."""
+        wanted = list(self.names if names is None else dict.fromkeys(names))
         if self._read_many is None:
-            return {n: self.read(n) for n in self.names}
-        plain = [n for n in self.names if not self._index[n].endswith(".ckz")]
-        packed = [n for n in self.names if n not in plain]
+            return {n: self.read(n) for n in wanted}
+        plain = [n for n in wanted if not self._index[n].endswith(".ckz")]
+        packed = [n for n in wanted if n not in plain]
         self.verify(packed)  # compressed members: hashed in parallel, then decoded all at once
         decoded = dict(zip(packed, _codec.decode_many(
             [self._compressed(self._index[n], self._read_member(self._index[n], False), self.header(n).dtype)
@@ -328,7 +362,7 @@ class ArraysView:
             self.header(n)
         buffers = self._read_many([self._index[n] for n in plain])
         out = {}
-        for n in self.names:
+        for n in wanted:
             h = self.header(n)
             if n in decoded:
                 out[n] = decoded[n]
@@ -339,7 +373,7 @@ class ArraysView:
                 out[n] = self.read(n)
             if out[n].shape != h.shape:
                 raise FormatError(f"{self.where}: array {n!r} header changed between reads")
-        return out
+        return _unshared(out, self._index)
 
     def read(self, name: str, *, copy: bool = True) -> np.ndarray:
         """One array, verified: in its own writable memory, or with ``copy=False`` a read-only
@@ -370,20 +404,34 @@ class ArraysView:
 
 # -- json / raw -----------------------------------------------------------
 def encode_json(obj: Any, prefix: str) -> Encoded:
-    if not is_jsonable(obj):
-        raise TypeError(f"{type(obj).__name__} value is not JSON-serialisable exactly (tuples, sets, numpy "
-                        "values and non-str keys are not); use serializer='pickle' or convert it")
-    data = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    return Encoded("json", [MemberSource("data.json", len(data), lambda: [data])], informational={"numpy"})
+    """Plain JSON when it holds ``obj`` exactly; else tagged JSON (``info["encoding"] == "tagged"``)."""
+    info: dict[str, Any] = {}
+    if is_jsonable(obj):
+        doc = obj
+    elif _tagged.encodable(obj):
+        doc, info = _tagged.encode(obj), {"encoding": "tagged"}
+    else:
+        raise TypeError(f"{type(obj).__name__} value is not JSON-serialisable exactly (only None, bool, int, "
+                        "float, str, bytes, complex, and lists, tuples, sets and dicts of them are); use "
+                        "serializer='pickle' or convert it")
+    data = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return Encoded("json", [MemberSource("data.json", len(data), lambda: [data])], info=info,
+                   informational={"numpy"})
 
 
-def decode_json(data: Any, where: str) -> Any:
+def decode_json(data: Any, where: str, info: Optional[Mapping[str, Any]] = None) -> Any:
     if len(data) > _limits.MAX_JSON_BYTES:
         raise FormatError(f"{where}: JSON slot of {len(data)} bytes is over the limit of {_limits.MAX_JSON_BYTES}")
     try:
-        return json.loads(bytes(data).decode("utf-8"))
+        doc = json.loads(bytes(data).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise FormatError(f"{where}: JSON slot does not parse ({e})") from None
+    encoding = (info or {}).get("encoding")
+    if encoding is None:
+        return doc
+    if encoding == "tagged":
+        return _tagged.decode(doc, where)
+    raise FormatError(f"{where}: unknown JSON encoding {encoding!r:.40} (this ckpt knows 'tagged')")
 
 
 def encode_raw(obj: Any, prefix: str) -> Encoded:
@@ -395,6 +443,7 @@ def encode_raw(obj: Any, prefix: str) -> Encoded:
 def encode_pickle(obj: Any, prefix: str, *, snapshot: bool = False) -> Encoded:
     """A pickle member holding structure only, then one .npy member per array it referenced."""
     data, arrays = _module_pickle.dumps(obj)
+    kinds = ["jax" if _coll.is_jax_array(a) else "numpy" for a in arrays]
     if snapshot:
         arrays = [snapshot_leaf(a) for a in arrays]
     globals_ = scan_globals(data)
@@ -404,7 +453,7 @@ def encode_pickle(obj: Any, prefix: str, *, snapshot: bool = False) -> Encoded:
         members.append(_npy_source(f"{i}.npy", arr))
         shape, dtype = _coll.shape_dtype(arr)
         arrays_info.append({"shape": list(shape), "dtype": _npy.dtype_name(dtype),
-                            "kind": "jax" if _coll.is_jax_array(arr) else "numpy"})
+                            "kind": kinds[i]})
     needed = top_level_packages(globals_)
     if any(_npy.is_extension_dtype(_coll.shape_dtype(a)[1]) for a in arrays):
         needed.add("ml_dtypes")

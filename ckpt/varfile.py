@@ -8,6 +8,7 @@ assigns anything: a mismatch or a corrupt file never leaves a half-restored mode
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Mapping, Optional, Union
@@ -59,10 +60,15 @@ def write_encoded(file: PathOrFile, encoded: Mapping[str, _ser.Encoded], *,
 
 
 class open_reader:
-    """Context manager giving a PackReader over a path or a file object (left open)."""
+    """Context manager giving a PackReader over a path or a file object (left open).
 
-    def __init__(self, file: PathOrFile):
+    ``mmap=True`` maps the file, so ``read(name, copy=False)`` gives read-only zero-copy views;
+    only for files nothing truncates while the views live (a truncated mapping is SIGBUS).
+    """
+
+    def __init__(self, file: PathOrFile, *, mmap: bool = False):
         self._file = file
+        self._mmap = mmap
         self._handle: Optional[BinaryIO] = None
 
     def __enter__(self) -> PackReader:
@@ -70,12 +76,12 @@ class open_reader:
             path = os.fspath(self._file)
             self._handle = open(path, "rb")
             try:
-                return PackReader(self._handle, path)
+                return PackReader(self._handle, path, mmap=self._mmap)
             except BaseException:
                 self._handle.close()
                 raise
         label = getattr(self._file, "name", None)
-        return PackReader(self._file, label if isinstance(label, str) else repr(self._file))
+        return PackReader(self._file, label if isinstance(label, str) else repr(self._file), mmap=self._mmap)
 
     def __exit__(self, *exc: Any) -> None:
         if self._handle is not None:
@@ -100,18 +106,46 @@ def prepare_restore(reader: PackReader, slot: str, target: Any, *, renamer: _col
                     strict: bool = True, verify: bool = True, cast: bool = False) -> PreparedRestore:
     """Match ``target`` against a stored arrays slot and read what it needs, assigning nothing."""
     view = reader.arrays(slot, verify=verify)
-    targets, rebuild = _coll.targets_of(target)
-    stored = {n: view.shape_dtype(n) for n in view.names}
+    skeleton = view.info.get("tree") if view.info.get("kind") == "tree" else None
+    values = _coll.tree_values(skeleton, where=view.where) if skeleton is not None else {}
+    targets, rebuild = _coll.targets_of(target, values)
+    stored: dict[str, tuple[tuple[int, ...], np.dtype]] = {n: view.shape_dtype(n) for n in view.names}
+    # A template array where a plain number was stored (jax.eval_shape turns an int step into a
+    # 0-d ShapeDtypeStruct): that number, as a 0-d array of the template's dtype.
+    from_values = _value_arrays(targets, values, stored, where=view.where)
+    stored.update({n: (a.shape, a.dtype) for n, a in from_values.items()})
     pairs, report = _coll.plan(targets, stored, renamer=renamer, strict=strict, file=reader.label, slot=slot,
                                cast=cast)
-    if verify:
-        view.verify(name for _, name in pairs)
+    # Read (not mapped: a file truncated meanwhile is a FormatError, never SIGBUS) and verified,
+    # two arrays at a time, before anything is assigned.
+    arrays = view.read_all(name for _, name in pairs if name not in from_values)
+    arrays.update(from_values)
     loaded = []
     for t, name in pairs:
-        # A view of the mapped file: assigning copies each array once (into the target or the device).
-        arr = view.read(name, copy=False)
+        arr = arrays[name]
         loaded.append((t, arr if arr.dtype == t.dtype else arr.astype(t.dtype)))
     return PreparedRestore(loaded, rebuild, report)
+
+
+def _value_arrays(targets: list[_coll.Target], values: Mapping[str, Any],
+                  stored: Mapping[str, Any], *, where: str) -> dict[str, np.ndarray]:
+    """0-d arrays for scalar targets that match a stored number by name (and hold it exactly)."""
+    out: dict[str, np.ndarray] = {}
+    for t in targets:
+        name = t.names[0]
+        value = values.get(name)
+        if name in stored or t.shape != () or type(value) not in (bool, int, float, complex):
+            continue
+        try:
+            arr = np.asarray(value, dtype=t.dtype)
+        except (OverflowError, TypeError, ValueError):
+            continue  # reported by plan() as missing
+        # Integers must fit exactly; a Python float rounds to the template's float dtype, as JAX
+        # itself rounds a weakly typed float.
+        inexact = isinstance(value, (float, complex)) and t.dtype.kind in "fc"
+        if inexact or arr.item() == value or (isinstance(value, float) and math.isnan(value)):
+            out[name] = arr
+    return out
 
 
 def save_var_collection(file: PathOrFile, vc: Any, *, metadata: Optional[Mapping[str, Any]] = None,

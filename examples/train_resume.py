@@ -25,7 +25,11 @@ position (epoch and offset into that epoch's shuffled order), the step, and the
 run's config (JSON; a resume with a different config is refused).
 
 Run it with:  python examples/train_resume.py            (about 15 s on a laptop CPU)
-Options:      --steps, --every, --crash-at, --logdir, --keep; see --help.
+Options:      --steps, --every, --crash-at, --logdir, --clean; see --help.
+
+The runs' checkpoints are kept (the demo prints where), so the README's command-line tour can be
+tried on them: ``ckpt ls DIR/reference --verify --metric loss``, ``ckpt verify DIR/crashed``, ...
+Pass ``--clean`` to delete them at the end instead.
 """
 
 from __future__ import annotations
@@ -254,7 +258,9 @@ def parse_args() -> argparse.Namespace:
                    help="kill the second run after this step (default: 7/12 of --steps, between two saves)")
     p.add_argument("--logdir", default=None,
                    help="empty or new directory for the runs (default: a fresh temporary directory)")
-    p.add_argument("--keep", action="store_true", help="keep the temporary directory at the end")
+    p.add_argument("--clean", action="store_true",
+                   help="delete the run directories at the end (default: keep them and print where)")
+    p.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)  # the default now; accepted as before
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: run train() only
     args = p.parse_args()
     if args.steps < 2 or args.every < 1:
@@ -276,9 +282,9 @@ def main() -> int:
         return 0
 
     if args.logdir is None:
-        root, cleanup = tempfile.mkdtemp(prefix="ckpt-train-resume-"), not args.keep
+        root = tempfile.mkdtemp(prefix="ckpt-train-resume-")
     else:
-        root, cleanup = os.path.abspath(args.logdir), False
+        root = os.path.abspath(args.logdir)
         if os.path.isdir(root) and os.listdir(root):
             print(f"error: --logdir {root} is not empty; the demo needs fresh directories", file=sys.stderr)
             return 2
@@ -299,10 +305,16 @@ def main() -> int:
         print(f"  (run directories kept for inspection in {root})", file=sys.stderr)
         return 1
     print(f"\nOK: resuming after SIGKILL reproduced the uninterrupted run bit for bit ({elapsed:.1f} s).")
-    if cleanup:
+    if args.clean:
         shutil.rmtree(root, ignore_errors=True)
+        print(f"Deleted the run directories in {root} (--clean).")
     else:
-        print(f"Checkpoints kept in {root}")
+        print(f"Checkpoints kept in {root} (pass --clean to delete them). Try:\n"
+              f"  ckpt ls {os.path.join(root, 'reference')} --verify --metric loss\n"
+              f"  ckpt diff {os.path.join(root, 'reference', 'ckpt', f'{args.steps:010d}.npz')} "
+              f"{os.path.join(root, 'crashed', 'ckpt', f'{args.steps:010d}.npz')}\n"
+              f"  ckpt verify {os.path.join(root, 'crashed')} && echo intact\n"
+              f"  ckpt prune {os.path.join(root, 'reference')} --keep 1 --dry-run")
     return 0
 
 

@@ -345,8 +345,8 @@ def test_verify_plain_npz_uses_crc(capsys, tmp_path):
 
 
 def test_verify_empty_and_missing(capsys, tmp_path):
-    rc, out, _ = cli(capsys, "verify", tmp_path)
-    assert rc == 0 and "nothing to verify" in out
+    rc, out, err = cli(capsys, "verify", tmp_path)  # `verify WRONG_DIR && echo intact` must not pass
+    assert rc == 1 and out == "" and "nothing was verified" in no_traceback(err)
     rc, out, err = cli(capsys, "verify", tmp_path / "nope.npz")
     assert rc == 1 and out == "" and "no such file" in no_traceback(err)
 

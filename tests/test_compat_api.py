@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fractions
 import io
 
 import numpy as np
@@ -16,7 +17,8 @@ VALUES = {
     "array": (np.arange(5, dtype=np.uint8), "arrays"),
     "config": ({"lr": 3e-4, "layers": [128, 64], "act": "relu"}, "json"),
     "bytes": (b"\x00raw\xff", "raw"),
-    "tuple": ((1, "two", 3.0), "pickle"),
+    "tuple": ((1, "two", 3.0), "json"),  # tagged JSON (issue 13): no pickle for everyday values
+    "fraction": (fractions.Fraction(1, 3), "pickle"),
 }
 
 
@@ -57,10 +59,10 @@ def test_like_pickle_with_paths(tmp_path, value, serializer, as_str):
 
 def test_pickle_slots_still_need_trust(tmp_path):
     path = tmp_path / "t.npz"
-    ckpt.dump((1, 2), path)
+    ckpt.dump(fractions.Fraction(1, 3), path)  # (a tuple is tagged JSON now: no pickle)
     with pytest.raises(UntrustedPickleError):
         ckpt.load(path)
-    assert ckpt.load(path, trusted=True) == (1, 2)
+    assert ckpt.load(path, trusted=True) == fractions.Fraction(1, 3)
 
 
 def test_dump_replaces_an_existing_file_atomically(tmp_path):

@@ -470,8 +470,9 @@ def test_restore_raises_when_every_checkpoint_is_damaged(run3):
     assert all(not a.any() for a in tgt.values()), "a failed restore assigned something"
 
 
-def test_a_save_after_a_damaged_newest_rotates_past_it(run3):
-    """Training resumes from the fallback and saves again: the damaged file is rotated, never restored."""
+def test_a_save_after_a_damaged_newest_goes_on_past_it(run3):
+    """Training resumes from the fallback and saves again: the damaged file is never restored, never
+    counted by retention, and never deleted (left for a person to look at)."""
     ck, _ = run3
     _damage(ck.path(3), "truncate_half")
     with pytest.warns(CorruptCheckpointWarning):
@@ -482,4 +483,4 @@ def test_a_save_after_a_damaged_newest_rotates_past_it(run3):
         assert_restores(ck, 4)
     save_step(ck, 5)
     save_step(ck, 6)
-    assert ck.indices() == [4, 5, 6]
+    assert ck.indices() == [3, 4, 5, 6]

@@ -58,7 +58,7 @@ def test_pickle_outside_the_allow_list_is_refused(ordered_pack, trusted):
 def test_pickle_of_builtins_only_needs_no_globals(tmp_path):
     path = tmp_path / "p.npz"
     with ckpt.Pack(path) as pack:
-        pack.dump("t", (1, "a", 2.5))
+        pack.dump("t", (1, "a", 2.5), serializer="pickle")  # a tuple is tagged JSON by default
         with pytest.raises(UntrustedPickleError) as info:
             pack.load("t")
         assert info.value.globals == []
@@ -71,7 +71,7 @@ def _pack_with_pickle_bytes(tmp_path, payload: bytes, slot: str = "evil"):
     honest = tmp_path / "honest.npz"
     with ckpt.Pack(honest) as pack:
         pack.dump("main", {"w": np.ones(2)})
-        pack.dump(slot, ("placeholder",))
+        pack.dump(slot, ("placeholder",), serializer="pickle")
         member = pack.slots_info[slot].members[0]
     crafted = tmp_path / "crafted.npz"
     rewrite_pack(honest, crafted, replace_members={member: payload})
@@ -125,7 +125,7 @@ def test_crafted_payload_in_a_slot_never_runs(tmp_path, make_payload, global_nam
 def test_crafted_payload_in_main_refused_by_compat_load(tmp_path, make_payload):
     sentinel = tmp_path / "pwned"
     honest = tmp_path / "honest.npz"
-    ckpt.dump(("placeholder",), honest)
+    ckpt.dump(collections.OrderedDict(placeholder=1), honest)  # pickled: not an everyday (tagged JSON) value
     crafted = tmp_path / "crafted.npz"
     with ckpt.Pack(honest) as pack:
         member = pack.slots_info["main"].members[0]
@@ -140,7 +140,7 @@ def test_crafted_payload_in_main_refused_by_compat_load(tmp_path, make_payload):
 def test_crafted_payload_in_checkpoint_extras_never_runs(tmp_path):
     sentinel = tmp_path / "pwned"
     ck = ckpt.Checkpoint(tmp_path / "run", keep_ckpts=2)
-    path = ck.save({"w": np.ones(2)}, 1, extras={"state": ("placeholder",)})
+    path = ck.save({"w": np.ones(2)}, 1, extras={"state": collections.OrderedDict(placeholder=1)})
     with ckpt.Pack(path) as pack:
         member = pack.slots_info["state"].members[0]
     rewrite_pack(path, path + ".crafted", replace_members={member: os_system_pickle(sentinel)})

@@ -210,16 +210,16 @@ def test_lower_index_is_kept_once_then_pruned(tmp_path, caplog):
     assert ck.indices() == [10]
 
 
-def test_an_unreadable_checkpoint_has_no_metrics_but_rotates(tmp_path, caplog):
+def test_an_unreadable_file_is_skipped_and_a_plain_npz_has_no_metrics(tmp_path, caplog):
     ck = ckpt.Checkpoint(tmp_path, keep_ckpts=1, keep_best=1, metric="m", verbose=False)
     ck.save(state(1), 1, metrics={"m": 0.5})
-    with open(ck.path(2), "wb") as f:  # not a pack at all
+    with open(ck.path(2), "wb") as f:  # not a pack at all: damaged, never counted or deleted
         f.write(b"garbage")
-    np.savez(ck.path(3), w=np.zeros(2))  # a plain npz: no manifest, no metrics
+    np.savez(ck.path(3), w=np.zeros(2))  # a plain npz: a checkpoint without metrics
     with caplog.at_level(logging.WARNING, logger="ckpt"):
         ck.save(state(4), 4, metrics={"m": 0.9})
-    assert "cannot read the manifest" in caplog.text
-    assert ck.indices() == [1, 4]
+    assert "skipped damaged checkpoint" in caplog.text and "0000000002.npz" in caplog.text
+    assert ck.indices() == [1, 2, 4]
     assert ck.best() == (1, {"m": 0.5})
 
 
@@ -279,8 +279,15 @@ def brute_force_keeps(disk, policy):
     return out
 
 
+def metric_unknown(disk, policy):
+    """keep_best ranks by a metric that no checkpoint records: nothing may be deleted."""
+    return policy["keep_best"] is not None and not any(m and "val_loss" in m for _, m in disk.values())
+
+
 def expected_survivors(disk, policy, just_written=None):
     if not any(policy[k] is not None for k in ("keep_ckpts", "keep_every", "keep_best", "max_bytes")):
+        return set(disk)
+    if metric_unknown(disk, policy):
         return set(disk)
     keep = set().union(*brute_force_keeps(disk, policy).values())
     keep.add(max(disk))
@@ -360,6 +367,11 @@ class RetentionMachine(RuleBasedStateMachine):
     @rule(dry_run=st.booleans())
     def prune(self, dry_run):
         before = disk_state(self.ck)
+        if before and metric_unknown(before, self.policy):
+            with pytest.raises(ckpt.errors.UnknownMetricError, match="val_loss"):
+                self.ck.prune(dry_run=dry_run)
+            assert disk_state(self.ck) == before
+            return
         removed = self.ck.prune(dry_run=dry_run)
         after = disk_state(self.ck)
         assert removed == sorted(removed)
