@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, Iterable, Mapping, Optional
 import numpy as np
 
 from . import _crc, _limits, _npy, _zip, deps as _deps, manifest as _manifest, serializers as _ser
-from ._pickle_scan import scan_globals
+from ._pickle_scan import scan, scan_globals
 from .errors import ChecksumError, FormatError, NotAPackError, SlotKindError, SlotNotFoundError
 from .manifest import MANIFEST_MEMBER, SlotInfo
 
@@ -324,7 +324,7 @@ class PackReader:
         if not info.members:
             raise FormatError(f"{where}: a pickle slot needs its pickle member", file=self.label)
         data = bytes(self.read_member(info.members[0], verify=verify, slot=slot, copy=False))
-        _ser.check_trusted(trusted, scan_globals(data, where=where), where, file=self.label, slot=slot)
+        _ser.check_trusted(trusted, scan(data, where=where), where, file=self.label, slot=slot)
         # Everything is verified before anything is unpickled.
         arrays = []
         records = info.info.get("arrays", [])
