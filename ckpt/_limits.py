@@ -27,8 +27,10 @@ MAX_NPY_HEADER_BYTES = 64 * 1024
 #: Most dimensions accepted in an array shape.
 MAX_NDIM = 64
 
-#: Largest ratio of uncompressed to compressed size accepted for a deflated member.
-MAX_COMPRESSION_RATIO = 1024
+#: Largest ratio of uncompressed to compressed size a deflated member may declare: deflate itself
+#: cannot exceed ~1032:1, so a larger claim is a lie. What a member may inflate to is bounded by
+#: its own declared size (and, for .npy members, by what their header declares).
+MAX_DEFLATE_RATIO = 1040
 
 #: Largest uncompressed size of any single member accepted (1 TiB).
 MAX_MEMBER_BYTES = 1 << 40

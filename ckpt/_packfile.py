@@ -159,20 +159,22 @@ class PackReader:
             return bytearray(view) if copy else view
         return self._stream(name, verify=verify, slot=slot, keep=True)
 
-    def _stream(self, name: str, *, verify: bool, slot: Optional[str], keep: bool) -> bytearray:
+    def _stream(self, name: str, *, verify: bool, slot: Optional[str], keep: bool) -> Any:
         """Read a member chunk by chunk (no mapping, or deflated), hashing as it goes; keep the bytes or not."""
         m = self.members[name]
-        # A stored member's size is bounded by the file's own; a deflated one's is only a claim (up to
-        # MAX_COMPRESSION_RATIO times its compressed size), so its buffer grows with what really inflates.
+        # A stored member's size is bounded by the file's own. A deflated one's is only a claim (at most
+        # deflate's own ratio times its compressed size): its buffer is reserved once at the declared size
+        # as untouched anonymous memory, so memory grows only with what really inflates (a lie costs
+        # nothing), and nothing is copied again once inflated.
         stored = m.zip.method == _zip.STORED
-        buf = bytearray(m.zip.size if stored and keep else 0)
+        buf: Any = bytearray(m.zip.size if stored and keep else 0)
+        if keep and not stored:
+            buf = _reserve(m.zip.size)
         pos = 0
         sha = hashlib.sha256() if (verify and m.sha256) else None
         for chunk in self.zip.chunks(m.zip, check_crc=verify and m.sha256 is None):
-            if keep and stored:
-                buf[pos:pos + len(chunk)] = chunk
-            elif keep:
-                buf += chunk
+            if keep:
+                buf[pos:pos + len(chunk)] = chunk if stored else np.frombuffer(chunk, dtype=np.uint8)
             pos += len(chunk)
             if sha is not None:
                 sha.update(chunk)
@@ -346,6 +348,16 @@ class PackReader:
             return arr
 
         return _ser.decode_pickle(data, trusted, where, load_array=load_array, file=self.label, slot=slot)
+
+
+def _reserve(size: int) -> np.ndarray:
+    """A writable byte buffer whose pages are only committed when written (anonymous memory)."""
+    if size < _RESERVE_MIN:
+        return np.empty(size, dtype=np.uint8)
+    return np.frombuffer(mmap.mmap(-1, size), dtype=np.uint8)
+
+
+_RESERVE_MIN = 1 << 20
 
 
 def _map(f: BinaryIO) -> Optional[mmap.mmap]:
