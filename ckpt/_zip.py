@@ -42,6 +42,8 @@ DEFLATED = 8
 _FLAG_ENCRYPTED = 0x1
 _FLAG_DESCRIPTOR = 0x8
 _FLAG_UTF8 = 0x800
+_KNOWN_FLAGS = 0x1 | 0x2 | 0x4 | _FLAG_DESCRIPTOR | _FLAG_UTF8  # encryption refused below; the rest zipfile refuses
+_MAX_NEEDED_VERSION = 63  # zipfile's MAX_EXTRACT_VERSION
 _U32 = 0xFFFFFFFF
 _U16 = 0xFFFF
 _DOS_TIME = 0  # 00:00:00
@@ -366,10 +368,13 @@ class ZipReader:
         for _ in range(n_total):
             if pos + _CENTRAL.size > len(directory):
                 self._fail("central directory is truncated")
-            (sig, _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len, comment_len,
+            (sig, _, needed, flags, method, _, _, crc, csize, usize, name_len, extra_len, comment_len,
              _, _, _, offset) = _CENTRAL.unpack_from(directory, pos)
             if sig != CENTRAL_SIG:
                 self._fail(f"central directory entry at {cd_offset + pos} has a bad signature")
+            if needed & 0xFF > _MAX_NEEDED_VERSION or flags & ~_KNOWN_FLAGS:
+                self._fail(f"central directory entry at {cd_offset + pos} needs zip version {needed & 0xFF} or "
+                           f"flags {flags:#06x} that zipfile does not read")
             pos += _CENTRAL.size
             if pos + name_len + extra_len + comment_len > len(directory):
                 self._fail("central directory entry runs past the directory")
