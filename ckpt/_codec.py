@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _crc, _limits, _npy
+from . import _crc, _json, _limits, _npy
 from .errors import ChecksumError, FormatError
 
 Buffer = Union[bytes, bytearray, memoryview]
@@ -365,10 +365,7 @@ def parse_header(data: Any, *, where: str) -> Header:
     n = struct.unpack_from("<I", data, 4)[0]
     if n > _limits.MAX_NPY_HEADER_BYTES or 8 + n > len(data):
         raise FormatError(f"{where}: compressed member header of {n} bytes is too long or cut short")
-    try:
-        doc = json.loads(bytes(data[8:8 + n]).decode())
-    except (UnicodeDecodeError, ValueError) as e:
-        raise FormatError(f"{where}: compressed member header is not JSON ({e})") from None
+    doc = _json.parse(data[8:8 + n], stored_bytes=None, what=f"{where}: compressed member header")
     try:
         codec, shape, nbytes, chunk = doc["codec"], doc["shape"], doc["nbytes"], doc["chunk_bytes"]
         dtype = _npy.dtype_from_name(doc["descr"], where=where)

@@ -12,8 +12,22 @@ ALIGNMENT = 64
 #: Largest manifest member accepted, in bytes.
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 
-#: Most JSON objects and arrays in a manifest (bounds the memory parsing takes: ~100 bytes each).
-MAX_MANIFEST_CONTAINERS = 1_000_000
+#: Most JSON values (an upper bound counted before parsing: , : [ and { bytes) in any JSON member
+#: (manifest, JSON slot, compressed-array header). Parsing costs up to ~50 bytes per value.
+MAX_JSON_NODES = 4_000_000
+
+#: JSON values always allowed; beyond them, a JSON member may hold one value per byte it occupies in
+#: the file (a tiny deflated member cannot expand into millions of objects).
+JSON_NODES_FREE = 65536
+
+#: Largest ratio of uncompressed to compressed size accepted for a deflated JSON member (manifest or
+#: JSON slot), beyond the first JSON_NODES_FREE bytes.
+MAX_JSON_EXPANSION = 16
+
+#: Most dependency entries one slot may record, the longest ``requires`` specifier, and its most clauses.
+MAX_DEPENDENCIES = 64
+MAX_REQUIRES_CHARS = 256
+MAX_REQUIRES_CLAUSES = 16
 
 #: Most members (zip entries) accepted in one file (keeps a hostile directory's parse under ~50 MB).
 MAX_MEMBERS = 100_000

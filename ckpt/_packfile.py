@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, Iterable, Mapping, Optional
 
 import numpy as np
 
-from . import _crc, _limits, _npy, _zip, deps as _deps, manifest as _manifest, serializers as _ser
+from . import _crc, _json, _limits, _npy, _zip, deps as _deps, manifest as _manifest, serializers as _ser
 from ._pickle_scan import scan, scan_globals
 from .errors import ChecksumError, FormatError, NotAPackError, SlotKindError, SlotNotFoundError
 from .manifest import MANIFEST_MEMBER, SlotInfo
@@ -87,9 +87,11 @@ class PackReader:
         if zm.size > _limits.MAX_MANIFEST_BYTES:
             raise FormatError(f"{self.label}: manifest of {zm.size} bytes is over the limit of "
                               f"{_limits.MAX_MANIFEST_BYTES}", file=self.label)
+        if zm.method != _zip.STORED:
+            _json.check_expansion(zm.size, zm.compressed_size, what=f"{self.label}: manifest", file=self.label)
         data = self.zip.read(zm, check_crc=True)
         sizes = {n: m.size for n, m in self.zip.members.items() if n != MANIFEST_MEMBER}
-        doc, self.slots = _manifest.decode(data, self.label, sizes)
+        doc, self.slots = _manifest.decode(data, self.label, sizes, stored_bytes=zm.compressed_size)
         self.has_manifest = True
         self.created_at: Optional[str] = doc["created_at"]
         self.updated_at: Optional[str] = doc["updated_at"]
@@ -308,9 +310,12 @@ class PackReader:
             return self._load_pickle(slot, info, trusted=trusted, verify=verify)
         if len(info.members) != 1:
             raise FormatError(f"{where}: a {info.serializer} slot must have exactly one member", file=self.label)
+        zm = self.zip.members[info.members[0]]
+        if info.serializer == "json" and zm.method != _zip.STORED:
+            _json.check_expansion(zm.size, zm.compressed_size, what=f"{where} JSON member", file=self.label)
         data = self.read_member(info.members[0], verify=verify, slot=slot)
         if info.serializer == "json":
-            return _ser.decode_json(data, where)
+            return _ser.decode_json(data, where, stored_bytes=zm.compressed_size)
         return bytes(data)
 
     def pickle_globals(self, slot: str) -> list[str]:

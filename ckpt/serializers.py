@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _codec, _limits, _module_pickle, _npy, _pickle_policy as _policy, collections as _coll
+from . import _codec, _json, _limits, _module_pickle, _npy, _pickle_policy as _policy, collections as _coll
 from ._pickle_scan import PickleScan, scan, scan_globals, top_level_packages
 from .errors import FormatError, UntrustedPickleError
 
@@ -377,13 +377,11 @@ def encode_json(obj: Any, prefix: str) -> Encoded:
     return Encoded("json", [MemberSource("data.json", len(data), lambda: [data])], informational={"numpy"})
 
 
-def decode_json(data: Any, where: str) -> Any:
+def decode_json(data: Any, where: str, *, stored_bytes: Optional[int] = None) -> Any:
+    """A JSON slot's value; ``stored_bytes`` (its size in the file) bounds how many values it may hold."""
     if len(data) > _limits.MAX_JSON_BYTES:
         raise FormatError(f"{where}: JSON slot of {len(data)} bytes is over the limit of {_limits.MAX_JSON_BYTES}")
-    try:
-        return json.loads(bytes(data).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise FormatError(f"{where}: JSON slot does not parse ({e})") from None
+    return _json.parse(data, stored_bytes=stored_bytes, what=f"{where}: JSON slot")
 
 
 def encode_raw(obj: Any, prefix: str) -> Encoded:
