@@ -23,9 +23,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from . import __version__, _npy, deps as _deps
+from . import __version__, _npy, _zip, deps as _deps
 from ._cli_format import (dump_json, human_size, parse_size, progress, render_diff, render_info, render_ls,
-                          render_prune, render_sources, render_verify)
+                          render_prune, render_sources, render_verify, say)
 from ._inspect import inspect as _inspect_file
 from ._packfile import DEFAULT_SLOT, PackReader, sniff
 from .averaging import average as _average, ema as _ema
@@ -231,7 +231,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
             best["best"] = True
     for rec in records:
         if rec["error"] is not None:
-            print(f"ckpt ls: error: {rec['error']}", file=sys.stderr)
+            say(f"ckpt ls: error: {rec['error']}", file=sys.stderr)
             status = 1
     if args.json:
         dump_json({"directory": ck.directory, "checkpoints": records,
@@ -239,11 +239,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
                    "best": best["step"] if best else None, "metric": args.metric, "mode": args.mode})
         return status
     if not records:
-        print(f"no checkpoints in {args.logdir} (looked in {ck.directory})")
+        say(f"no checkpoints in {args.logdir} (looked in {ck.directory})")
         return status
-    print(render_ls(records, metric=args.metric, local=args.local))
+    say(render_ls(records, metric=args.metric, local=args.local))
     if args.metric and best is None:
-        print(f"(no checkpoint records metric {args.metric!r})")
+        say(f"(no checkpoint records metric {args.metric!r})")
     return status
 
 
@@ -290,7 +290,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         dump_json(doc)
         return 0
-    print(render_info(doc, limit=None if args.all else args.max_arrays))
+    say(render_info(doc, limit=None if args.all else args.max_arrays))
     return 0
 
 
@@ -315,7 +315,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             if args.json:
                 dump_json({"path": target, "files": [], "ok": True})
             else:
-                print(f"no checkpoints in {target}: nothing to verify")
+                say(f"no checkpoints in {target}: nothing to verify")
             return 0
     else:
         _require_file(target)
@@ -331,7 +331,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         dump_json({"path": target, "files": results, "ok": not bad})
     else:
-        print(render_verify(results))
+        say(render_verify(results))
     return 1 if bad else 0
 
 
@@ -412,7 +412,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         dump_json({"a": args.a, "b": args.b, "slot": args.slot, "only_in_a": only_a, "only_in_b": only_b,
                    "changed": changed, "arrays": compared, "identical": not differ})
     else:
-        print(render_diff(args.a, args.b, only_a, only_b, changed, compared, show_all=args.all))
+        say(render_diff(args.a, args.b, only_a, only_b, changed, compared, show_all=args.all))
     return 1 if (args.exit_code and differ) else 0
 
 
@@ -429,10 +429,10 @@ def _need_safetensors() -> Any:
     return st
 
 
-def _bad_npz_name(name: str) -> bool:
-    parts = name.split("/")
-    return (not name or "\x00" in name or "\\" in name or name.startswith("/") or
-            any(p in ("", ".", "..") for p in parts) or (len(name) > 1 and name[1] == ":"))
+def _bad_npz_name(name: str, names: set[str]) -> bool:
+    """True if ``name`` + ``.npy`` is a member name ckpt's reader refuses (export writes only what it reads)."""
+    return (_zip.member_name_problem(name + ".npy") is not None or name.endswith(".npy") and name[:-4] in names
+            or name == "names")
 
 
 def _replace_via_temp(out: str, write: Callable[[str], None]) -> None:
@@ -471,13 +471,13 @@ def cmd_export(args: argparse.Namespace) -> int:
                 raise CliError(f"{args.file}: safetensors reserves the name '__metadata__'; export to npz instead")
             st = _need_safetensors()
         else:
-            bad_names = [n for n in names if _bad_npz_name(n) or n == "names"]
+            bad_names = [n for n in names if _bad_npz_name(n, set(names))]
             if bad_names:
                 raise CliError(f"{args.file}: array names {bad_names[:5]} cannot be .npz member names that numpy, "
                                "objax and ckpt all read back; export to safetensors instead")
             ext = [n for n in names if _npy.is_extension_dtype(view.shape_dtype(n)[1])]
             if ext:
-                print(f"ckpt export: note: {len(ext)} arrays ({', '.join(ext[:3])}) have ml_dtypes dtypes; numpy "
+                say(f"ckpt export: note: {len(ext)} arrays ({', '.join(ext[:3])}) have ml_dtypes dtypes; numpy "
                       "stores them as raw void bytes (restore with arr.view(ml_dtypes.bfloat16) or similar)",
                       file=sys.stderr)
         with progress(sum(sizes.values()), f"exporting {os.path.basename(args.file)}") as bar:
@@ -493,7 +493,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                     meta["ckpt.metadata"] = json.dumps(reader.metadata, ensure_ascii=False, default=str)
                 _replace_via_temp(args.out, lambda tmp: st.save_file(arrays, tmp, metadata=meta or None))
                 del arrays
-    print(f"wrote {args.out}: {len(names)} arrays, {human_size(_file_size(args.out))} ({fmt})")
+    say(f"wrote {args.out}: {len(names)} arrays, {human_size(_file_size(args.out))} ({fmt})")
     return 0
 
 
@@ -580,7 +580,7 @@ def _save_imported(args: argparse.Namespace, arrays: dict[str, np.ndarray], meta
     with progress(None, f"writing {os.path.basename(args.out)}", unit="B") as bar:
         save_var_collection(args.out, arrays, metadata=meta)
         bar.update(total)
-    print(f"wrote {args.out}: {len(arrays)} arrays, {human_size(total)} of data, from "
+    say(f"wrote {args.out}: {len(arrays)} arrays, {human_size(total)} of data, from "
           f"{meta['imported_from']['format']} file {args.src}")
 
 
@@ -619,7 +619,7 @@ def cmd_average(args: argparse.Namespace) -> int:
                               out=args.out)
     for w in caught:
         if issubclass(w.category, DependencyWarning):
-            print(f"ckpt average: warning: {_one_line(str(w.message))}", file=sys.stderr)
+            say(f"ckpt average: warning: {_one_line(str(w.message))}", file=sys.stderr)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     with open_reader(args.out) as reader:
@@ -627,9 +627,9 @@ def cmd_average(args: argparse.Namespace) -> int:
     sources = record.get("averaged_from", [])
     how = f"EMA (decay {args.ema:g})" if args.ema is not None else "mean"
     total = sum(int(a.nbytes) for a in result.values())
-    print(f"wrote {args.out}: {how} of {len(sources)} checkpoint{'s' if len(sources) != 1 else ''}, "
+    say(f"wrote {args.out}: {how} of {len(sources)} checkpoint{'s' if len(sources) != 1 else ''}, "
           f"{len(result)} arrays, {human_size(total)} of data")
-    print(render_sources(sources))
+    say(render_sources(sources))
     return 0
 
 
@@ -660,14 +660,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
         except FileNotFoundError:
             continue
         except (CkptError, OSError, ValueError) as e:
-            print(f"ckpt prune: warning: {_problem(e, path)}; its metrics count as missing", file=sys.stderr)
+            say(f"ckpt prune: warning: {_problem(e, path)}; its metrics count as missing", file=sys.stderr)
         entries.append(Entry(idx, _file_size(path) or 0, metrics))
     if not entries:
         if args.json:
             dump_json({"directory": ck.directory, "dry_run": args.dry_run, "deleted": [], "kept": [],
                        "freed_bytes": 0})
         else:
-            print(f"no checkpoints in {args.logdir} (looked in {ck.directory}); nothing to prune")
+            say(f"no checkpoints in {args.logdir} (looked in {ck.directory}); nothing to prune")
         return 0
     removed = set(ck.prune(dry_run=args.dry_run))
     reasons = kept_by(entries, ck.retention)
@@ -685,7 +685,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                    "kept": [r["step"] for r in rows if r["kept"]],
                    "freed_bytes": sum(r["size"] for r in rows if not r["kept"]), "checkpoints": rows})
     else:
-        print(render_prune(rows, dry_run=args.dry_run))
+        say(render_prune(rows, dry_run=args.dry_run))
     return 0
 
 
@@ -950,10 +950,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:
         raise
     except (CliError, CkptError, OSError, ValueError) as e:
-        print(f"ckpt {args.command}: error: {_problem(e)}", file=sys.stderr)
+        say(f"ckpt {args.command}: error: {_problem(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"ckpt {args.command}: interrupted", file=sys.stderr)
+        say(f"ckpt {args.command}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -24,6 +24,9 @@ JSON_NODES_FREE = 65536
 #: JSON slot), beyond the first JSON_NODES_FREE bytes.
 MAX_JSON_EXPANSION = 16
 
+#: Largest chunk of a compressed (.ckz) array member (writers use 1 MiB).
+MAX_CODEC_CHUNK_BYTES = 256 << 20
+
 #: Most dependency entries one slot may record, the longest ``requires`` specifier, and its most clauses.
 MAX_DEPENDENCIES = 64
 MAX_REQUIRES_CHARS = 256
@@ -40,6 +43,10 @@ MAX_NPY_HEADER_BYTES = 64 * 1024
 
 #: Most dimensions accepted in an array shape.
 MAX_NDIM = 64
+
+#: Most elements accepted in an array whose items take no bytes (``|V0``, empty structs): such an
+#: array costs nothing to store, but anything that walks its elements would take forever.
+MAX_EMPTY_ITEM_ELEMENTS = 1 << 24
 
 #: Largest ratio of uncompressed to compressed size a deflated member may declare: deflate itself
 #: cannot exceed ~1032:1, so a larger claim is a lie. What a member may inflate to is bounded by

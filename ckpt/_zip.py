@@ -250,6 +250,13 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 
 def check_member_name(name: str, file: Optional[str]) -> None:
     """Refuse names that could escape a directory or confuse a reader."""
+    problem = member_name_problem(name)
+    if problem:
+        raise FormatError(f"{file}: zip member name {name!r} {problem}; refusing the file", file=file)
+
+
+def member_name_problem(name: str) -> Optional[str]:
+    """Why a reader refuses ``name`` as a member name, or None (writers check names with this too)."""
     problem = None
     if not name:
         problem = "is empty"
@@ -263,8 +270,7 @@ def check_member_name(name: str, file: Optional[str]) -> None:
         problem = "is an absolute path"
     elif any(part in ("", ".", "..") for part in name.split("/")):
         problem = "has an empty, '.' or '..' path component"
-    if problem:
-        raise FormatError(f"{file}: zip member name {name!r} {problem}; refusing the file", file=file)
+    return problem
 
 
 class ZipReader:

@@ -131,10 +131,17 @@ def _check_info(slot: str, serializer: str, info: dict[str, Any], file: Optional
     arrays = info.get("arrays", [])
     _require(isinstance(arrays, list) and all(isinstance(a, dict) for a in arrays), file,
              f"slot {slot!r} info.arrays is not a list of objects")
+    _require(len(arrays) <= _limits.MAX_MEMBERS, file,
+             f"slot {slot!r} records {len(arrays)} arrays, more than the {_limits.MAX_MEMBERS} members a file may hold")
     for i, a in enumerate(arrays):
         for key, kind in (("name", str), ("dtype", str), ("shape", list)):
             _require(key not in a or isinstance(a[key], kind), file,
                      f"slot {slot!r} info.arrays[{i}].{key} is not a {kind.__name__}")
+        shape = a.get("shape", [])
+        _require(len(shape) <= _limits.MAX_NDIM and all(_is_int(d) and d < 1 << 63 for d in shape), file,
+                 f"slot {slot!r} info.arrays[{i}].shape is not at most {_limits.MAX_NDIM} dimensions below 2**63")
+        _require(len(a.get("dtype", "")) <= 256 and len(a.get("name", "")) <= _limits.MAX_NAME_BYTES, file,
+                 f"slot {slot!r} info.arrays[{i}] has an over-long dtype or name")
     if serializer == "arrays":
         layout = info.get("layout", "objax")
         _require(layout in ("objax", "named"), file, f"slot {slot!r} has unknown arrays layout {layout!r:.80}")
