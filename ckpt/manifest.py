@@ -34,7 +34,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 def utc_now() -> str:
     """The current UTC time as ISO 8601 with a Z; honours SOURCE_DATE_EPOCH for reproducible files."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if epoch and epoch.isdigit():
+    if epoch and epoch.isascii() and epoch.isdigit():
         now = _dt.datetime.fromtimestamp(int(epoch), tz=_dt.timezone.utc)
     else:
         now = _dt.datetime.now(tz=_dt.timezone.utc)
