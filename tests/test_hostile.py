@@ -162,14 +162,16 @@ def _ckz_claiming(nbytes: int, chunk: int) -> bytes:
     head = json.dumps({"codec": "zstd", "level": 3, "filter": "none", "descr": "|u1", "shape": [nbytes],
                        "fortran_order": False, "nbytes": nbytes, "chunk_bytes": chunk}).encode()
     body = b"CKZ2" + struct.pack("<I", len(head)) + head
-    return body + b"\0" * 16
+    # One chunk table: CRC, then one packed plane of 4 bytes (enough for the frame walk to pass).
+    return body + struct.pack("<I", 0) + struct.pack("<IB", 4, 1) + b"\x28\xb5\x2f\xfd"
 
 
 HOSTILE: dict[str, Callable[[], bytes]] = {
     # A compressed manifest that inflates to megabytes of empty objects.
     "deflated-manifest-of-empty-objects": lambda: _main_pack(
-        manifest_edit=_set(["metadata", "pad"], [{}] * 2_000_000), deflate_manifest=True),
-    "deflated-json-slot-of-empty-objects": lambda: _deflated_json_slot(b"[" + b"{}," * 3_000_000 + b"{}]"),
+        manifest_edit=_set(["metadata", "pad"], [[{}] * 900_000, os.urandom(50_000).hex()]), deflate_manifest=True),
+    "deflated-json-slot-of-empty-objects": lambda: _deflated_json_slot(
+        b"[" + b"{}," * 1_500_000 + b'"' + os.urandom(30_000).hex().encode() + b'"]'),
     "requires-with-a-million-clauses": lambda: _main_pack(manifest_edit=_set(
         ["slots", "main", "dependencies"], {"numpy": {"version": "2.0", "requires": ",".join([">=0"] * 1_000_000)}}),
         deflate_manifest=True),
@@ -350,3 +352,14 @@ def test_stored_manifest_of_empty_containers_stays_cheap(tmp_path):
         result, growth = peak_rss_growth(fn)
         assert not isinstance(result, Exception), result
         assert growth < RSS_LIMIT, growth / 2**20
+
+
+@pytest.mark.parametrize("name", ["../x", "a" * 300, "a\x1b[2Jb", "_reserved", ""])
+def test_reader_enforces_the_writers_slot_name_rules(tmp_path, name):
+    with pytest.raises(ValueError):
+        ckpt.pack.check_slot_name(name)  # the writer refuses it...
+    path = tmp_path / "bad.npz"
+    path.write_bytes(_main_pack(manifest_edit=_rename_slot(name)))
+    with pytest.raises(FormatError, match="slot name") as info:  # ...and so does the reader
+        ckpt.Pack(str(path))
+    assert "bad.npz" in str(info.value)
