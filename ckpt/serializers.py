@@ -230,6 +230,9 @@ class ArraysView:
                                   f"with shape {names_arr.shape})")
             if names_arr.shape[0] != len(members) - 1:  # before converting: a huge names.npy costs memory
                 raise FormatError(f"{where}: {names_arr.shape[0]} names for {len(members) - 1} array members")
+            codes = np.frombuffer(names_arr.astype("<U").tobytes(), dtype="<u4")
+            if codes.size and (int(codes.max()) > 0x10FFFF or bool(((codes >= 0xD800) & (codes < 0xE000)).any())):
+                raise FormatError(f"{where}: names member holds code points that are not Unicode characters")
             self.names = [str(n) for n in names_arr]
             self._members = list(members[1:])
         elif layout == "named":

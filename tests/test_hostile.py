@@ -363,3 +363,13 @@ def test_reader_enforces_the_writers_slot_name_rules(tmp_path, name):
     with pytest.raises(FormatError, match="slot name") as info:  # ...and so does the reader
         ckpt.Pack(str(path))
     assert "bad.npz" in str(info.value)
+
+
+def test_names_member_with_invalid_code_points_is_a_format_error(tmp_path):
+    # Found by the fuzzer: numpy raises SystemError converting a '<U' array holding code point 0x110000.
+    names = bytearray(_npy(np.array(["w"])))
+    names[-4:] = struct.pack("<I", 0x110000)
+    path = tmp_path / "cp.npz"
+    path.write_bytes(_objax_npz({"names.npy": bytes(names), "0.npy": _npy(W)}))
+    with pytest.raises(FormatError, match="not Unicode characters"):
+        ckpt.load(str(path))
