@@ -18,8 +18,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from fuzz_harness import check_file, mutate, seeds  # noqa: E402
-from test_hostile import HOSTILE, peak_rss_growth  # noqa: E402
+from fuzz_harness import check_file, mutate, seeds
+from test_hostile import HOSTILE, peak_rss_growth
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
         start = time.perf_counter()
         while time.perf_counter() - start < args.seconds:
             data = mutate(corpus[n % len(corpus)], r)
-            result, growth = peak_rss_growth(lambda: check_file(data, d, cli=args.cli))
+            result, growth = peak_rss_growth(lambda data=data: check_file(data, d, cli=args.cli))
             n += 1
             if isinstance(result, Exception):
                 findings.append(str(result)[:300])
@@ -50,7 +50,7 @@ def main() -> None:
         hostile_worst = (0, "")
         for name, build in HOSTILE.items():
             data = build()
-            _, growth = peak_rss_growth(lambda: check_file(data, d, cli=True))
+            _, growth = peak_rss_growth(lambda data=data: check_file(data, d, cli=True))
             if growth > hostile_worst[0]:
                 hostile_worst = (growth, name)
     print(f"fuzz: {n} files in {elapsed:.1f} s = {n / elapsed:.1f} files/s "

@@ -22,6 +22,9 @@ from . import _limits
 from .errors import FormatError
 
 MAGIC = b"\x93NUMPY"
+#: What numpy raises for a malformed dtype description (it parses comma strings with ast.literal_eval).
+_DTYPE_ERRORS = (TypeError, ValueError, KeyError, IndexError, SyntaxError, OverflowError, RecursionError,
+                 MemoryError)
 
 
 def is_extension_dtype(dtype: np.dtype) -> bool:
@@ -47,7 +50,7 @@ def dtype_from_name(name: str, *, where: str = "") -> np.dtype:
     """
     try:
         dt: Optional[np.dtype] = np.dtype(name)
-    except (TypeError, ValueError):
+    except _DTYPE_ERRORS:
         dt = None
     if dt is None:
         try:
@@ -149,7 +152,7 @@ def parse_header(head: bytes, member_size: int, *, where: str) -> NpyHeader:
         raise FormatError(f"{where}: .npy header fortran_order is not a bool")
     try:
         dtype = np.lib.format.descr_to_dtype(d["descr"])
-    except (TypeError, ValueError, KeyError, IndexError, OverflowError, RecursionError, MemoryError) as e:
+    except _DTYPE_ERRORS as e:
         raise FormatError(f"{where}: .npy header has an invalid dtype {d['descr']!r:.200} "
                           f"({type(e).__name__}: {str(e)[:200]})") from None
     if dtype.hasobject:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import random
 
-import pytest
 from fuzz_harness import CANARY, check_file, mutate, pickle_canary_is_live, seeds
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_hostile import RSS_LIMIT, peak_rss_growth
 
 EXAMPLES = int(os.environ.get("CKPT_FUZZ_EXAMPLES", "150"))

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_malformed import _set
 
 import ckpt
 from ckpt import _cli, _limits
@@ -137,19 +138,6 @@ def _deflated_json_slot(text: bytes) -> bytes:
                                          "arrays": [{"name": "w", "shape": [6], "dtype": "float32"}]}},
                        "cfg": {"serializer": "json", "members": ["cfg/data.json"]}},
                       deflate=frozenset({"cfg/data.json"}))
-
-
-def _dup(edit: Callable[[dict], None]) -> Callable[[dict], None]:
-    return edit
-
-
-def _set(path: list, value: Any) -> Callable[[dict], None]:
-    def edit(doc: dict) -> None:
-        node = doc
-        for k in path[:-1]:
-            node = node[k]
-        node[path[-1]] = value
-    return edit
 
 
 def _rename_slot(new: str) -> Callable[[dict], None]:
@@ -373,3 +361,15 @@ def test_names_member_with_invalid_code_points_is_a_format_error(tmp_path):
     path.write_bytes(_objax_npz({"names.npy": bytes(names), "0.npy": _npy(W)}))
     with pytest.raises(FormatError, match="not Unicode characters"):
         ckpt.load(str(path))
+
+
+@pytest.mark.parametrize("descr", ["(,)<f8", "<f8,(", "2,", "(2,)(3,)<f8"])
+def test_dtype_strings_numpy_parses_with_literal_eval_are_format_errors(tmp_path, descr):
+    # Found by the fuzzer: numpy's comma-string parser raises a raw SyntaxError.
+    path = tmp_path / "d.npz"
+    path.write_bytes(_objax_npz({"w.npy": _raw_npy({"descr": descr, "fortran_order": False, "shape": (1,)},
+                                                   b"\0" * 8)}))
+    with pytest.raises(FormatError, match="w.npy|'w'"):
+        ckpt.load(str(path))
+    with pytest.raises(FormatError):
+        ckpt._npy.dtype_from_name(descr, where="x")

@@ -12,7 +12,8 @@ import zlib
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import ckpt
 from ckpt import _zip
@@ -55,7 +56,7 @@ BASE = {"a.npy": _npy(np.arange(6.0)), "b.npy": _npy(np.ones(3, np.int32))}
 
 def test_bytes_between_directory_and_end_record_are_refused():
     data = _archive(BASE)
-    pos, rec = _eocd(data)
+    pos, _ = _eocd(data)
     hostile = data[:pos] + b"\0" * 46 + data[pos:]
     _refused(hostile, "end records start at")
 
@@ -89,7 +90,7 @@ def test_fake_end_record_in_the_comment_is_refused():
 
 def test_two_end_records_are_refused():
     data = _archive(BASE)
-    pos, rec = _eocd(data)
+    pos, _ = _eocd(data)
     _refused(data + data[pos:pos + 22], "end records start at|second end")
 
 
@@ -115,7 +116,7 @@ def test_zip64_record_that_contradicts_the_end_record_is_refused():
 
 def test_hidden_member_between_listed_members_is_refused():
     hidden = _archive({"evil.npy": _npy(np.full(3, 666.0))})
-    h_pos, h_rec = _eocd(hidden)
+    _, h_rec = _eocd(hidden)
     local = hidden[:h_rec[6]]  # its local header and data only
     data = _archive(BASE)
     pos, rec = _eocd(data)
