@@ -268,6 +268,16 @@ class PackReader:
     def member_chunks(self, name: str) -> Iterable[bytes]:
         return self.zip.chunks(self.members[name].zip, check_crc=False)
 
+    def verify_member(self, name: str, *, slot: Optional[str] = None) -> None:
+        """Check one member against its hash (or CRC) without keeping its bytes (a deflated one streams)."""
+        m = self.members[name]
+        if self.mm is not None and m.zip.method == _zip.STORED:
+            if name not in self._verified:
+                self._check(self._view(m), m, name, slot)
+                self._verified.add(name)
+        else:
+            self._stream(name, verify=True, slot=slot, keep=False)
+
     def verify_slot(self, name: str) -> None:
         """Check every member of a slot against its hash without keeping the data."""
         members = self.slot(name).members

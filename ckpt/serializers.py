@@ -224,6 +224,15 @@ class ArraysView:
         if layout == "objax":
             if not members:
                 raise FormatError(f"{where}: arrays slot has no names.npy member")
+            if not members[0].endswith(".ckz"):
+                # Checked from the header, before the member is read (or inflated).
+                head = _npy.parse_header(read_head(members[0]), member_size(members[0]),
+                                         where=f"{where} member {members[0]!r}")
+                if (len(head.shape) != 1 or head.dtype.kind != "U" or head.shape[0] != len(members) - 1
+                        or head.dtype.itemsize > 4 * _limits.MAX_NAME_BYTES):
+                    raise FormatError(f"{where}: names member must hold {len(members) - 1} unicode names of at most "
+                                      f"{_limits.MAX_NAME_BYTES} characters; its header declares {head.dtype} "
+                                      f"with shape {head.shape}")
             names_arr = self._array(members[0], expect_names=True)
             if names_arr.ndim != 1 or names_arr.dtype.kind != "U":
                 raise FormatError(f"{where}: names member is not a 1-D unicode array (found {names_arr.dtype} "

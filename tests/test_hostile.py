@@ -205,7 +205,30 @@ HOSTILE: dict[str, Callable[[], bytes]] = {
                   "info": {"kind": "dict", "layout": "objax",
                            "arrays": [{"name": "w", "shape": [1 << 40], "dtype": "uint8", "encoding": "zstd"}]}}}),
     "deflated-npy-declaring-more-than-it-holds": lambda: _lying_deflate(),
+    "manifest-nested-100000-deep": lambda: _main_pack(raw_manifest=b"[" * 100_000 + b"]" * 100_000),
+    "manifest-with-a-5000-digit-size": lambda: _main_pack(
+        raw_manifest=_manifest_of(lambda d: None).replace(b'"size": ', b'"size": ' + b"9" * 5000, 1)),
+    "npy-header-nested-deep": lambda: _objax_npz({"w.npy": _raw_npy_text(
+        b"{'descr': " + b"[" * 20_000 + b"]" * 20_000 + b", 'fortran_order': False, 'shape': (1,)}")}),
+    "deflated-names-member-declaring-a-gigabyte": lambda: _objax_npz_deflated({
+        "names.npy": _npy(np.array(["x" * 250_000] * 1000)), "0.npy": _npy(W)}),
+    "names-member-with-more-names-than-arrays": lambda: _objax_npz({
+        "names.npy": _npy(np.array(["a", "b", "c"])), "0.npy": _npy(W)}),
 }
+
+
+def _raw_npy_text(text: bytes) -> bytes:
+    pad = (-(10 + len(text) + 1)) % 64
+    text += b" " * pad + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text
+
+
+def _objax_npz_deflated(arrays: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for n, b in arrays.items():
+            zf.writestr(n, b)
+    return buf.getvalue()
 
 
 def _lying_deflate() -> bytes:
