@@ -203,6 +203,18 @@ def encode_arrays(obj: Any, prefix: str, *, snapshot: bool = False,
     return Encoded("arrays", members, info, needed=needed, informational=set(flat.frameworks))
 
 
+def _check_names_shape(shape: tuple[int, ...], dtype: np.dtype, count: int, where: str) -> None:
+    """A names member is ``count`` unicode names, each at most MAX_NAME_BYTES characters (checked from
+    the header, before the names are read or converted: a huge names member costs memory)."""
+    if len(shape) != 1 or dtype.kind != "U":
+        raise FormatError(f"{where}: names member is not a 1-D unicode array (found {dtype} with shape {shape})")
+    if shape[0] != count:
+        raise FormatError(f"{where}: {shape[0]} names for {count} array members")
+    if dtype.itemsize > 4 * _limits.MAX_NAME_BYTES:
+        raise FormatError(f"{where}: names member holds names of up to {dtype.itemsize // 4} characters, over the "
+                          f"limit of {_limits.MAX_NAME_BYTES}")
+
+
 class ArraysView:
     """Lazy, verified access to the arrays of one stored slot.
 
@@ -228,17 +240,9 @@ class ArraysView:
                 # Checked from the header, before the member is read (or inflated).
                 head = _npy.parse_header(read_head(members[0]), member_size(members[0]),
                                          where=f"{where} member {members[0]!r}")
-                if (len(head.shape) != 1 or head.dtype.kind != "U" or head.shape[0] != len(members) - 1
-                        or head.dtype.itemsize > 4 * _limits.MAX_NAME_BYTES):
-                    raise FormatError(f"{where}: names member must hold {len(members) - 1} unicode names of at most "
-                                      f"{_limits.MAX_NAME_BYTES} characters; its header declares {head.dtype} "
-                                      f"with shape {head.shape}")
+                _check_names_shape(head.shape, head.dtype, len(members) - 1, where)
             names_arr = self._array(members[0], expect_names=True)
-            if names_arr.ndim != 1 or names_arr.dtype.kind != "U":
-                raise FormatError(f"{where}: names member is not a 1-D unicode array (found {names_arr.dtype} "
-                                  f"with shape {names_arr.shape})")
-            if names_arr.shape[0] != len(members) - 1:  # before converting: a huge names.npy costs memory
-                raise FormatError(f"{where}: {names_arr.shape[0]} names for {len(members) - 1} array members")
+            _check_names_shape(names_arr.shape, names_arr.dtype, len(members) - 1, where)
             codes = np.frombuffer(names_arr.astype("<U").tobytes(), dtype="<u4")
             if codes.size and (int(codes.max()) > 0x10FFFF or bool(((codes >= 0xD800) & (codes < 0xE000)).any())):
                 raise FormatError(f"{where}: names member holds code points that are not Unicode characters")

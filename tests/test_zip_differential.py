@@ -188,7 +188,7 @@ def _zipfile_view(data: bytes) -> dict[str, bytes]:
         return {n: zf.read(n) for n in names}
 
 
-@settings(max_examples=int(os.environ.get("CKPT_FUZZ_EXAMPLES", "300")), deadline=None,
+@settings(max_examples=int(os.environ.get("CKPT_FUZZ_EXAMPLES", "1500")), deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(_damaged_archive())
 def test_ckpt_accepts_an_archive_only_if_zipfile_reads_the_same(data):
