@@ -35,7 +35,12 @@ SAFE_HELPERS = _policy.ALWAYS
 
 
 def set_state(obj: Any, state: Any) -> None:
-    """State setter that bypasses ``__getattr__`` hooks (objax variables recurse without it)."""
+    """State setter that bypasses ``__getattr__`` hooks (objax variables recurse without it).
+
+    Only for objects being rebuilt: a pickle may not use it to change a class, module or function."""
+    if isinstance(obj, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
+        raise pickle.UnpicklingError(f"set_state may only fill in an object being rebuilt, not {type(obj).__name__} "
+                                     f"{getattr(obj, '__qualname__', '?')!r:.80}")
     if not isinstance(state, dict):
         raise pickle.UnpicklingError(f"state for {type(obj).__name__} must be a dict, not {type(state).__name__}")
     vars(obj).update(state)

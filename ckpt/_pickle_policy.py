@@ -26,7 +26,7 @@ from ._pickle_scan import DYNAMIC
 #: ckpt's own helpers use nothing else.
 VETTED = frozenset({
     "builtins.set", "builtins.frozenset", "builtins.bytearray", "builtins.bytes", "builtins.complex",
-    "builtins.slice", "builtins.range", "builtins.list", "builtins.dict", "builtins.tuple", "builtins.int",
+    "builtins.slice", "builtins.list", "builtins.dict", "builtins.tuple", "builtins.int",
     "builtins.float", "builtins.str", "builtins.bool", "builtins.object",
     "collections.OrderedDict", "collections.deque", "collections.Counter",
     "copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__", "_codecs.encode",

@@ -19,6 +19,8 @@ from typing import Callable, Optional
 from .errors import FormatError
 
 DYNAMIC = "<dynamic>"
+#: Callables that set the state of their first argument: calling one on a global changes it in place.
+STATE_SETTERS = frozenset({"ckpt._module_pickle.set_state"})
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
 _CALLS = {"REDUCE": 2, "NEWOBJ": 2, "NEWOBJ_EX": 3}  # opcode -> depth of the callable on the stack
 _MUTATES = {"BUILD": 2, "SETITEM": 3, "APPEND": 2}  # opcode -> depth of the object it changes in place
@@ -28,11 +30,13 @@ _PASS_THROUGH = {"BUILD", "SETITEM", "APPEND", "APPENDS", "SETITEMS", "ADDITEMS"
 class _Sym:
     """What the scan knows about one stack entry: a string constant, a named global, or neither."""
 
-    __slots__ = ("text", "glob")
+    __slots__ = ("glob", "items", "text")
 
-    def __init__(self, text: Optional[str] = None, glob: Optional[str] = None):
+    def __init__(self, text: Optional[str] = None, glob: Optional[str] = None,
+                 items: Optional[list["_Sym"]] = None):
         self.text = text
         self.glob = glob
+        self.items = items  # the entries of a tuple built by TUPLE/TUPLE1-3
 
 
 _MARK = _Sym()
@@ -90,13 +94,20 @@ def scan(data: bytes, *, where: str = "pickle") -> PickleScan:
                 if taken and taken[0].glob is not None:
                     note(f"{name} changes the global {taken[0].glob} in place")
                 result = taken[0] if name in _PASS_THROUGH and taken else _UNKNOWN
+                if name == "TUPLE":
+                    result = _Sym(items=sliced)
             else:
                 taken = pop(len(before))
                 if name in _CALLS:
                     _call(out, taken[-_CALLS[name]], name, note)
+                    args = taken[-1].items or []
+                    if taken[0].glob in STATE_SETTERS and args and args[0].glob is not None:
+                        note(f"{name} of {taken[0].glob} changes the global {args[0].glob} in place")
                 if name in _MUTATES and taken[-_MUTATES[name]].glob is not None:
                     note(f"{name} changes the global {taken[-_MUTATES[name]].glob} in place")
                 result = taken[0] if name in _PASS_THROUGH and taken else _UNKNOWN
+                if name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+                    result = _Sym(items=taken)
             glob = None
             if name in ("GLOBAL", "INST"):
                 module, _, qualname = str(arg).partition(" ")

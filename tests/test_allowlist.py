@@ -187,3 +187,18 @@ def test_extension_code_in_an_otherwise_global_free_pickle_needs_trust(tmp_path)
     files = poison(tmp_path, proto4(pickle.EXT1 + b"\x01"))
     with pytest.raises(UntrustedPickleError):
         ckpt.load(files.pack)
+
+
+def test_ckpt_state_setter_cannot_change_a_global(tmp_path):
+    # set_state is admitted by every allow-list (ckpt writes it): it must only fill in rebuilt objects.
+    data = proto4(call(stack_global("ckpt._module_pickle", "set_state"), stack_global("numpy", "tanh"),
+                       pickle.MARK + u("x") + u("y") + pickle.DICT))
+    files = poison(tmp_path, data)
+    with pytest.raises(ckpt.CkptError):
+        ckpt.load(files.pack, trusted=["numpy.*"])
+    assert not hasattr(np.tanh, "x")
+
+
+def test_range_is_not_vetted_memory_amplifier():
+    # list(range(10**9)) from a 40-byte pickle would take 8 GB: range is not a vetted global.
+    assert "builtins.range" not in policy.VETTED and policy.name_denied("builtins.range")
