@@ -204,3 +204,35 @@ def test_differential_harness_does_compare():
     data = _archive(BASE)
     assert _ckpt_view(data) == _zipfile_view(data) == BASE
     assert zlib.crc32(b"") == 0
+
+
+@st.composite
+def _damaged_npz(draw):
+    names = draw(st.lists(st.text(alphabet="abxé_0", min_size=1, max_size=5), min_size=1, max_size=3, unique=True))
+    arrays = {n: np.arange(draw(st.integers(0, 6)), dtype=draw(st.sampled_from(["<f4", "<i8", "|u1", ">f8"])))
+              for n in names}
+    buf = io.BytesIO()
+    (np.savez_compressed if draw(st.booleans()) else np.savez)(buf, **arrays)
+    data = bytearray(buf.getvalue())
+    for _ in range(draw(st.integers(1, 3))):
+        pos = draw(st.integers(0, len(data) - 1))
+        if draw(st.booleans()):
+            data[pos] ^= 1 << draw(st.integers(0, 7))
+        else:
+            data[pos:pos + 1] = draw(st.sampled_from([b"\x00", b"\xff", b"(", b",", b"1", b"'", b"PK\x05\x06"]))
+    return bytes(data)
+
+
+@settings(max_examples=int(os.environ.get("CKPT_FUZZ_EXAMPLES", "1500")) // 3, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(_damaged_npz())
+def test_ckpt_loads_an_npz_only_as_numpy_reads_it(data):
+    try:
+        mine = ckpt.load(io.BytesIO(data))
+    except CkptError:
+        return
+    with np.load(io.BytesIO(data), allow_pickle=False) as theirs:
+        for name, arr in mine.items():
+            other = theirs[name]
+            assert arr.dtype == other.dtype and arr.shape == other.shape, name
+            assert arr.tobytes() == other.tobytes(), name
