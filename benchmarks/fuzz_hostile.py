@@ -48,16 +48,25 @@ def main() -> None:
                 worst = (growth, f"mutation {n}")
         elapsed = time.perf_counter() - start
         hostile_worst = (0, "")
+        slowest = (0.0, "")
+        sizes = []
         for name, build in HOSTILE.items():
             data = build()
+            sizes.append(len(data))
+            t0 = time.perf_counter()
             _, growth = peak_rss_growth(lambda data=data: check_file(data, d, cli=True))
+            took = (time.perf_counter() - t0) / 6  # six entry points
             if growth > hostile_worst[0]:
                 hostile_worst = (growth, name)
+            if took > slowest[0]:
+                slowest = (took, name)
     print(f"fuzz: {n} files in {elapsed:.1f} s = {n / elapsed:.1f} files/s "
           f"({n * (5 + 3 * args.cli) / elapsed:.0f} entry-point executions/s)")
     print(f"peak RSS growth, worst mutated file: {worst[0] / 2**20:.1f} MiB ({worst[1]})")
     print(f"peak RSS growth, worst of {len(HOSTILE)} hand-built hostile files (all entry points): "
           f"{hostile_worst[0] / 2**20:.1f} MiB ({hostile_worst[1]})")
+    print(f"hand-built hostile files: {len(HOSTILE)}, {min(sizes)}-{max(sizes)} bytes; slowest mean time per entry "
+          f"point: {slowest[0] * 1000:.0f} ms ({slowest[1]})")
     print(f"findings: {len(findings)}")
     for f in findings[:20]:
         print("  ", f)

@@ -77,7 +77,12 @@ def scan(data: bytes, *, where: str = "pickle") -> PickleScan:
             if name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
                 if not stack or stack[-1] is _MARK:
                     raise ValueError("memo store from an empty stack")
-                memo[len(memo) if name == "MEMOIZE" else int(arg or 0)] = stack[-1]
+                key = len(memo) if name == "MEMOIZE" else int(arg or 0)
+                if key > _pos:
+                    # The unpickler sizes its memo table by the largest index (a 5-byte opcode could make
+                    # it allocate gigabytes); a pickler numbers entries in order, so index <= offset.
+                    raise ValueError(f"memo index {key} at offset {_pos} is larger than any pickler writes")
+                memo[key] = stack[-1]
                 continue
             if pickletools.markobject in before:
                 for i in range(len(stack) - 1, -1, -1):

@@ -202,3 +202,16 @@ def test_ckpt_state_setter_cannot_change_a_global(tmp_path):
 def test_range_is_not_vetted_memory_amplifier():
     # list(range(10**9)) from a 40-byte pickle would take 8 GB: range is not a vetted global.
     assert "builtins.range" not in policy.VETTED and policy.name_denied("builtins.range")
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_memo_index_that_would_size_the_memo_to_gigabytes_is_refused(tmp_path, trusted):
+    # Found by the fuzzer: LONG_BINPUT 791555694 in a pickle with no globals made the unpickler
+    # allocate a 6 GB memo table (peak RSS +12 GB), even though nothing could run.
+    from test_hostile import RSS_LIMIT, peak_rss_growth
+
+    data = proto4(pickle.EMPTY_LIST + pickle.LONG_BINPUT + (791555694).to_bytes(4, "little"))
+    files = poison(tmp_path, data)
+    result, growth = peak_rss_growth(lambda: ckpt.load(files.pack, trusted=trusted))
+    assert isinstance(result, ckpt.errors.FormatError) and "memo index" in str(result), result
+    assert growth < RSS_LIMIT
