@@ -2,7 +2,7 @@
 
 Asserts, for every mutated file: each entry point ends in a value or a ckpt.errors exception, the
 seed pickles' canary never runs, and peak RSS growth stays under 100 MB. The CI run is bounded
-(``CKPT_FUZZ_EXAMPLES``, default 500 per test); ``tox -e fuzz`` runs a long one.
+(``CKPT_FUZZ_EXAMPLES``, default 300 per test); ``tox -e fuzz`` runs a long one.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_hostile import RSS_LIMIT, peak_rss_growth
 
-EXAMPLES = int(os.environ.get("CKPT_FUZZ_EXAMPLES", "500"))
+EXAMPLES = int(os.environ.get("CKPT_FUZZ_EXAMPLES", "300"))
 SEEDS = seeds()
 
 
