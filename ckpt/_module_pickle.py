@@ -152,16 +152,11 @@ def dumps(obj: Any) -> tuple[bytes, list[Any]]:
     return buf.getvalue(), arrays
 
 
-class _Unpickler(pickle.Unpickler):
-    """Resolves every global itself; with an allow-list, refuses before importing anything doubtful."""
+class _ArraysMixin:
+    """Persistent ids resolve only to the slot's own arrays."""
 
-    def __init__(self, data: bytes, load_array: Callable[[int, str], Any], patterns: Optional[Sequence[str]],
-                 where: str, called: frozenset[str] = frozenset()):
-        super().__init__(io.BytesIO(data))
-        self._load_array = load_array
-        self._patterns = None if patterns is None else list(patterns)
-        self._where = where
-        self._called = called
+    _load_array: Callable[[int, str], Any]
+    _where: str
 
     def persistent_load(self, pid: Any) -> Any:
         if (not isinstance(pid, tuple) or len(pid) != 3 or pid[0] != _PID_TAG or type(pid[1]) is not int
@@ -169,14 +164,39 @@ class _Unpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"{self._where}: unknown persistent reference {pid!r:.100}")
         return self._load_array(pid[1], pid[2])
 
+
+class _TrustedUnpickler(_ArraysMixin, pickle.Unpickler):
+    """``trusted=True``: the fast C unpickler, every global allowed."""
+
+    def __init__(self, data: bytes, load_array: Callable[[int, str], Any], where: str):
+        super().__init__(io.BytesIO(data))
+        self._load_array = load_array
+        self._where = where
+
+
+class _Unpickler(_ArraysMixin, pickle._Unpickler):  # type: ignore[name-defined, misc]
+    """An allow-list (or no globals at all): the Python unpickler, so that BUILD can be checked too.
+
+    Resolves every global itself and refuses, before importing it, anything doubtful; a BUILD may not
+    set dunder attributes (``__array_interface__`` on an instance would let numpy read any address)."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    stack: list[Any]
+
+    def __init__(self, data: bytes, load_array: Callable[[int, str], Any], patterns: Sequence[str],
+                 where: str, called: frozenset[str] = frozenset()):
+        super().__init__(io.BytesIO(data))
+        self._load_array = load_array
+        self._patterns = list(patterns)
+        self._where = where
+        self._called = called
+
     def _refuse(self, full: str, why: str) -> UntrustedPickleError:
         return UntrustedPickleError(f"{self._where}: the pickle imports {full}, {why}; nothing was executed",
                                     globals=[full])
 
     def find_class(self, module: str, name: str) -> Any:
         full = f"{module}.{name}"
-        if self._patterns is None:
-            return super().find_class(module, name)
         if not _policy.admitted(full, self._patterns):
             raise self._refuse(full, f"which is not in the allow-list {self._patterns}")
         parts = name.split(".")
@@ -194,11 +214,25 @@ class _Unpickler(pickle.Unpickler):
             raise self._refuse(full, why)
         return target
 
+    def load_build(self) -> None:
+        state = self.stack[-1]
+        for part in (state if isinstance(state, tuple) and len(state) == 2 else (state,)):
+            if isinstance(part, dict):
+                bad = [k for k in part if isinstance(k, str) and k.startswith("__") and k.endswith("__")]
+                if bad:
+                    raise UntrustedPickleError(
+                        f"{self._where}: the pickle sets the attribute {bad[0]!r:.80} of a "
+                        f"{type(self.stack[-2]).__name__}; an allow-list never admits dunder attributes")
+        pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
+
+    dispatch[pickle.BUILD[0]] = load_build  # type: ignore[assignment]
+
 
 def loads(data: bytes, load_array: Callable[[int, str], Any], trusted: Any, where: str,
           called: frozenset[str] = frozenset()) -> Any:
     """Unpickle with ``trusted=True`` (no limits) or a list of allowed globals (restricted).
 
     ``called`` names the globals the opcode scan found in a call position."""
-    patterns = None if trusted is True else list(trusted)
-    return _Unpickler(data, load_array, patterns, where, called).load()
+    if trusted is True:
+        return _TrustedUnpickler(data, load_array, where).load()
+    return _Unpickler(data, load_array, list(trusted), where, called).load()

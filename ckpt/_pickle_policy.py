@@ -35,7 +35,7 @@ VETTED = frozenset({
     "numpy.core.numeric._frombuffer", "numpy._core.numeric._frombuffer",
     "numpy.ndarray", "numpy.dtype",
     "datetime.datetime", "datetime.date", "datetime.time", "datetime.timedelta", "datetime.timezone",
-    "decimal.Decimal", "fractions.Fraction", "types.SimpleNamespace",
+    "decimal.Decimal", "fractions.Fraction",
     "ckpt._module_pickle.set_state",
 })
 
@@ -61,6 +61,7 @@ DENIED_MODULES = (
     "numpy._pytesttester", "numpy.ma.core", "numpy.core.records", "numpy._core.records", "numpy.rec",
     "jax.experimental.serialize_executable", "jax.profiler", "jax._src.profiler", "jax.experimental.compilation_cache",
     "jax._src.compilation_cache", "jax.config", "jax._src.config", "jax.experimental.io_callback",
+    "numpy.lib.stride_tricks", "numpy.lib._stride_tricks_impl",  # DummyArray: an array over any address
 )
 
 #: Attribute names that load, save, import, exec or evaluate, refused in any module.

@@ -78,7 +78,7 @@ def scan(data: bytes, *, where: str = "pickle") -> PickleScan:
                 if not stack or stack[-1] is _MARK:
                     raise ValueError("memo store from an empty stack")
                 key = len(memo) if name == "MEMOIZE" else int(arg or 0)
-                if key > _pos:
+                if key > (_pos or 0):
                     # The unpickler sizes its memo table by the largest index (a 5-byte opcode could make
                     # it allocate gigabytes); a pickler numbers entries in order, so index <= offset.
                     raise ValueError(f"memo index {key} at offset {_pos} is larger than any pickler writes")

@@ -11,6 +11,8 @@ import collections
 import contextlib
 import io
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -215,3 +217,26 @@ def test_memo_index_that_would_size_the_memo_to_gigabytes_is_refused(tmp_path, t
     result, growth = peak_rss_growth(lambda: ckpt.load(files.pack, trusted=trusted))
     assert isinstance(result, ckpt.errors.FormatError) and "memo index" in str(result), result
     assert growth < RSS_LIMIT
+
+
+def test_build_may_not_give_an_object_an_array_interface(tmp_path):
+    # numpy reads __array_interface__ from the instance: a BUILD setting it on any admitted object, then
+    # a numpy class converting that object (np.matrix), would make an array over an arbitrary address.
+    iface = (pickle.MARK + u("data") + pickle.MARK + pickle.BININT1 + b"\x10" + pickle.NEWFALSE + pickle.TUPLE
+             + u("shape") + pickle.MARK + pickle.BININT1 + b"\x08" + pickle.TUPLE + u("typestr") + u("|u1")
+             + u("version") + pickle.BININT1 + b"\x03" + pickle.DICT)
+    obj = (stack_global("collections", "OrderedDict") + pickle.EMPTY_TUPLE + pickle.NEWOBJ
+           + pickle.NONE + pickle.MARK + u("__array_interface__") + iface + pickle.DICT + pickle.TUPLE2 + pickle.BUILD)
+    data = proto4(call(stack_global("numpy", "matrix"), obj))
+    # Control, in a child process: the standard unpickler builds a matrix over address 0x10 (and crashes).
+    child = subprocess.run([sys.executable, "-c", "import pickle, sys; pickle.loads(sys.stdin.buffer.read())"],
+                           input=data, capture_output=True, timeout=120)
+    assert child.returncode != 0 and b"Error" not in child.stderr, child.stderr[-500:]
+    files = poison(tmp_path, data)
+    with pytest.raises(UntrustedPickleError, match="__array_interface__"):
+        ckpt.load(files.pack, trusted=["numpy.*", "collections.*"])
+
+
+def test_numpy_dummy_array_is_never_admitted():
+    assert policy.name_denied("numpy.lib._stride_tricks_impl.DummyArray")
+    assert policy.name_denied("numpy.lib.stride_tricks.DummyArray")
