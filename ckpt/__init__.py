@@ -44,7 +44,7 @@ from ._inspect import inspect
 from ._packfile import DEFAULT_SLOT
 from .averaging import average, ema
 from .checkpoint import Checkpoint
-from .compat import dump, load
+from .compat import dump, dumps, load, loads
 from .errors import (
     ChecksumError,
     CkptError,
@@ -74,7 +74,9 @@ __all__ = [
     "save_var_collection",
     "load_var_collection",
     "dump",
+    "dumps",
     "load",
+    "loads",
     "inspect",
     "errors",
     "CkptError",

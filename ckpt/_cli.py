@@ -23,9 +23,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from . import __version__, _cli_recipes, _npy, aliases as _aliases, deps as _deps
+from . import __version__, _cli_recipes, _npy, _zip, aliases as _aliases, deps as _deps
 from ._cli_format import (dump_json, human_size, parse_size, progress, render_diff, render_info, render_ls,
-                          render_prune, render_sources, render_verify)
+                          render_prune, render_sources, render_verify, say)
 from ._inspect import inspect as _inspect_file
 from ._packfile import DEFAULT_SLOT, PackReader, sniff
 from .averaging import average as _average, ema as _ema
@@ -167,7 +167,7 @@ def _holds_object_arrays(path: str) -> bool:
                     _shape, _fortran, dtype = read(f)
                 if dtype.hasobject:
                     return True
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, SyntaxError):
+    except Exception:  # a best-effort diagnosis of a file already refused: any failure here means "no"
         return False
     return False
 
@@ -184,8 +184,7 @@ def _verify_file(path: str, bar: Any = None) -> Optional[str]:
                         continue
                     seen.add(member)
                     size = reader.member_size(member)
-                    view = reader.read_member(member, verify=True, slot=slot, copy=False)
-                    del view  # a view of the mapped file; drop it before the file is closed
+                    reader.verify_member(member, slot=slot)
                     done += size
                     if bar is not None:
                         bar.update(size)
@@ -263,7 +262,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
             best["best"] = True
     for rec in records:
         if rec["error"] is not None:
-            print(f"ckpt ls: error: {rec['error']}", file=sys.stderr)
+            say(f"ckpt ls: error: {rec['error']}", file=sys.stderr)
             status = 1
     if args.json:
         dump_json({"directory": ck.directory, "checkpoints": records,
@@ -271,11 +270,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
                    "best": best["step"] if best else None, "metric": args.metric, "mode": args.mode})
         return status
     if not records:
-        print(f"no checkpoints in {args.logdir} (looked in {ck.directory})")
+        say(f"no checkpoints in {args.logdir} (looked in {ck.directory})")
         return status
-    print(render_ls(records, metric=args.metric, local=args.local))
+    say(render_ls(records, metric=args.metric, local=args.local))
     if args.metric and best is None:
-        print(f"(no checkpoint records metric {args.metric!r})")
+        say(f"(no checkpoint records metric {args.metric!r})")
     return status
 
 
@@ -327,8 +326,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         dump_json(doc)
         return 0
-    print(render_info(doc, limit=None if args.all else args.max_arrays))
-    print("\n" + _cli_recipes.render_recipe(doc["recipe"], recipe_error))
+    say(render_info(doc, limit=None if args.all else args.max_arrays))
+    say("\n" + _cli_recipes.render_recipe(doc["recipe"], recipe_error))
     return 0
 
 
@@ -353,7 +352,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             if args.json:
                 dump_json({"path": target, "files": [], "ok": False})
             else:
-                print(f"ckpt verify: no checkpoints in {target} (nor in {os.path.join(target, 'ckpt')}): nothing "
+                say(f"ckpt verify: no checkpoints in {target} (nor in {os.path.join(target, 'ckpt')}): nothing "
                       "was verified", file=sys.stderr)
             return 1
     else:
@@ -371,7 +370,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         dump_json({"path": target, "files": results, "ok": not bad})
     else:
-        print(render_verify(results))
+        say(render_verify(results))
     return 1 if bad else 0
 
 
@@ -452,7 +451,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         dump_json({"a": args.a, "b": args.b, "slot": args.slot, "only_in_a": only_a, "only_in_b": only_b,
                    "changed": changed, "arrays": compared, "identical": not differ})
     else:
-        print(render_diff(args.a, args.b, only_a, only_b, changed, compared, show_all=args.all))
+        say(render_diff(args.a, args.b, only_a, only_b, changed, compared, show_all=args.all))
     return 1 if (args.exit_code and differ) else 0
 
 
@@ -469,10 +468,10 @@ def _need_safetensors() -> Any:
     return st
 
 
-def _bad_npz_name(name: str) -> bool:
-    parts = name.split("/")
-    return (not name or "\x00" in name or "\\" in name or name.startswith("/") or
-            any(p in ("", ".", "..") for p in parts) or (len(name) > 1 and name[1] == ":"))
+def _bad_npz_name(name: str, names: set[str]) -> bool:
+    """True if ``name`` + ``.npy`` is a member name ckpt's reader refuses (export writes only what it reads)."""
+    return (_zip.member_name_problem(name + ".npy") is not None or name.endswith(".npy") and name[:-4] in names
+            or name == "names")
 
 
 def _replace_via_temp(out: str, write: Callable[[str], None]) -> None:
@@ -511,13 +510,13 @@ def cmd_export(args: argparse.Namespace) -> int:
                 raise CliError(f"{args.file}: safetensors reserves the name '__metadata__'; export to npz instead")
             st = _need_safetensors()
         else:
-            bad_names = [n for n in names if _bad_npz_name(n) or n == "names"]
+            bad_names = [n for n in names if _bad_npz_name(n, set(names))]
             if bad_names:
                 raise CliError(f"{args.file}: array names {bad_names[:5]} cannot be .npz member names that numpy, "
                                "objax and ckpt all read back; export to safetensors instead")
             ext = [n for n in names if _npy.is_extension_dtype(view.shape_dtype(n)[1])]
             if ext:
-                print(f"ckpt export: note: {len(ext)} arrays ({', '.join(ext[:3])}) have ml_dtypes dtypes; numpy "
+                say(f"ckpt export: note: {len(ext)} arrays ({', '.join(ext[:3])}) have ml_dtypes dtypes; numpy "
                       "stores them as raw void bytes (restore with arr.view(ml_dtypes.bfloat16) or similar)",
                       file=sys.stderr)
         with progress(sum(sizes.values()), f"exporting {os.path.basename(args.file)}") as bar:
@@ -533,7 +532,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                     meta["ckpt.metadata"] = json.dumps(reader.metadata, ensure_ascii=False, default=str)
                 _replace_via_temp(args.out, lambda tmp: st.save_file(arrays, tmp, metadata=meta or None))
                 del arrays
-    print(f"wrote {args.out}: {len(names)} arrays, {human_size(_file_size(args.out))} ({fmt})")
+    say(f"wrote {args.out}: {len(names)} arrays, {human_size(_file_size(args.out))} ({fmt})")
     return 0
 
 
@@ -620,7 +619,7 @@ def _save_imported(args: argparse.Namespace, arrays: dict[str, np.ndarray], meta
     with progress(None, f"writing {os.path.basename(args.out)}", unit="B") as bar:
         save_var_collection(args.out, arrays, metadata=meta)
         bar.update(total)
-    print(f"wrote {args.out}: {len(arrays)} arrays, {human_size(total)} of data, from "
+    say(f"wrote {args.out}: {len(arrays)} arrays, {human_size(total)} of data, from "
           f"{meta['imported_from']['format']} file {args.src}")
 
 
@@ -659,7 +658,7 @@ def cmd_average(args: argparse.Namespace) -> int:
                               out=args.out)
     for w in caught:
         if issubclass(w.category, DependencyWarning):
-            print(f"ckpt average: warning: {_one_line(str(w.message))}", file=sys.stderr)
+            say(f"ckpt average: warning: {_one_line(str(w.message))}", file=sys.stderr)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     with open_reader(args.out) as reader:
@@ -667,9 +666,9 @@ def cmd_average(args: argparse.Namespace) -> int:
     sources = record.get("averaged_from", [])
     how = f"EMA (decay {args.ema:g})" if args.ema is not None else "mean"
     total = sum(int(a.nbytes) for a in result.values())
-    print(f"wrote {args.out}: {how} of {len(sources)} checkpoint{'s' if len(sources) != 1 else ''}, "
+    say(f"wrote {args.out}: {how} of {len(sources)} checkpoint{'s' if len(sources) != 1 else ''}, "
           f"{len(result)} arrays, {human_size(total)} of data")
-    print(render_sources(sources))
+    say(render_sources(sources))
     return 0
 
 
@@ -695,14 +694,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
             dump_json({"directory": ck.directory, "dry_run": args.dry_run, "deleted": [], "kept": [],
                        "skipped": [], "freed_bytes": 0})
         else:
-            print(f"no checkpoints in {args.logdir} (looked in {ck.directory}); nothing to prune")
+            say(f"no checkpoints in {args.logdir} (looked in {ck.directory}); nothing to prune")
         return 0
     plan = ck.plan_prune()  # a metric no checkpoint records raises here, before anything is deleted
     if plan.missing_metric:
-        print(f"ckpt prune: warning: checkpoints {_short_list(plan.missing_metric)} do not record the metric "
+        say(f"ckpt prune: warning: checkpoints {_short_list(plan.missing_metric)} do not record the metric "
               f"{args.metric!r}; --keep-best cannot rank them", file=sys.stderr)
     for idx, problem in sorted(plan.damaged.items()):
-        print(f"ckpt prune: warning: skipped damaged {ck.path(idx)} ({problem}): neither counted nor deleted",
+        say(f"ckpt prune: warning: skipped damaged {ck.path(idx)} ({problem}): neither counted nor deleted",
               file=sys.stderr)
     removed = set(ck.prune(dry_run=args.dry_run))
     aliased = _aliases.by_index(ck.directory)
@@ -727,7 +726,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                    "skipped": [{"step": r["step"], "problem": r["damaged"]} for r in rows if "damaged" in r],
                    "freed_bytes": sum(r["size"] for r in rows if not r["kept"]), "checkpoints": rows})
     else:
-        print(render_prune(rows, dry_run=args.dry_run))
+        say(render_prune(rows, dry_run=args.dry_run))
     return 0
 
 
@@ -1017,10 +1016,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         files = [getattr(args, n, None) for n in ("file", "path", "src", "a", "b")]
         pickled = isinstance(e, FormatError) and not getattr(e, "file", None) and next(
             (f for f in files if isinstance(f, str) and os.path.isfile(f) and _holds_object_arrays(f)), None)
-        print(f"ckpt {args.command}: error: {_problem(e, pickled or None)}", file=sys.stderr)
+        say(f"ckpt {args.command}: error: {_problem(e, pickled or None)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"ckpt {args.command}: interrupted", file=sys.stderr)
+        say(f"ckpt {args.command}: interrupted", file=sys.stderr)
         return 130
 
 

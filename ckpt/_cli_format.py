@@ -14,9 +14,28 @@ import sys
 from typing import Any, Iterable, Iterator, Optional, Sequence, TextIO
 
 __all__ = ["human_size", "parse_size", "format_time", "format_number", "table", "dump_json", "strict_json",
-           "progress", "ProgressBar"]
+           "progress", "ProgressBar", "escape_controls", "say"]
+
+
+def _escape_char(c: str) -> str:
+    return c.encode("unicode_escape").decode("ascii")
+
+
+def escape_controls(text: str, *, keep: str = "\n") -> str:
+    """``text`` with every character a terminal could act on (C0/C1 controls, DEL, bidi overrides, other
+    non-printables) written as a Python escape; names come from files, and escape sequences in them must
+    never reach the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else _escape_char(c) for c in text)
+
+
+def say(*parts: Any, file: Optional[TextIO] = None) -> None:
+    """``print`` for the CLI: everything written is escaped (see :func:`escape_controls`)."""
+    print(escape_controls(" ".join(str(p) for p in parts)), file=file)
 
 _UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+_JSON_UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u00ad\u061c\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]")
 
 
 def human_size(n: Optional[int]) -> str:
@@ -124,7 +143,9 @@ def strict_json(obj: Any) -> Any:
 def dump_json(doc: Any, out: Optional[TextIO] = None) -> None:
     """Indented, standard JSON on stdout (non-finite numbers as strings, see :func:`strict_json`)."""
     out = out or sys.stdout
-    json.dump(strict_json(doc), out, indent=2, default=_jsonable, ensure_ascii=False, allow_nan=False)
+    text = json.dumps(strict_json(doc), indent=2, default=_jsonable, ensure_ascii=False, allow_nan=False)
+    # Non-printables can only be inside strings here: JSON escapes keep them off the terminal.
+    out.write(_JSON_UNSAFE.sub(lambda m: json.dumps(m.group())[1:-1], text) if not text.isprintable() else text)
     out.write("\n")
 
 
@@ -140,7 +161,7 @@ class ProgressBar:
         except ImportError:  # progress bars are a nicety
             return
         scale = unit == "B"
-        self._bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=scale, unit_divisor=1024 if scale else 1000,
+        self._bar = tqdm(total=total, desc=escape_controls(desc, keep=""), unit=unit, unit_scale=scale, unit_divisor=1024 if scale else 1000,
                          leave=False, file=sys.stderr, dynamic_ncols=True)
 
     def update(self, n: float = 1) -> None:
@@ -149,7 +170,7 @@ class ProgressBar:
 
     def set_description(self, desc: str) -> None:
         if self._bar is not None:
-            self._bar.set_description(desc, refresh=False)
+            self._bar.set_description(escape_controls(desc, keep=""), refresh=False)
 
     def close(self) -> None:
         if self._bar is not None:

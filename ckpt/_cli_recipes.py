@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any, Callable, Optional
 
-from ._cli_format import dump_json, format_number, format_time, table
+from ._cli_format import dump_json, format_number, format_time, say, table
 from .errors import FormatError, SelectorError
 from .index import find
 from .recipes import Recipe
@@ -60,14 +60,14 @@ def cmd_find(args: argparse.Namespace) -> int:
     entries = find(args.root, selector, order_by=order_by, limit=args.limit, alias=args.alias, skipped=skipped)
     root = os.path.abspath(args.root)
     for path, why in skipped:  # damaged files: searched around, reported like `ckpt ls` reports them
-        print(f"ckpt find: error: {why if why.startswith(path) else f'{path}: {why}'}", file=sys.stderr)
+        say(f"ckpt find: error: {why if why.startswith(path) else f'{path}: {why}'}", file=sys.stderr)
     status = 1 if skipped else 0
     if args.json:
         dump_json({"root": root, "count": len(entries), "checkpoints": [e.to_dict() for e in entries],
                    "skipped": [{"path": p, "error": why} for p, why in skipped]})
         return status
     if not entries:
-        print(f"no checkpoint under {args.root} matches")
+        say(f"no checkpoint under {args.root} matches")
         return status
     names = list(dict.fromkeys(k for e in entries for k in e.metrics))
     order = (args.order_by or "").lstrip("-")
@@ -79,7 +79,7 @@ def cmd_find(args: argparse.Namespace) -> int:
         rows.append([where, "-" if e.idx is None else e.idx, "-" if e.recipe is None else e.recipe.name,
                      "-" if e.recipe is None else e.recipe.hash[:12], format_time(e.created_at),
                      *(format_number(e.metrics.get(n)) for n in names), ", ".join(e.aliases)])
-    print(table(["checkpoint", "step", "class", "recipe", "created (UTC)", *names, "aliases"], rows,
+    say(table(["checkpoint", "step", "class", "recipe", "created (UTC)", *names, "aliases"], rows,
                 right=[1, *range(5, 5 + len(names))]))
     return status
 

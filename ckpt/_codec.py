@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _crc, _limits, _npy
+from . import _crc, _json, _limits, _npy
 from .errors import ChecksumError, FormatError
 
 Buffer = Union[bytes, bytearray, memoryview]
@@ -365,10 +365,7 @@ def parse_header(data: Any, *, where: str) -> Header:
     n = struct.unpack_from("<I", data, 4)[0]
     if n > _limits.MAX_NPY_HEADER_BYTES or 8 + n > len(data):
         raise FormatError(f"{where}: compressed member header of {n} bytes is too long or cut short")
-    try:
-        doc = json.loads(bytes(data[8:8 + n]).decode())
-    except (UnicodeDecodeError, ValueError) as e:
-        raise FormatError(f"{where}: compressed member header is not JSON ({e})") from None
+    doc = _json.parse(data[8:8 + n], stored_bytes=None, what=f"{where}: compressed member header")
     try:
         codec, shape, nbytes, chunk = doc["codec"], doc["shape"], doc["nbytes"], doc["chunk_bytes"]
         dtype = _npy.dtype_from_name(doc["descr"], where=where)
@@ -378,8 +375,10 @@ def parse_header(data: Any, *, where: str) -> Header:
               and isinstance(doc.get("fortran_order", False), bool))
     except (KeyError, TypeError) as e:
         raise FormatError(f"{where}: compressed member header lacks {e}") from None
-    if not ok or math.prod(shape) * dtype.itemsize != nbytes or nbytes > _limits.MAX_MEMBER_BYTES:
+    if not ok or math.prod(shape) * dtype.itemsize != nbytes or nbytes > _limits.MAX_MEMBER_BYTES \
+            or chunk > _limits.MAX_CODEC_CHUNK_BYTES:
         raise FormatError(f"{where}: compressed member header is inconsistent: {doc!r:.300}")
+    _npy.check_shape(tuple(shape), dtype, where)
     if (doc["filter"] == "shuffle") != (dtype.itemsize > 1):
         raise FormatError(f"{where}: filter {doc['filter']!r} does not fit a {dtype.itemsize}-byte dtype")
     return Header(codec, doc.get("level"), doc["filter"] == "shuffle", dtype, tuple(shape),
@@ -402,6 +401,9 @@ def _frames(view: memoryview, h: Header, where: str) -> list[_Frame]:
     count = math.ceil(h.nbytes / h.chunk_bytes) if h.nbytes else 0
     nplanes = h.dtype.itemsize if h.shuffle else 1
     head = _CRC.size + nplanes * _PLANE.size
+    if pos + count * head > len(view):  # checked before any work: each chunk needs its table
+        raise ChecksumError(f"{where}: compressed data is truncated: {h.nbytes} bytes in {count} chunks need at "
+                            f"least {count * head} bytes of chunk tables; the member holds {len(view) - pos}")
     for i in range(count):
         if pos + head > len(view):
             raise ChecksumError(f"{where}: compressed data is truncated at chunk {i} of {count}")
@@ -437,7 +439,10 @@ def decode_many(items: Sequence[tuple[Any, Header, str, Optional[np.dtype]]]) ->
     for data, h, where, _ in items:
         _, decompress = _codec_functions(h.codec, h.level)
         frames = _frames(memoryview(data), h, where)
-        out = np.empty(h.nbytes, dtype=np.uint8)  # every byte is written by the jobs: no zero-fill
+        try:
+            out = np.empty(h.nbytes, dtype=np.uint8)  # every byte is written by the jobs: no zero-fill
+        except MemoryError:
+            raise FormatError(f"{where}: the array declares {h.nbytes} bytes, more than can be allocated") from None
         outs.append(out)
         jobs += [(f, out, h.dtype.itemsize if h.shuffle else 1, decompress, where) for f in frames]
     for _ in _pool().map(lambda job: _decode_chunk(*job), jobs):

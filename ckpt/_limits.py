@@ -12,8 +12,25 @@ ALIGNMENT = 64
 #: Largest manifest member accepted, in bytes.
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 
-#: Most JSON objects and arrays in a manifest (bounds the memory parsing takes: ~100 bytes each).
-MAX_MANIFEST_CONTAINERS = 1_000_000
+#: Most JSON values (an upper bound counted before parsing: , : [ and { bytes) in any JSON member
+#: (manifest, JSON slot, compressed-array header). Parsing costs up to ~50 bytes per value.
+MAX_JSON_NODES = 4_000_000
+
+#: JSON values always allowed; beyond them, a JSON member may hold one value per byte it occupies in
+#: the file (a tiny deflated member cannot expand into millions of objects).
+JSON_NODES_FREE = 65536
+
+#: Largest ratio of uncompressed to compressed size accepted for a deflated JSON member (manifest or
+#: JSON slot), beyond the first JSON_NODES_FREE bytes.
+MAX_JSON_EXPANSION = 16
+
+#: Largest chunk of a compressed (.ckz) array member (writers use 1 MiB).
+MAX_CODEC_CHUNK_BYTES = 256 << 20
+
+#: Most dependency entries one slot may record, the longest ``requires`` specifier, and its most clauses.
+MAX_DEPENDENCIES = 64
+MAX_REQUIRES_CHARS = 256
+MAX_REQUIRES_CLAUSES = 16
 
 #: Most members (zip entries) accepted in one file (keeps a hostile directory's parse under ~50 MB).
 MAX_MEMBERS = 100_000
@@ -27,8 +44,14 @@ MAX_NPY_HEADER_BYTES = 64 * 1024
 #: Most dimensions accepted in an array shape.
 MAX_NDIM = 64
 
-#: Largest ratio of uncompressed to compressed size accepted for a deflated member.
-MAX_COMPRESSION_RATIO = 1024
+#: Most elements accepted in an array whose items take no bytes (``|V0``, empty structs): such an
+#: array costs nothing to store, but anything that walks its elements would take forever.
+MAX_EMPTY_ITEM_ELEMENTS = 1 << 24
+
+#: Largest ratio of uncompressed to compressed size a deflated member may declare: deflate itself
+#: cannot exceed ~1032:1, so a larger claim is a lie. What a member may inflate to is bounded by
+#: its own declared size (and, for .npy members, by what their header declares).
+MAX_DEFLATE_RATIO = 1040
 
 #: Largest uncompressed size of any single member accepted (1 TiB).
 MAX_MEMBER_BYTES = 1 << 40

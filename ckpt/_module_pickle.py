@@ -15,7 +15,6 @@ global. There is never a retry in a less strict mode.
 from __future__ import annotations
 
 import copyreg
-import fnmatch
 import importlib
 import io
 import pickle
@@ -25,19 +24,23 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from . import collections as _coll
-from ._pickle_scan import DYNAMIC
+from . import _pickle_policy as _policy, collections as _coll
 from .errors import UntrustedPickleError
 
 PROTOCOL = 5
 _PID_TAG = "ckpt.array"
 
 #: Globals ckpt itself writes into pickles; they are safe whatever the allow-list.
-SAFE_HELPERS = frozenset({"ckpt._module_pickle.set_state"})
+SAFE_HELPERS = _policy.ALWAYS
 
 
 def set_state(obj: Any, state: Any) -> None:
-    """State setter that bypasses ``__getattr__`` hooks (objax variables recurse without it)."""
+    """State setter that bypasses ``__getattr__`` hooks (objax variables recurse without it).
+
+    Only for objects being rebuilt: a pickle may not use it to change a class, module or function."""
+    if isinstance(obj, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
+        raise pickle.UnpicklingError(f"set_state may only fill in an object being rebuilt, not {type(obj).__name__} "
+                                     f"{getattr(obj, '__qualname__', '?')!r:.80}")
     if not isinstance(state, dict):
         raise pickle.UnpicklingError(f"state for {type(obj).__name__} must be a dict, not {type(state).__name__}")
     vars(obj).update(state)
@@ -149,43 +152,11 @@ def dumps(obj: Any) -> tuple[bytes, list[Any]]:
     return buf.getvalue(), arrays
 
 
-#: Globals that run arbitrary code, import arbitrary modules or touch the system. No allow-list
-#: admits them, however broad its patterns (``"*"`` included); only ``trusted=True`` does. This is
-#: a backstop for wildcards, not the defence: the defence is an allow-list of exact names.
-NEVER_ALLOWED = (
-    "cloudpickle.*",  # rebuilds functions from bytecode and imports modules by name (subimport)
-    "builtins.eval", "builtins.exec", "builtins.compile", "builtins.__import__", "builtins.getattr",
-    "builtins.setattr", "builtins.delattr", "builtins.open", "builtins.globals", "builtins.locals",
-    "builtins.vars", "builtins.breakpoint", "builtins.input", "builtins.help", "builtins.memoryview",
-    "__builtin__.*", "types.CodeType", "types.FunctionType", "types.ModuleType", "types.LambdaType",
-    "os.*", "posix.*", "nt.*", "subprocess.*", "sys.*", "importlib.*", "runpy.*", "pickle.*", "_pickle.*",
-    "marshal.*", "shutil.*", "socket.*", "ctypes.*", "code.*", "codeop.*", "pty.*", "multiprocessing.*",
-    "operator.attrgetter", "operator.methodcaller", "functools.reduce", "copyreg.*", "pdb.*", "webbrowser.*",
-    "asyncio.*", "threading.*", "signal.*", "tempfile.*", "io.open", "io.FileIO", "pathlib.*", "glob.*",
-)
+class _ArraysMixin:
+    """Persistent ids resolve only to the slot's own arrays."""
 
-
-def never_allowed(name: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in NEVER_ALLOWED)
-
-
-def allowed(name: str, patterns: Sequence[str]) -> bool:
-    """True if ``module.qualname`` matches an allow-list pattern (``fnmatch``: ``mypkg.models.*``)
-    and is not one of the code-execution primitives in :data:`NEVER_ALLOWED`."""
-    if name == DYNAMIC or name.startswith("<"):
-        return False
-    if name in SAFE_HELPERS:
-        return True
-    return not never_allowed(name) and any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, load_array: Callable[[int, str], Any], patterns: Optional[Sequence[str]],
-                 where: str):
-        super().__init__(io.BytesIO(data))
-        self._load_array = load_array
-        self._patterns = None if patterns is None else list(patterns)
-        self._where = where
+    _load_array: Callable[[int, str], Any]
+    _where: str
 
     def persistent_load(self, pid: Any) -> Any:
         if (not isinstance(pid, tuple) or len(pid) != 3 or pid[0] != _PID_TAG or type(pid[1]) is not int
@@ -193,32 +164,75 @@ class _Unpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"{self._where}: unknown persistent reference {pid!r:.100}")
         return self._load_array(pid[1], pid[2])
 
+
+class _TrustedUnpickler(_ArraysMixin, pickle.Unpickler):
+    """``trusted=True``: the fast C unpickler, every global allowed."""
+
+    def __init__(self, data: bytes, load_array: Callable[[int, str], Any], where: str):
+        super().__init__(io.BytesIO(data))
+        self._load_array = load_array
+        self._where = where
+
+
+class _Unpickler(_ArraysMixin, pickle._Unpickler):  # type: ignore[name-defined, misc]
+    """An allow-list (or no globals at all): the Python unpickler, so that BUILD can be checked too.
+
+    Resolves every global itself and refuses, before importing it, anything doubtful; a BUILD may not
+    set dunder attributes (``__array_interface__`` on an instance would let numpy read any address)."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    stack: list[Any]
+
+    def __init__(self, data: bytes, load_array: Callable[[int, str], Any], patterns: Sequence[str],
+                 where: str, called: frozenset[str] = frozenset()):
+        super().__init__(io.BytesIO(data))
+        self._load_array = load_array
+        self._patterns = list(patterns)
+        self._where = where
+        self._called = called
+
     def _refuse(self, full: str, why: str) -> UntrustedPickleError:
         return UntrustedPickleError(f"{self._where}: the pickle imports {full}, {why}; nothing was executed",
                                     globals=[full])
 
     def find_class(self, module: str, name: str) -> Any:
         full = f"{module}.{name}"
-        if self._patterns is None:
-            return super().find_class(module, name)
-        if not allowed(full, self._patterns):
+        if not _policy.admitted(full, self._patterns):
             raise self._refuse(full, f"which is not in the allow-list {self._patterns}")
         parts = name.split(".")
-        if any(p.startswith("__") and p.endswith("__") for p in parts) and full not in SAFE_HELPERS:
+        if any(p.startswith("__") and p.endswith("__") for p in parts) and full not in _policy.VETTED:
             raise self._refuse(full, "which goes through a dunder attribute")
+        if _policy.module_denied(module) and full not in _policy.VETTED:
+            raise self._refuse(full, "whose module can run code or touch the system")
         target: Any = importlib.import_module(module)
         for part in parts:
             target = getattr(target, part)
             if isinstance(target, types.ModuleType):
                 raise self._refuse(full, f"which reaches the module {target.__name__} through an attribute")
-        # A re-export (``somepkg.run = os.system``) is judged by what it really is, too.
-        real = f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', '')}"
-        if full not in SAFE_HELPERS and never_allowed(real):
-            raise self._refuse(full, f"which is {real}, a code-execution primitive only trusted=True permits")
+        why = _policy.judge_target(full, target, full in self._called)
+        if why:
+            raise self._refuse(full, why)
         return target
 
+    def load_build(self) -> None:
+        state = self.stack[-1]
+        for part in (state if isinstance(state, tuple) and len(state) == 2 else (state,)):
+            if isinstance(part, dict):
+                bad = [k for k in part if isinstance(k, str) and k.startswith("__") and k.endswith("__")]
+                if bad:
+                    raise UntrustedPickleError(
+                        f"{self._where}: the pickle sets the attribute {bad[0]!r:.80} of a "
+                        f"{type(self.stack[-2]).__name__}; an allow-list never admits dunder attributes")
+        pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
 
-def loads(data: bytes, load_array: Callable[[int, str], Any], trusted: Any, where: str) -> Any:
-    """Unpickle with ``trusted=True`` (no limits) or a list of allowed globals (restricted)."""
-    patterns = None if trusted is True else list(trusted)
-    return _Unpickler(data, load_array, patterns, where).load()
+    dispatch[pickle.BUILD[0]] = load_build  # type: ignore[assignment]
+
+
+def loads(data: bytes, load_array: Callable[[int, str], Any], trusted: Any, where: str,
+          called: frozenset[str] = frozenset()) -> Any:
+    """Unpickle with ``trusted=True`` (no limits) or a list of allowed globals (restricted).
+
+    ``called`` names the globals the opcode scan found in a call position."""
+    if trusted is True:
+        return _TrustedUnpickler(data, load_array, where).load()
+    return _Unpickler(data, load_array, list(trusted), where, called).load()

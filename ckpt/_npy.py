@@ -22,6 +22,9 @@ from . import _limits
 from .errors import FormatError
 
 MAGIC = b"\x93NUMPY"
+#: What numpy raises for a malformed dtype description (it parses comma strings with ast.literal_eval).
+_DTYPE_ERRORS = (TypeError, ValueError, KeyError, IndexError, SyntaxError, OverflowError, RecursionError,
+                 MemoryError)
 
 
 def is_extension_dtype(dtype: np.dtype) -> bool:
@@ -47,7 +50,7 @@ def dtype_from_name(name: str, *, where: str = "") -> np.dtype:
     """
     try:
         dt: Optional[np.dtype] = np.dtype(name)
-    except (TypeError, ValueError):
+    except _DTYPE_ERRORS:
         dt = None
     if dt is None:
         try:
@@ -149,19 +152,35 @@ def parse_header(head: bytes, member_size: int, *, where: str) -> NpyHeader:
         raise FormatError(f"{where}: .npy header fortran_order is not a bool")
     try:
         dtype = np.lib.format.descr_to_dtype(d["descr"])
-    except (TypeError, ValueError, KeyError) as e:
-        raise FormatError(f"{where}: .npy header has an invalid dtype {d['descr']!r:.200} ({e})") from None
+    except _DTYPE_ERRORS as e:
+        raise FormatError(f"{where}: .npy header has an invalid dtype {d['descr']!r:.200} "
+                          f"({type(e).__name__}: {str(e)[:200]})") from None
     if dtype.hasobject:
         raise FormatError(f"{where}: object arrays are refused (they would need pickle); dtype {dtype}")
+    if dtype.subdtype is not None:
+        # numpy.load would append the subarray's dimensions to the shape: refuse rather than disagree.
+        raise FormatError(f"{where}: .npy header has a subarray dtype {dtype!s:.200} (numpy would read shape "
+                          f"{shape + dtype.shape!r:.200}); ckpt never writes one")
     header = NpyHeader(dtype, shape, d["fortran_order"], total)
-    if header.count > np.iinfo(np.intp).max:
-        raise FormatError(f"{where}: .npy header shape {shape!r:.200} has more elements than numpy can index")
+    check_shape(shape, dtype, where)
     if total + header.nbytes != member_size:
         raise FormatError(
             f"{where}: .npy header claims shape {shape} of {dtype} ({header.nbytes} bytes) but the member "
             f"holds {member_size - total} bytes of data"
         )
     return header
+
+
+def check_shape(shape: tuple[int, ...], dtype: np.dtype, where: str) -> None:
+    """Shapes numpy can build: every dimension, and the product of the non-zero ones in bytes, fit an intp
+    (a zero dimension does not excuse the others); zero-itemsize arrays are bounded in elements."""
+    big = np.iinfo(np.intp).max
+    nonzero = math.prod(s for s in shape if s)
+    if any(s > big for s in shape) or nonzero * max(dtype.itemsize, 1) > big:
+        raise FormatError(f"{where}: .npy header shape {shape!r:.200} has more elements than numpy can index")
+    if dtype.itemsize == 0 and math.prod(shape) > _limits.MAX_EMPTY_ITEM_ELEMENTS:
+        raise FormatError(f"{where}: shape {shape!r:.200} of zero-size items has {math.prod(shape)} "
+                          f"elements, over the limit of {_limits.MAX_EMPTY_ITEM_ELEMENTS}")
 
 
 def array_from_buffer(buf: Any, header: NpyHeader, *, dtype: Optional[np.dtype] = None) -> np.ndarray:

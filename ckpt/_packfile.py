@@ -19,8 +19,8 @@ from typing import Any, BinaryIO, Iterable, Mapping, Optional
 
 import numpy as np
 
-from . import _crc, _limits, _npy, _zip, deps as _deps, manifest as _manifest, serializers as _ser
-from ._pickle_scan import scan_globals
+from . import _crc, _json, _limits, _npy, _zip, deps as _deps, manifest as _manifest, serializers as _ser
+from ._pickle_scan import scan, scan_globals
 from .errors import ChecksumError, FormatError, NotAPackError, SlotKindError, SlotNotFoundError
 from .manifest import MANIFEST_MEMBER, SlotInfo
 
@@ -90,9 +90,11 @@ class PackReader:
         if zm.size > _limits.MAX_MANIFEST_BYTES:
             raise FormatError(f"{self.label}: manifest of {zm.size} bytes is over the limit of "
                               f"{_limits.MAX_MANIFEST_BYTES}", file=self.label)
+        if zm.method != _zip.STORED:
+            _json.check_expansion(zm.size, zm.compressed_size, what=f"{self.label}: manifest", file=self.label)
         data = self.zip.read(zm, check_crc=True)
         sizes = {n: m.size for n, m in self.zip.members.items() if n != MANIFEST_MEMBER}
-        doc, self.slots = _manifest.decode(data, self.label, sizes)
+        doc, self.slots = _manifest.decode(data, self.label, sizes, stored_bytes=zm.compressed_size)
         self.has_manifest = True
         self.created_at: Optional[str] = doc["created_at"]
         self.updated_at: Optional[str] = doc["updated_at"]
@@ -166,20 +168,22 @@ class PackReader:
             return bytearray(view) if copy else view
         return self._stream(name, verify=verify, slot=slot, keep=True)
 
-    def _stream(self, name: str, *, verify: bool, slot: Optional[str], keep: bool) -> bytearray:
+    def _stream(self, name: str, *, verify: bool, slot: Optional[str], keep: bool) -> Any:
         """Read a member chunk by chunk (no mapping, or deflated), hashing as it goes; keep the bytes or not."""
         m = self.members[name]
-        # A stored member's size is bounded by the file's own; a deflated one's is only a claim (up to
-        # MAX_COMPRESSION_RATIO times its compressed size), so its buffer grows with what really inflates.
+        # A stored member's size is bounded by the file's own. A deflated one's is only a claim (at most
+        # deflate's own ratio times its compressed size): its buffer is reserved once at the declared size
+        # as untouched anonymous memory, so memory grows only with what really inflates (a lie costs
+        # nothing), and nothing is copied again once inflated.
         stored = m.zip.method == _zip.STORED
-        buf = bytearray(m.zip.size if stored and keep else 0)
+        buf: Any = bytearray(m.zip.size if stored and keep else 0)
+        if keep and not stored:
+            buf = _reserve(m.zip.size)
         pos = 0
         sha = hashlib.sha256() if (verify and m.sha256) else None
         for chunk in self.zip.chunks(m.zip, check_crc=verify and m.sha256 is None):
-            if keep and stored:
-                buf[pos:pos + len(chunk)] = chunk
-            elif keep:
-                buf += chunk
+            if keep:
+                buf[pos:pos + len(chunk)] = chunk if stored else np.frombuffer(chunk, dtype=np.uint8)
             pos += len(chunk)
             if sha is not None:
                 sha.update(chunk)
@@ -271,6 +275,16 @@ class PackReader:
     def member_chunks(self, name: str) -> Iterable[bytes]:
         return self.zip.chunks(self.members[name].zip, check_crc=False)
 
+    def verify_member(self, name: str, *, slot: Optional[str] = None) -> None:
+        """Check one member against its hash (or CRC) without keeping its bytes (a deflated one streams)."""
+        m = self.members[name]
+        if self.mm is not None and m.zip.method == _zip.STORED:
+            if name not in self._verified:
+                self._check(self._view(m), m, name, slot)
+                self._verified.add(name)
+        else:
+            self._stream(name, verify=True, slot=slot, keep=False)
+
     def verify_slot(self, name: str) -> None:
         """Check every member of a slot against its hash without keeping the data."""
         members = self.slot(name).members
@@ -313,9 +327,12 @@ class PackReader:
             return self._load_pickle(slot, info, trusted=trusted, verify=verify)
         if len(info.members) != 1:
             raise FormatError(f"{where}: a {info.serializer} slot must have exactly one member", file=self.label)
+        zm = self.zip.members[info.members[0]]
+        if info.serializer == "json" and zm.method != _zip.STORED:
+            _json.check_expansion(zm.size, zm.compressed_size, what=f"{where} JSON member", file=self.label)
         data = self.read_member(info.members[0], verify=verify, slot=slot)
         if info.serializer == "json":
-            return _ser.decode_json(data, where, info.info)
+            return _ser.decode_json(data, where, info.info, stored_bytes=zm.compressed_size)
         return bytes(data)
 
     def pickle_globals(self, slot: str) -> list[str]:
@@ -331,7 +348,7 @@ class PackReader:
         if not info.members:
             raise FormatError(f"{where}: a pickle slot needs its pickle member", file=self.label)
         data = bytes(self.read_member(info.members[0], verify=verify, slot=slot, copy=False))
-        _ser.check_trusted(trusted, scan_globals(data, where=where), where, file=self.label, slot=slot)
+        _ser.check_trusted(trusted, scan(data, where=where), where, file=self.label, slot=slot)
         # Everything is verified before anything is unpickled.
         arrays = []
         records = info.info.get("arrays", [])
@@ -353,6 +370,16 @@ class PackReader:
             return arr
 
         return _ser.decode_pickle(data, trusted, where, load_array=load_array, file=self.label, slot=slot)
+
+
+def _reserve(size: int) -> np.ndarray:
+    """A writable byte buffer whose pages are only committed when written (anonymous memory)."""
+    if size < _RESERVE_MIN:
+        return np.empty(size, dtype=np.uint8)
+    return np.frombuffer(mmap.mmap(-1, size), dtype=np.uint8)
+
+
+_RESERVE_MIN = 1 << 20
 
 
 def _map(f: BinaryIO) -> Optional[mmap.mmap]:

@@ -1,8 +1,8 @@
 """Importing a recipe's classes only when the caller trusts them, and calling them.
 
 ``trusted`` uses the pickle allow-list's rules (``module.qualname`` names or
-``pkg.*`` patterns, see :func:`ckpt._module_pickle.allowed`); its code-execution
-primitives are refused whatever ``trusted`` says, ``True`` included. Every class
+``pkg.*`` patterns, see :mod:`ckpt._pickle_policy`); its denied modules, names and
+classes are refused whatever ``trusted`` says, ``True`` included. Every class
 of a recipe, nested ones too, is checked before the first import, and what an
 import finds must be a class defined under the recorded name.
 """
@@ -13,7 +13,7 @@ import importlib
 import types
 from typing import Any, Mapping, Sequence, Union
 
-from . import _module_pickle, _recipe_json as _rj
+from . import _pickle_policy as _policy, _recipe_json as _rj
 from .errors import RecipeNotFoundError, UntrustedClassError
 
 __all__ = ["Trusted", "admits", "import_class", "construct", "nested_tags"]
@@ -55,13 +55,13 @@ def construct(tag: dict[str, Any], classes: Mapping[str, type]) -> Any:
 
 def admits(trusted: Trusted, name: str) -> bool:
     """Whether ``trusted`` lets ``build`` import class ``name``; code-execution primitives never (not even True)."""
-    if _module_pickle.never_allowed(name):
+    if _policy.name_denied(name):
         return False
     if trusted is True:
         return True
     if not trusted or isinstance(trusted, (str, bytes)):
         return False
-    return _module_pickle.allowed(name, list(trusted))
+    return _policy.admitted(name, list(trusted))
 
 
 def import_class(name: str, module: str, where: str) -> type:
@@ -86,4 +86,7 @@ def import_class(name: str, module: str, where: str) -> type:
         raise UntrustedClassError(f"{where}: {name} is not a class defined under that name (found "
                                   f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', '?')}); "
                                   "refused", classes=[name])
+    why = _policy.judge_target(name, target, called=True)
+    if why is not None:  # e.g. a subclass of subprocess.Popen: calling it runs a process
+        raise UntrustedClassError(f"{where}: {name} is refused, {why}", classes=[name])
     return target

@@ -42,6 +42,8 @@ DEFLATED = 8
 _FLAG_ENCRYPTED = 0x1
 _FLAG_DESCRIPTOR = 0x8
 _FLAG_UTF8 = 0x800
+_KNOWN_FLAGS = 0x1 | 0x2 | 0x4 | _FLAG_DESCRIPTOR | _FLAG_UTF8  # encryption refused below; the rest zipfile refuses
+_MAX_NEEDED_VERSION = 63  # zipfile's MAX_EXTRACT_VERSION
 _U32 = 0xFFFFFFFF
 _U16 = 0xFFFF
 _DOS_TIME = 0  # 00:00:00
@@ -248,6 +250,13 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 
 def check_member_name(name: str, file: Optional[str]) -> None:
     """Refuse names that could escape a directory or confuse a reader."""
+    problem = member_name_problem(name)
+    if problem:
+        raise FormatError(f"{file}: zip member name {name!r} {problem}; refusing the file", file=file)
+
+
+def member_name_problem(name: str) -> Optional[str]:
+    """Why a reader refuses ``name`` as a member name, or None (writers check names with this too)."""
     problem = None
     if not name:
         problem = "is empty"
@@ -261,8 +270,7 @@ def check_member_name(name: str, file: Optional[str]) -> None:
         problem = "is an absolute path"
     elif any(part in ("", ".", "..") for part in name.split("/")):
         problem = "has an empty, '.' or '..' path component"
-    if problem:
-        raise FormatError(f"{file}: zip member name {name!r} {problem}; refusing the file", file=file)
+    return problem
 
 
 class ZipReader:
@@ -300,6 +308,7 @@ class ZipReader:
         tail_len = min(self.size, _EOCD.size + 0xFFFF)
         tail = self._pread(self.size - tail_len, tail_len)
         end = len(tail)
+        last = tail.rfind(EOCD_SIG)
         while True:
             pos = tail.rfind(EOCD_SIG, 0, end)
             if pos < 0:
@@ -307,44 +316,71 @@ class ZipReader:
             if pos + _EOCD.size <= len(tail):
                 comment_len = struct.unpack_from("<H", tail, pos + 20)[0]
                 if pos + _EOCD.size + comment_len == len(tail):
-                    return self.size - tail_len + pos
+                    break
             end = pos
+        if last != pos:
+            # zipfile takes the last signature it finds; another record in the comment would
+            # make it (and numpy) read a different directory from ours.
+            self._fail(f"a second end-of-central-directory record at offset {self.size - tail_len + last} "
+                       "(in the archive comment); readers would disagree on which one counts")
+        return self.size - tail_len + pos
 
-    def _parse(self) -> None:
-        if self.size < _EOCD.size:
-            self._fail(f"only {self.size} bytes long")
+    def _end_records(self) -> tuple[int, int, int, int]:
+        """(entry count, directory size, directory offset, where the directory must end), all checked."""
         eocd_pos = self._find_eocd()
         _, disk, cd_disk, n_this, n_total, cd_size, cd_offset, _ = _EOCD.unpack(self._pread(eocd_pos, _EOCD.size))
         dir_end = eocd_pos
-        if _U16 in (n_this, n_total) or _U32 in (cd_size, cd_offset):
-            loc_pos = eocd_pos - _ZIP64_LOCATOR.size
-            if loc_pos < 0:
+        loc_pos = eocd_pos - _ZIP64_LOCATOR.size
+        has_locator = loc_pos >= 0 and self._pread(loc_pos, 4) == ZIP64_LOCATOR_SIG
+        if _U16 in (n_this, n_total) or _U32 in (cd_size, cd_offset) or has_locator:
+            # zipfile uses a locator whenever one precedes the end record, and reads the zip64
+            # record right before it whatever the locator's pointer says: so must we, and they must agree.
+            if not has_locator:
                 self._fail("zip64 end record expected but missing")
-            sig, _, z64_pos, _ = _ZIP64_LOCATOR.unpack(self._pread(loc_pos, _ZIP64_LOCATOR.size))
-            if sig != ZIP64_LOCATOR_SIG or z64_pos + _ZIP64_EOCD.size > loc_pos:
-                self._fail("zip64 end locator missing or out of range")
+            _, loc_disk, z64_pos, n_disks = _ZIP64_LOCATOR.unpack(self._pread(loc_pos, _ZIP64_LOCATOR.size))
+            if z64_pos != loc_pos - _ZIP64_EOCD.size or loc_disk != 0 or n_disks > 1:
+                self._fail(f"zip64 end locator points at {z64_pos}, not at the record just before it "
+                           f"({loc_pos - _ZIP64_EOCD.size})")
             rec = _ZIP64_EOCD.unpack(self._pread(z64_pos, _ZIP64_EOCD.size))
             if rec[0] != ZIP64_EOCD_SIG:
                 self._fail("zip64 end record has a bad signature")
-            disk, cd_disk, n_this, n_total, cd_size, cd_offset = rec[4], rec[5], rec[6], rec[7], rec[8], rec[9]
+            z64 = (rec[4], rec[5], rec[6], rec[7], rec[8], rec[9])
+            for field_name, small, big, sat in (("entry count", n_this, z64[2], _U16), ("entry count", n_total, z64[3], _U16),
+                                                ("directory size", cd_size, z64[4], _U32),
+                                                ("directory offset", cd_offset, z64[5], _U32)):
+                if small not in (sat, big):
+                    self._fail(f"the end record's {field_name} ({small}) contradicts the zip64 record's ({big})")
+            disk, cd_disk, n_this, n_total, cd_size, cd_offset = z64
             dir_end = z64_pos
         if disk != 0 or cd_disk != 0 or n_this != n_total:
             self._fail("multi-disk archives are not supported")
         if n_total > _limits.MAX_MEMBERS:
             self._fail(f"{n_total} members, more than the limit of {_limits.MAX_MEMBERS}")
-        if cd_offset + cd_size > dir_end:
-            self._fail(f"central directory ({cd_size} bytes at {cd_offset}) overlaps the end records at {dir_end}")
+        if cd_offset + cd_size != dir_end:
+            # zipfile shifts every offset by the difference (it assumes prepended data): it and
+            # we would read different bytes.
+            self._fail(f"central directory ({cd_size} bytes at {cd_offset}) ends at {cd_offset + cd_size}, "
+                       f"but the end records start at {dir_end}")
         if n_total * _CENTRAL.size > cd_size:
             self._fail(f"central directory of {cd_size} bytes cannot hold {n_total} entries")
+        return n_total, cd_size, cd_offset, dir_end
+
+    def _parse(self) -> None:
+        if self.size < _EOCD.size:
+            self._fail(f"only {self.size} bytes long")
+        n_total, cd_size, cd_offset, _ = self._end_records()
         directory = self._pread(cd_offset, cd_size)
         pos = 0
         for _ in range(n_total):
             if pos + _CENTRAL.size > len(directory):
                 self._fail("central directory is truncated")
-            (sig, _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len, comment_len,
+            (sig, _, needed, flags, method, _, _, crc, csize, usize, name_len, extra_len, comment_len,
              _, _, _, offset) = _CENTRAL.unpack_from(directory, pos)
             if sig != CENTRAL_SIG:
                 self._fail(f"central directory entry at {cd_offset + pos} has a bad signature")
+            if needed & 0xFF > _MAX_NEEDED_VERSION or flags & ~_KNOWN_FLAGS:
+                self._fail(f"central directory entry at {cd_offset + pos} needs zip version {needed & 0xFF} or "
+                           f"flags {flags:#06x} that zipfile does not read")
             pos += _CENTRAL.size
             if pos + name_len + extra_len + comment_len > len(directory):
                 self._fail("central directory entry runs past the directory")
@@ -361,12 +397,19 @@ class ZipReader:
                 self._fail(f"stored member {name!r} declares {usize} bytes but occupies {csize}")
             if usize > _limits.MAX_MEMBER_BYTES:
                 self._fail(f"member {name!r} declares {usize} bytes, over the limit of {_limits.MAX_MEMBER_BYTES}")
-            if method == DEFLATED and usize > max(csize, 1) * _limits.MAX_COMPRESSION_RATIO:
-                self._fail(f"member {name!r} declares a compression ratio over {_limits.MAX_COMPRESSION_RATIO}:1")
+            if method == DEFLATED and usize > max(csize, 1) * _limits.MAX_DEFLATE_RATIO:
+                self._fail(f"member {name!r} declares a compression ratio over {_limits.MAX_DEFLATE_RATIO}:1, "
+                           "more than deflate can reach")
             check_member_name(name, self.file)
             if name in self.members:
                 self._fail(f"member name {name!r} appears twice")
             self.members[name] = Member(name, offset, -1, usize, csize, crc, method, flags)
+        if pos != len(directory):
+            # zipfile reads entries until the directory's bytes run out, whatever the count says.
+            self._fail(f"central directory holds {len(directory) - pos} bytes after its {n_total} counted entries")
+        for name in self.members:
+            if name.endswith(".npy") and name[:-4] in self.members:
+                self._fail(f"members {name[:-4]!r} and {name!r} are the same key to numpy.load")
         self._locate_data(cd_offset)
 
     def _decode_name(self, raw: bytes, flags: int) -> str:
@@ -403,22 +446,41 @@ class ZipReader:
         ordered = sorted(self.members.values(), key=lambda m: m.header_offset)
         for m in ordered:
             head = self._pread(m.header_offset, _LOCAL.size)
-            sig, _, _, _, _, _, _, _, _, name_len, extra_len = _LOCAL.unpack(head)
+            sig, _, local_flags, _, _, _, _, _, _, name_len, extra_len = _LOCAL.unpack(head)
             if sig != LOCAL_SIG:
                 self._fail(f"local header of member {m.name!r} at offset {m.header_offset} has a bad signature")
             local_name = self._pread(m.header_offset + _LOCAL.size, name_len)
-            if local_name != m.name.encode("utf-8") and local_name != m.name.encode("cp437", "replace"):
+            try:  # decoded as zipfile decodes it: by the local header's own UTF-8 flag
+                local_text = local_name.decode("utf-8" if local_flags & _FLAG_UTF8 else "cp437")
+            except UnicodeDecodeError:
+                local_text = None
+            if local_text != m.name:
                 self._fail(f"member {m.name!r}: local header names it {local_name!r}")
             m.data_offset = m.header_offset + _LOCAL.size + name_len + extra_len
+        # Members tile the file from offset 0 to the directory: no bytes a streaming reader could
+        # take for a member the directory does not list (only a data descriptor may follow data).
         previous_end = 0
-        previous_name = None
+        previous: Optional[Member] = None
         for m in ordered:
             if m.header_offset < previous_end:
-                self._fail(f"members {previous_name!r} and {m.name!r} overlap (a zip bomb or a damaged file)")
+                self._fail(f"members {previous.name if previous else None!r} and {m.name!r} overlap "
+                           "(a zip bomb or a damaged file)")
+            self._check_gap(previous, previous_end, m.header_offset)
             end = m.data_offset + m.compressed_size
             if end > cd_offset:
                 self._fail(f"member {m.name!r} ends at {end}, past the central directory at {cd_offset}")
-            previous_end, previous_name = end, m.name
+            previous_end, previous = end, m
+        self._check_gap(previous, previous_end, cd_offset)
+
+    def _check_gap(self, before: Optional[Member], start: int, end: int) -> None:
+        gap = end - start
+        if gap == 0:
+            return
+        if before is not None and before.flags & _FLAG_DESCRIPTOR and gap in (12, 16, 20, 24):
+            return
+        where = f"after member {before.name!r}" if before is not None else "before the first member"
+        self._fail(f"{gap} bytes {where} at offset {start} belong to no member (hidden data other readers "
+                   "may read)")
 
     # -- member access ---------------------------------------------------
     def chunks(self, m: Member, *, check_crc: bool = True, chunk: int = _limits.CHUNK_BYTES) -> Iterator[bytes]:

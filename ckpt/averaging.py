@@ -302,7 +302,7 @@ def _recorded_idx(reader: PackReader) -> Optional[int]:
     if isinstance(idx, int) and not isinstance(idx, bool) and idx >= 0:
         return idx
     stem = os.path.basename(reader.label).split(".")[0]
-    return int(stem) if stem.isdigit() else None
+    return int(stem) if stem.isascii() and stem.isdigit() else None  # "²³".isdigit() is True, int() refuses it
 
 
 def _write(out: PathLike, result: dict[str, np.ndarray], sources: list[_Source], *, slot: str, method: str,

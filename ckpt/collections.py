@@ -167,6 +167,8 @@ _VALUE_TYPES = (bool, int, float, complex, str, bytes)
 def _flatten_tree(obj: Any, path: tuple[str, ...], names: list[str], leaves: list[Any],
                   value_names: Optional[list[str]] = None) -> Any:
     """Flatten plain containers natively and other pytree nodes through jax; return the skeleton."""
+    if len(path) > _tagged.MAX_DEPTH:
+        raise _NotArrays  # nested deeper than any reader accepts, or a container that holds itself
     if is_array(obj):
         names.append("/".join(path) if path else "array")
         leaves.append(obj)

@@ -1,4 +1,4 @@
-"""``ckpt.dump``/``ckpt.load``: drop-in for ``pickle.dump``/``pickle.load`` on the default slot.
+"""``ckpt.dump``/``load``/``dumps``/``loads``: drop-ins for pickle's on a pack's default slot.
 
 Unlike pickle, arrays and JSON-able values are stored without pickling, every
 load is checked against its sha256, and a value that does need pickle is only
@@ -7,13 +7,14 @@ unpickled when the caller trusts the file. The result is a normal pack.
 
 from __future__ import annotations
 
+import io
 from typing import Any, Mapping, Optional
 
 from . import deps as _deps, serializers as _ser
 from ._packfile import DEFAULT_SLOT
 from .varfile import PathOrFile, open_reader, write_file
 
-__all__ = ["dump", "load"]
+__all__ = ["dump", "load", "dumps", "loads"]
 
 
 def dump(obj: Any, file: PathOrFile, *, serializer: Optional[str] = None,
@@ -31,3 +32,15 @@ def load(file: PathOrFile, *, trusted: _ser.Trusted = False, deps: str = "warn",
     with open_reader(file) as reader:
         _deps.report(reader.dependency_mismatches([DEFAULT_SLOT]), mode, reader.label)
         return reader.load(DEFAULT_SLOT, trusted=trusted, verify=verify)
+
+
+def dumps(obj: Any, *, serializer: Optional[str] = None, metadata: Optional[Mapping[str, Any]] = None) -> bytes:
+    """``obj`` as the bytes of a new pack (MLIO's and pickle's ``dumps``)."""
+    buf = io.BytesIO()
+    dump(obj, buf, serializer=serializer, metadata=metadata)
+    return buf.getvalue()
+
+
+def loads(data: bytes, *, trusted: _ser.Trusted = False, deps: str = "warn", verify: bool = True) -> Any:
+    """The default slot of a pack held in ``data`` (the inverse of :func:`dumps`)."""
+    return load(io.BytesIO(bytes(data)), trusted=trusted, deps=deps, verify=verify)

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from . import _limits
+from . import _json, _limits
 from .errors import FormatError
 
 MANIFEST_MEMBER = "__ckpt__/manifest.json"
@@ -34,7 +34,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 def utc_now() -> str:
     """The current UTC time as ISO 8601 with a Z; honours SOURCE_DATE_EPOCH for reproducible files."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if epoch and epoch.isdigit():
+    if epoch and epoch.isascii() and epoch.isdigit():
         now = _dt.datetime.fromtimestamp(int(epoch), tz=_dt.timezone.utc)
     else:
         now = _dt.datetime.now(tz=_dt.timezone.utc)
@@ -131,10 +131,17 @@ def _check_info(slot: str, serializer: str, info: dict[str, Any], file: Optional
     arrays = info.get("arrays", [])
     _require(isinstance(arrays, list) and all(isinstance(a, dict) for a in arrays), file,
              f"slot {slot!r} info.arrays is not a list of objects")
+    _require(len(arrays) <= _limits.MAX_MEMBERS, file,
+             f"slot {slot!r} records {len(arrays)} arrays, more than the {_limits.MAX_MEMBERS} members a file may hold")
     for i, a in enumerate(arrays):
         for key, kind in (("name", str), ("dtype", str), ("shape", list)):
             _require(key not in a or isinstance(a[key], kind), file,
                      f"slot {slot!r} info.arrays[{i}].{key} is not a {kind.__name__}")
+        shape = a.get("shape", [])
+        _require(len(shape) <= _limits.MAX_NDIM and all(_is_int(d) and d < 1 << 63 for d in shape), file,
+                 f"slot {slot!r} info.arrays[{i}].shape is not at most {_limits.MAX_NDIM} dimensions below 2**63")
+        _require(len(a.get("dtype", "")) <= 256 and len(a.get("name", "")) <= _limits.MAX_NAME_BYTES, file,
+                 f"slot {slot!r} info.arrays[{i}] has an over-long dtype or name")
     if serializer == "arrays":
         layout = info.get("layout", "objax")
         _require(layout in ("objax", "named"), file, f"slot {slot!r} has unknown arrays layout {layout!r:.80}")
@@ -143,16 +150,40 @@ def _check_info(slot: str, serializer: str, info: dict[str, Any], file: Optional
             _require(all("name" in a for a in arrays), file, f"slot {slot!r} has a named layout without names")
 
 
-def decode(data: bytes, file: Optional[str], zip_members: Mapping[str, int]) -> tuple[dict[str, Any], dict[str, SlotInfo]]:
-    """Parse and validate a manifest against the zip's members (name -> size)."""
-    containers = data.count(b"{") + data.count(b"[")  # an upper bound, counted before parsing
-    if containers > _limits.MAX_MANIFEST_CONTAINERS:
-        raise FormatError(f"{file}: manifest has up to {containers} JSON objects/arrays, over the limit of "
-                          f"{_limits.MAX_MANIFEST_CONTAINERS}", file=file)
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise FormatError(f"{file}: manifest is not valid JSON ({e})", file=file) from None
+def slot_name_problem(name: Any) -> Optional[str]:
+    """Why ``name`` is not a valid slot name (FORMAT section 2), or None; writers and readers share it."""
+    if not isinstance(name, str):
+        return "is not a string"
+    ok = (0 < len(name) <= _limits.MAX_SLOT_NAME and name.isascii() and name[0].isalnum()
+          and all(c.isalnum() or c in "_.-" for c in name))
+    if ok:
+        return None
+    return (f"must be 1-{_limits.MAX_SLOT_NAME} ASCII letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit")
+
+
+def _check_dependencies(slot: str, deps: Any, file: Optional[str]) -> None:
+    """Dependency records are bounded before any specifier is parsed (each costs a parse per load)."""
+    _require(isinstance(deps, dict) and all(
+        isinstance(v, dict) and isinstance(v.get("version"), str) and isinstance(v.get("requires", ""), str)
+        for v in deps.values()), file, f"slot {slot!r} has malformed dependencies")
+    _require(len(deps) <= _limits.MAX_DEPENDENCIES, file,
+             f"slot {slot!r} records {len(deps)} dependencies, over the limit of {_limits.MAX_DEPENDENCIES}")
+    for pkg, v in deps.items():
+        req = v.get("requires", "")
+        _require(len(pkg) <= 100 and len(v["version"]) <= 100, file,
+                 f"slot {slot!r} dependency {pkg[:100]!r} has an over-long name or version")
+        _require(len(req) <= _limits.MAX_REQUIRES_CHARS and req.count(",") < _limits.MAX_REQUIRES_CLAUSES, file,
+                 f"slot {slot!r} dependency {pkg!r} requires {len(req)} characters / {req.count(',') + 1} clauses; "
+                 f"the limits are {_limits.MAX_REQUIRES_CHARS} and {_limits.MAX_REQUIRES_CLAUSES}")
+
+
+def decode(data: bytes, file: Optional[str], zip_members: Mapping[str, int], *,
+           stored_bytes: Optional[int] = None) -> tuple[dict[str, Any], dict[str, SlotInfo]]:
+    """Parse and validate a manifest against the zip's members (name -> size).
+
+    ``stored_bytes`` is the manifest's size in the file (its compressed size when deflated)."""
+    doc = _json.parse(data, stored_bytes=stored_bytes, what=f"{file}: manifest", file=file)
     _require(isinstance(doc, dict), file, "top level is not an object")
     _require(doc.get("format") == FORMAT_NAME, file, f"format is {doc.get('format')!r}, expected {FORMAT_NAME!r}")
     version = doc.get("version")
@@ -184,21 +215,24 @@ def decode(data: bytes, file: Optional[str], zip_members: Mapping[str, int]) -> 
     _require(isinstance(slots_doc, dict), file, "slots is not an object")
     slots: dict[str, SlotInfo] = {}
     for name, s in slots_doc.items():
+        problem = slot_name_problem(name)
+        _require(problem is None, file, f"slot name {name!r:.80} {problem}")
         _require(isinstance(s, dict), file, f"slot {name!r} is not an object")
         ser = s.get("serializer")
         _require(ser in SERIALIZERS, file, f"slot {name!r} has unknown serializer {ser!r}")
         mem = s.get("members")
         _require(isinstance(mem, list) and all(isinstance(x, str) and x in members for x in mem), file,
                  f"slot {name!r} lists members missing from the member table")
+        _require(name != "main" or ser != "arrays" or len(set(mem)) == len(mem), file,
+                 f"the main arrays slot lists a member more than once ({len(mem)} entries, "
+                 f"{len(set(mem))} members); its members must not be shared")
         sha = s.get("sha256")
         _require(isinstance(sha, str) and bool(_HEX64.match(sha)), file, f"slot {name!r} has an invalid sha256")
         _require(sha == slot_digest([members[x]["sha256"] for x in mem]), file,
                  f"slot {name!r} sha256 does not match its members' hashes")
         _require(_is_int(s.get("size")), file, f"slot {name!r} has no valid size")
         deps = s.get("dependencies", {})
-        _require(isinstance(deps, dict) and all(
-            isinstance(v, dict) and isinstance(v.get("version"), str) and isinstance(v.get("requires", ""), str)
-            for v in deps.values()), file, f"slot {name!r} has malformed dependencies")
+        _check_dependencies(name, deps, file)
         info = s.get("info", {})
         _require(isinstance(info, dict), file, f"slot {name!r} info is not an object")
         _check_info(name, ser, info, file)

@@ -14,10 +14,9 @@ import tempfile
 from typing import Any, BinaryIO, Iterator, Mapping, Optional, Union
 
 from . import _io, _packfile, deps as _deps, manifest as _manifest, serializers as _ser
-from ._limits import MAX_SLOT_NAME
 from ._packfile import DEFAULT_SLOT
 from .errors import ReadOnlyPackError, SlotExistsError, SlotNotFoundError
-from .manifest import ManifestInfo, SlotInfo
+from .manifest import ManifestInfo, SlotInfo, slot_name_problem
 
 log = logging.getLogger("ckpt")
 PathOrFile = Union[str, "os.PathLike[str]", BinaryIO]
@@ -27,18 +26,9 @@ __all__ = ["Pack", "DEFAULT_SLOT", "check_slot_name"]
 
 def check_slot_name(name: str) -> str:
     """Slot names become member path prefixes, so they are kept to a safe alphabet."""
-    ok = (
-        isinstance(name, str)
-        and 0 < len(name) <= MAX_SLOT_NAME
-        and name[0].isalnum()
-        and all(c.isalnum() or c in "_.-" for c in name)
-        and name.isascii()
-    )
-    if not ok:
-        raise ValueError(
-            f"invalid slot name {name!r}: use 1-{MAX_SLOT_NAME} ASCII letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
-        )
+    problem = slot_name_problem(name)
+    if problem is not None:
+        raise ValueError(f"invalid slot name {name!r}: it {problem}")
     return name
 
 

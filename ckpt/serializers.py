@@ -16,8 +16,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _codec, _limits, _module_pickle, _npy, _tagged, collections as _coll
-from ._pickle_scan import scan_globals, top_level_packages
+from . import _codec, _json, _limits, _module_pickle, _npy, _pickle_policy as _policy, _tagged, collections as _coll
+from ._pickle_scan import PickleScan, scan, scan_globals, top_level_packages
 from .errors import FormatError, UntrustedPickleError
 
 Buffer = Union[bytes, bytearray, memoryview]
@@ -222,6 +222,18 @@ def _unshared(arrays: dict[str, np.ndarray], members: Mapping[str, str]) -> dict
     return arrays
 
 
+def _check_names_shape(shape: tuple[int, ...], dtype: np.dtype, count: int, where: str) -> None:
+    """A names member is ``count`` unicode names, each at most MAX_NAME_BYTES characters (checked from
+    the header, before the names are read or converted: a huge names member costs memory)."""
+    if len(shape) != 1 or dtype.kind != "U":
+        raise FormatError(f"{where}: names member is not a 1-D unicode array (found {dtype} with shape {shape})")
+    if shape[0] != count:
+        raise FormatError(f"{where}: {shape[0]} names for {count} array members")
+    if dtype.itemsize > 4 * _limits.MAX_NAME_BYTES:
+        raise FormatError(f"{where}: names member holds names of up to {dtype.itemsize // 4} characters, over the "
+                          f"limit of {_limits.MAX_NAME_BYTES}")
+
+
 class ArraysView:
     """Lazy, verified access to the arrays of one stored slot.
 
@@ -243,12 +255,16 @@ class ArraysView:
         if layout == "objax":
             if not members:
                 raise FormatError(f"{where}: arrays slot has no names.npy member")
+            if not members[0].endswith(".ckz"):
+                # Checked from the header, before the member is read (or inflated).
+                head = _npy.parse_header(read_head(members[0]), member_size(members[0]),
+                                         where=f"{where} member {members[0]!r}")
+                _check_names_shape(head.shape, head.dtype, len(members) - 1, where)
             names_arr = self._array(members[0], expect_names=True)
-            if names_arr.ndim != 1 or names_arr.dtype.kind != "U":
-                raise FormatError(f"{where}: names member is not a 1-D unicode array (found {names_arr.dtype} "
-                                  f"with shape {names_arr.shape})")
-            if names_arr.shape[0] != len(members) - 1:  # before converting: a huge names.npy costs memory
-                raise FormatError(f"{where}: {names_arr.shape[0]} names for {len(members) - 1} array members")
+            _check_names_shape(names_arr.shape, names_arr.dtype, len(members) - 1, where)
+            codes = np.frombuffer(names_arr.astype("<U").tobytes(), dtype="<u4")
+            if codes.size and (int(codes.max()) > 0x10FFFF or bool(((codes >= 0xD800) & (codes < 0xE000)).any())):
+                raise FormatError(f"{where}: names member holds code points that are not Unicode characters")
             self.names = [str(n) for n in names_arr]
             self._members = list(members[1:])
         elif layout == "named":
@@ -419,13 +435,12 @@ def encode_json(obj: Any, prefix: str) -> Encoded:
                    informational={"numpy"})
 
 
-def decode_json(data: Any, where: str, info: Optional[Mapping[str, Any]] = None) -> Any:
+def decode_json(data: Any, where: str, info: Optional[Mapping[str, Any]] = None, *,
+                stored_bytes: Optional[int] = None) -> Any:
+    """A JSON slot's value; ``stored_bytes`` (its size in the file) bounds how many values it may hold."""
     if len(data) > _limits.MAX_JSON_BYTES:
         raise FormatError(f"{where}: JSON slot of {len(data)} bytes is over the limit of {_limits.MAX_JSON_BYTES}")
-    try:
-        doc = json.loads(bytes(data).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise FormatError(f"{where}: JSON slot does not parse ({e})") from None
+    doc = _json.parse(data, stored_bytes=stored_bytes, what=f"{where}: JSON slot")
     encoding = (info or {}).get("encoding")
     if encoding is None:
         return doc
@@ -461,51 +476,61 @@ def encode_pickle(obj: Any, prefix: str, *, snapshot: bool = False) -> Encoded:
                    strictness="minor")
 
 
-def check_trusted(trusted: Trusted, globals_: list[str], where: str, *, file: Optional[str] = None,
-                  slot: Optional[str] = None) -> None:
-    """Raise UntrustedPickleError unless ``trusted`` is True or allows every global the pickle imports."""
+def check_trusted(trusted: Trusted, found: PickleScan, where: str, *, file: Optional[str] = None,
+                  slot: Optional[str] = None) -> Trusted:
+    """Raise UntrustedPickleError unless the pickle cannot run code or ``trusted`` admits all it imports.
+
+    Returns the trust to unpickle with: ``True``, or the allow-list (``[]`` for a pickle that imports
+    no globals: it loads without trust). ``found`` is the opcode scan of the pickle.
+    """
     if trusted is True:
-        return
+        return True
+    globals_ = found.globals
     if trusted is False or trusted is None or isinstance(trusted, (str, bytes)):
-        shown = ", ".join(globals_) if globals_ else "(none)"
-        exact = [g for g in globals_ if g not in _module_pickle.SAFE_HELPERS]
-        primitives = [g for g in globals_ if _module_pickle.never_allowed(g) or g.startswith("<")]
+        if not globals_ and not found.problems:
+            return []  # it imports nothing, so nothing it calls can run code: no trust needed
+        shown = ", ".join(globals_)
+        primitives = [g for g in globals_ if _policy.name_denied(g)]
+        exact = [g for g in globals_ if g not in _policy.ALWAYS]
         hint = (f" It uses {', '.join(primitives)}, which can run any code: only trusted=True loads it."
-                if primitives else f" To accept exactly these, pass trusted={exact!r}.")
+                if primitives else f" To accept exactly these, pass trusted={exact!r}."
+                if all(g in _policy.VETTED for g in exact) and not found.problems else "")
+        problems = f" It also {'; '.join(found.problems)}." if found.problems else ""
         raise UntrustedPickleError(
             f"{where} is a pickle, and unpickling runs code chosen by whoever wrote the file. It would import: "
-            f"{shown}. Pass trusted=True if you trust this file, or trusted=[...] listing the globals you "
-            f"accept.{hint}",
+            f"{shown}.{problems} Pass trusted=True if you trust this file, or trusted=[...] listing the classes "
+            f"you have reviewed.{hint}",
             file=file, slot=slot, globals=globals_,
         )
     patterns = list(trusted)
-    refused = [g for g in globals_ if not _module_pickle.allowed(g, patterns)]
-    if refused:
-        primitives = [g for g in refused if _module_pickle.never_allowed(g)]
+    refused = [g for g in globals_ if not _policy.admitted(g, patterns)]
+    if refused or found.problems:
+        primitives = [g for g in refused if _policy.name_denied(g)]
         why = (f"; {', '.join(primitives)} can run any code, so no allow-list admits them (only trusted=True)"
                if primitives else "")
-        raise UntrustedPickleError(
-            f"{where}: the pickle would import {', '.join(refused)}, not in the allow-list {patterns}{why}; "
-            "nothing was executed",
-            file=file, slot=slot, globals=refused,
-        )
+        what = (f"would import {', '.join(refused)}, not in the allow-list {patterns}{why}" if refused
+                else f"{'; '.join(found.problems)}, which no allow-list admits (only trusted=True)")
+        raise UntrustedPickleError(f"{where}: the pickle {what}; nothing was executed",
+                                   file=file, slot=slot, globals=refused)
+    return patterns
 
 
 def decode_pickle(data: Any, trusted: Trusted, where: str, *, load_array: Optional[Callable[[int, str], Any]] = None,
                   file: Optional[str] = None, slot: Optional[str] = None) -> Any:
     """Unpickle only when ``trusted`` is True, or under an allow-list of ``module.qualname`` patterns.
 
-    The globals are read from the opcodes first; nothing is imported or run unless
-    the caller's trust covers all of them.
+    The opcodes are read first; nothing is imported or run unless the pickle cannot run
+    code or the caller's trust covers everything it imports.
     """
     raw = bytes(data)
-    check_trusted(trusted, scan_globals(raw, where=where), where, file=file, slot=slot)
+    found = scan(raw, where=where)
+    trust = check_trusted(trusted, found, where, file=file, slot=slot)
 
     def no_arrays(i: int, kind: str) -> Any:
         raise FormatError(f"{where}: the pickle refers to array {i}, which the slot does not hold")
 
     try:
-        return _module_pickle.loads(raw, load_array or no_arrays, trusted, where)
+        return _module_pickle.loads(raw, load_array or no_arrays, trust, where, frozenset(found.called))
     except UntrustedPickleError as e:
         e.file, e.slot = file, slot
         raise

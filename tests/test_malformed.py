@@ -312,7 +312,7 @@ def _deflate_lie() -> bytes:
     raw = np.random.default_rng(0).integers(0, 256, 128 * 1024, dtype=np.uint8).tobytes()
     c = zlib.compressobj(0, zlib.DEFLATED, -15)
     data = c.compress(raw) + c.flush()
-    declared = len(data) * (_limits.MAX_COMPRESSION_RATIO - 24)
+    declared = len(data) * (_limits.MAX_DEFLATE_RATIO - 24)
     assert declared > MEMORY_LIMIT
     return plain_npz([E("names.npy", data, method=8, usize=declared, crc=zlib.crc32(raw)),
                       *objax_entries()[1:]])
