@@ -109,7 +109,7 @@ def test_lone_surrogates_are_refused_with_their_path():
 
 def test_tagged_json_round_trips_every_tag():
     r = ckpt.Recipe.of(plain.Stack, [plain.Linear(2, 2)], activation="tanh", shape=(3, (4, 5)))
-    other = ckpt.Recipe.of(dict, spec={1: "one", (2, 3): [float("nan"), float("-inf")], "__ckpt__": None},
+    other = ckpt.Recipe.of(dict, spec={1: "one", (2, 3): [float("nan"), float("-inf")], "$ckpt": None},
                            scalar=np.float32(0.25), flag=np.bool_(True), dt=np.int8, n=None)
     for recipe in (r, other):
         doc = json.loads(json.dumps(recipe.to_dict(), allow_nan=False))  # pure JSON, no NaN tokens
@@ -117,7 +117,7 @@ def test_tagged_json_round_trips_every_tag():
         assert back.hash == recipe.hash and back.id == recipe.id
     back = ckpt.Recipe.from_dict(json.loads(json.dumps(other.to_dict())))
     spec = back.kwargs["spec"]
-    assert spec[1] == "one" and spec["__ckpt__"] is None
+    assert spec[1] == "one" and spec["$ckpt"] is None
     assert np.isnan(spec[(2, 3)][0]) and spec[(2, 3)][1] == -np.inf
     assert type(back.kwargs["scalar"]) is np.float32 and back.kwargs["scalar"] == 0.25
     assert type(back.kwargs["flag"]) is np.bool_ and back.kwargs["dt"] == np.dtype("int8")
@@ -128,7 +128,7 @@ def test_tagged_json_round_trips_every_tag():
 
 def test_jax_scalar_types_record_as_dtypes(jnp):
     r = ckpt.Recipe.of(dict, dtype=jnp.bfloat16, other=jnp.float32)
-    assert r.to_dict()["kwargs"]["dtype"] == {"__ckpt__": "dtype", "name": "bfloat16"}
+    assert r.to_dict()["kwargs"]["dtype"] == {"$ckpt": "dtype", "v": "bfloat16"}
     assert r.hash == ckpt.Recipe.of(dict, dtype=np.dtype(jnp.bfloat16), other=np.float32).hash
 
 
@@ -185,11 +185,12 @@ def test_hash_is_stable_across_processes_and_hash_seeds():
 
 def test_hash_is_sha256_of_canonical_json_golden():
     r = ckpt.Recipe.of(dict, b=(1, 2), a="x")
-    # {"args":[],"class":"builtins.dict","kwargs":{"a":"x","b":{"__ckpt__":"tuple","items":[1,2]}}}
+    # the one tagged-JSON scheme (FORMAT.md 3.1): a tuple is {"$ckpt": "tuple", "v": [...]}
     import hashlib
 
-    canonical = ('{"args":[],"class":"builtins.dict","kwargs":{"a":"x","b":{"__ckpt__":"tuple","items":[1,2]}}}')
+    canonical = ('{"args":[],"class":"builtins.dict","kwargs":{"a":"x","b":{"$ckpt":"tuple","v":[1,2]}}}')
     assert r.hash == hashlib.sha256(canonical.encode()).hexdigest()
+    assert r.hash == "7ad19372fcde4d75f8ad23156f2c020c5817b754cbbc3495dcfd16e161f8ea15"
     assert r.hash == "%s" % r.to_dict()["hash"]
 
 
@@ -198,7 +199,7 @@ def test_hash_ignores_ids_parent_and_nested_mro():
     ra, rb = ckpt.recipe_of(a), ckpt.recipe_of(b)
     assert ra.id != rb.id and ra.hash == rb.hash
     doc = ra.to_dict()
-    doc["kwargs"]["layers"][0]["mro"] = ["somewhere.else"]
+    doc["kwargs"]["layers"][0]["v"]["mro"] = ["somewhere.else"]
     assert ckpt.Recipe.from_dict(doc).hash == ra.hash
     assert ckpt.recipe_of(plain.Stack([plain.Linear(2, 3)])).hash != ra.hash
 
@@ -226,11 +227,11 @@ def test_save_stores_the_recipe_in_the_manifest_and_old_readers_still_open_it(tm
     (lambda r: r.update({"class": 5}), "class is not"),
     (lambda r: r.update({"module": "other"}), "not a prefix"),
     (lambda r: r.update({"version": 99}), "newer than this ckpt"),
-    (lambda r: r["kwargs"].update({"x": {"__ckpt__": "pickle", "data": "gASV"}}), "unknown or malformed tag"),
-    (lambda r: r["kwargs"].update({"x": {"__ckpt__": "dtype", "name": "O"}}), "not a plain dtype|dtype"),
-    (lambda r: r["kwargs"].update({"x": {"__ckpt__": "scalar", "dtype": "int8", "value": 1000}}), "fit"),
+    (lambda r: r["kwargs"].update({"x": {"$ckpt": "pickle", "v": "gASV"}}), "unknown or malformed tag"),
+    (lambda r: r["kwargs"].update({"x": {"$ckpt": "dtype", "v": "O"}}), "not a plain dtype|dtype"),
+    (lambda r: r["kwargs"].update({"x": {"$ckpt": "scalar", "v": ["int8", 1000]}}), "fit"),
     (lambda r: r.update({"mro": "notalist"}), "mro"),
-    (lambda r: r["kwargs"].update({"x": {"__ckpt__": "dict", "items": [[[1], 2]]}}), "hashable"),
+    (lambda r: r["kwargs"].update({"x": {"$ckpt": "dict", "v": [[[1], 2]]}}), "hashable"),
 ])
 def test_malformed_stored_recipes_are_refused_clearly(mutate, match):
     doc = ckpt.recipe_of(plain.Linear(2, 2)).to_dict()
@@ -326,8 +327,8 @@ def test_build_refuses_non_classes_even_when_trusted(tmp_path, cls, module, matc
 
 def test_a_nested_code_execution_class_is_refused_even_with_trusted_true():
     doc = ckpt.recipe_of(plain.Stack([])).to_dict()
-    doc["kwargs"]["layers"] = [{"__ckpt__": "recipe", "class": "subprocess.Popen", "module": "subprocess",
-                                "args": [["touch", "/tmp/ckpt-owned"]], "kwargs": {}}]
+    doc["kwargs"]["layers"] = [{"$ckpt": "recipe", "v": {"class": "subprocess.Popen", "module": "subprocess",
+                                                   "args": [["touch", "/tmp/ckpt-owned"]], "kwargs": {}}}]
     del doc["hash"]
     with pytest.raises(UntrustedClassError) as info:
         ckpt.Recipe.from_dict(doc).build(trusted=True)
@@ -418,7 +419,7 @@ def test_recipes_share_no_state_with_the_documents_they_come_from_or_give_out():
     r = ckpt.recipe_of(plain.Stack([plain.Linear(2, 2)], shape=(1, 2)))
     before = json.dumps(r.to_dict(), sort_keys=True)
     doc = r.to_dict()
-    doc["kwargs"]["layers"][0]["kwargs"]["n_in"] = 99
+    doc["kwargs"]["layers"][0]["v"]["kwargs"]["n_in"] = 99
     doc["kwargs"]["activation"] = "changed"
     assert json.dumps(r.to_dict(), sort_keys=True) == before
     source = r.to_dict()
@@ -433,7 +434,7 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
                      st.text(max_size=8), st.sampled_from([np.dtype("float32"), np.dtype("int8"), np.dtype("bool")]),
                      st.builds(np.float32, st.floats(-1e3, 1e3, width=32)), st.builds(np.int16, st.integers(-9, 9)))
-_keys = st.one_of(st.text(max_size=5), st.integers(-5, 5), st.just("__ckpt__"), st.tuples(st.integers(0, 3)))
+_keys = st.one_of(st.text(max_size=5), st.integers(-5, 5), st.just("$ckpt"), st.tuples(st.integers(0, 3)))
 _values = st.recursive(_scalars, lambda sub: st.one_of(st.lists(sub, max_size=3), st.tuples(sub, sub),
                                                         st.dictionaries(_keys, sub, max_size=3)), max_leaves=12)
 
