@@ -428,6 +428,84 @@ def test_recipes_share_no_state_with_the_documents_they_come_from_or_give_out():
     assert back.kwargs["activation"] == "tanh" and back.hash == r.hash
 
 
+# -- one tagged-JSON scheme (docs/FORMAT.md 3.1) -----------------------------------------------------
+def _tag_objects(doc):
+    if type(doc) is list:
+        for v in doc:
+            yield from _tag_objects(v)
+    elif type(doc) is dict:
+        if "$ckpt" in doc:
+            yield doc
+        for v in doc.values():
+            yield from _tag_objects(v)
+
+
+def test_recipe_arguments_are_the_tagged_json_of_everyday_values_plus_recipe_kinds():
+    from ckpt import _tagged
+
+    inner = ckpt.Recipe.of(dict, a=(1,))
+    value = {1: "a", "$ckpt": 2, (3, 4): [float("-inf")]}
+    r = ckpt.Recipe.of(dict, t=(1, (2,)), m=value, x=float("nan"), dt=np.float32, s=np.int8(3),
+                       f=np.float32("inf"), inner=inner)
+    kw = json.loads(json.dumps(r.to_dict(), allow_nan=False))["kwargs"]
+    assert all(set(t) == {"$ckpt", "v"} for t in _tag_objects(kw))  # no other tag syntax anywhere
+    assert kw["t"] == _tagged.encode((1, (2,))) == {"$ckpt": "tuple", "v": [1, {"$ckpt": "tuple", "v": [2]}]}
+    assert kw["m"] == _tagged.encode(value) and kw["x"] == {"$ckpt": "float", "v": "nan"}
+    assert _tagged.decode(kw["t"]) == (1, (2,)) and _tagged.decode(kw["m"]) == {**value}
+    assert kw["dt"] == {"$ckpt": "dtype", "v": "float32"} and kw["s"] == {"$ckpt": "scalar", "v": ["int8", 3]}
+    assert kw["f"] == {"$ckpt": "scalar", "v": ["float32", {"$ckpt": "float", "v": "inf"}]}
+    assert kw["inner"] == {"$ckpt": "recipe", "v": {"class": "builtins.dict", "module": "builtins",
+                                                    "mro": ["builtins.dict", "builtins.object"], "args": [],
+                                                    "kwargs": {"a": {"$ckpt": "tuple", "v": [1]}}}}
+    back = ckpt.Recipe.from_dict(json.loads(json.dumps(r.to_dict()))).kwargs
+    assert type(back["f"]) is np.float32 and back["f"] == np.inf and type(back["s"]) is np.int8
+    assert back["inner"].kwargs == {"a": (1,)} and back["m"] == value
+    with pytest.raises(FormatError, match="unknown or malformed"):
+        _tagged.decode(kw["dt"])  # recipe kinds are not everyday values: a json slot refuses them
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"$ckpt": "set", "v": [1]}, "set"),  # base kinds recipes never write (a set's order follows the hash seed)
+    ({"$ckpt": "frozenset", "v": []}, "frozenset"),
+    ({"$ckpt": "bytes", "v": "AA=="}, "bytes"),
+    ({"$ckpt": "complex", "v": [1.0, 2.0]}, "complex"),
+    ({"$ckpt": "dtype"}, "exactly the keys"),
+    ({"$ckpt": "tuple", "v": [1], "items": [1]}, "exactly the keys"),
+    ({"$ckpt": "dtype", "v": 5}, "malformed"),
+    ({"$ckpt": "scalar", "v": ["float32"]}, "malformed"),
+    ({"$ckpt": "scalar", "v": ["float32", {"$ckpt": "scalar", "v": ["float32", 1.0]}]}, "malformed tagged"),
+    ({"$ckpt": "scalar", "v": ["float32", float("nan")]}, "non-finite"),
+    ({"$ckpt": "scalar", "v": ["float32", {"$ckpt": "tuple", "v": [1]}]}, "holds"),
+    ({"$ckpt": "recipe", "v": [1]}, "malformed"),
+    ({"$ckpt": "recipe", "v": {"class": 5}}, "class is not"),
+    ({"$ckpt": "float", "v": "NaN"}, "malformed"),
+])
+def test_a_stored_recipe_refuses_tags_it_does_not_hold_and_names_where(bad, match):
+    doc = ckpt.recipe_of(plain.Linear(2, 2)).to_dict()
+    doc["kwargs"]["x"] = [0, {"k": bad}]
+    with pytest.raises(FormatError, match=match) as info:
+        ckpt.Recipe.from_dict(doc, "file.npz: recipe")
+    assert "kwargs['x'][1]['k']" in str(info.value) or "class is not" in str(info.value)
+
+
+def test_save_refuses_deep_or_odd_keyed_arguments_with_their_path():
+    deep: object = 1
+    for _ in range(70):
+        deep = [deep]
+    with pytest.raises(RecipeArgumentError, match="levels deep") as info:
+        ckpt.Recipe.of(dict, x=deep)
+    assert info.value.path.startswith("dict.kwargs['x'][0][0]")
+    with pytest.raises(RecipeArgumentError, match="key of type bytes") as info:
+        ckpt.Recipe.of(dict, m={1: {b"k": 1}})
+    assert info.value.path == "dict.kwargs['m'][1]"
+    with pytest.raises(RecipeArgumentError, match="not valid Unicode") as info:
+        ckpt.Recipe.of(dict, m={(1, "\ud800"): 1})
+    assert info.value.path.startswith("dict.kwargs['m']<key ")
+    with pytest.raises(RecipeArgumentError, match="is a complex") as info:
+        ckpt.Recipe.of(dict, t=(1, 2j))
+    assert info.value.path == "dict.kwargs['t'][1]"
+
+
 # -- property: tagged JSON round trips -----------------------------------------------------------------
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
