@@ -78,11 +78,11 @@ def encode(obj: Any, extend: EncodeHook | None = None, *, path: str = "value") -
 
 
 def _encode(obj: Any, extend: EncodeHook | None, path: str, depth: int) -> Any:
+    t = type(obj)
     if extend is not None:
         done = extend(obj, path, depth)
         if done is not BASE:
             return done
-    t = type(obj)
     if obj is None or t in (bool, int, str):
         return obj
     if t is float:
@@ -90,7 +90,10 @@ def _encode(obj: Any, extend: EncodeHook | None, path: str, depth: int) -> Any:
             return obj
         return tag("float", "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf"))
     if t in (list, tuple, set, frozenset):
-        items = [_encode(x, extend, f"{path}[{i}]" if extend else path, depth + 1) for i, x in enumerate(obj)]
+        if extend is None:  # no paths to name: the common, fast case
+            items = [x if type(x) in (int, str) else _encode(x, None, path, depth + 1) for x in obj]
+        else:
+            items = [_encode(x, extend, f"{path}[{i}]", depth + 1) for i, x in enumerate(obj)]
         return items if t is list else tag(t.__name__, items)
     if t is dict:
         if TAG not in obj and all(type(k) is str for k in obj):
@@ -125,7 +128,9 @@ def _decode(doc: Any, where: str, extend: DecodeHook | None, depth: int) -> Any:
     if doc is None or t in (bool, int, float, str):
         return doc
     if t is list:
-        return [_decode(x, f"{where}[{i}]" if extend else where, extend, depth + 1) for i, x in enumerate(doc)]
+        if extend is None:
+            return [x if type(x) in (int, str) else _decode(x, where, None, depth + 1) for x in doc]
+        return [_decode(x, f"{where}[{i}]", extend, depth + 1) for i, x in enumerate(doc)]
     if t is not dict:
         raise FormatError(f"{where}: unexpected JSON value of type {t.__name__}")
     if TAG not in doc:
@@ -137,8 +142,10 @@ def _decode(doc: Any, where: str, extend: DecodeHook | None, depth: int) -> Any:
         if kind == "bytes" and type(payload) is str:
             return base64.b64decode(payload.encode("ascii"), validate=True)
         if kind in ("tuple", "set", "frozenset", "dict", "complex") and type(payload) is list:
-            items = [_decode(x, f"{where}[{i}]" if extend else where, extend, depth + 1)
-                     for i, x in enumerate(payload)]
+            if extend is None:
+                items = [x if type(x) in (int, str) else _decode(x, where, None, depth + 1) for x in payload]
+            else:
+                items = [_decode(x, f"{where}[{i}]", extend, depth + 1) for i, x in enumerate(payload)]
             if kind == "tuple":
                 return tuple(items)
             if kind == "set":
