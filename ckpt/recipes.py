@@ -169,7 +169,7 @@ class Recipe:
         names: dict[str, str] = {}
         while records:  # every class first: refuse before importing any
             record = records.pop()
-            names[record["class"]] = record["module"]
+            names[record["class"]] = record.get("module") or record["class"].rsplit(".", 1)[0]  # as _from_fields
             records.extend(nested_records(record["args"]) + nested_records(record["kwargs"]))
         refused = [n for n in names if n not in self._classes and not admits(trusted, n)]
         if refused:

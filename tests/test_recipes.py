@@ -488,6 +488,15 @@ def test_a_stored_recipe_refuses_tags_it_does_not_hold_and_names_where(bad, matc
     assert "kwargs['x'][1]['k']" in str(info.value) or "class is not" in str(info.value)
 
 
+def test_a_nested_record_without_module_builds_like_a_top_level_one():
+    doc = ckpt.recipe_of(plain.Stack([])).to_dict()
+    doc["kwargs"]["layers"] = [{"$ckpt": "recipe", "v": {"class": "recipe_models.plain.Linear", "args": [2, 3],
+                                                         "kwargs": {}}}]  # module and mro are optional
+    del doc["hash"]
+    built = ckpt.Recipe.from_dict(doc).build(trusted=["recipe_models.*"])
+    assert type(built.layers[0]) is plain.Linear and built.layers[0].w.shape == (2, 3)
+
+
 def test_save_refuses_deep_or_odd_keyed_arguments_with_their_path():
     deep: object = 1
     for _ in range(70):
