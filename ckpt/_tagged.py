@@ -136,16 +136,19 @@ def _decode(doc: Any, where: str, extend: DecodeHook | None, depth: int) -> Any:
     if TAG not in doc:
         return {k: _decode(v, f"{where}[{k!r}]" if extend else where, extend, depth + 1) for k, v in doc.items()}
     kind, payload = doc[TAG], doc["v"]
-    try:
-        if kind == "float" and payload in _FLOATS:
-            return _FLOATS[payload]
-        if kind == "bytes" and type(payload) is str:
+    if kind == "float" and type(payload) is str and payload in _FLOATS:
+        return _FLOATS[payload]
+    if kind == "bytes" and type(payload) is str:
+        try:
             return base64.b64decode(payload.encode("ascii"), validate=True)
-        if kind in ("tuple", "set", "frozenset", "dict", "complex") and type(payload) is list:
-            if extend is None:
-                items = [x if type(x) in (int, str) else _decode(x, where, None, depth + 1) for x in payload]
-            else:
-                items = [_decode(x, f"{where}[{i}]", extend, depth + 1) for i, x in enumerate(payload)]
+        except (ValueError, UnicodeEncodeError) as e:  # not base64
+            raise FormatError(f"{where}: malformed 'bytes' value ({e})") from None
+    if kind in ("tuple", "set", "frozenset", "dict", "complex") and type(payload) is list:
+        if extend is None:
+            items = [x if type(x) in (int, str) else _decode(x, where, None, depth + 1) for x in payload]
+        else:  # outside the try: an error the hook raises (a model's own, building it) stays as it is
+            items = [_decode(x, f"{where}[{i}]", extend, depth + 1) for i, x in enumerate(payload)]
+        try:
             if kind == "tuple":
                 return tuple(items)
             if kind == "set":
@@ -156,6 +159,6 @@ def _decode(doc: Any, where: str, extend: DecodeHook | None, depth: int) -> Any:
                 return complex(items[0], items[1])
             if kind == "dict" and all(type(p) is list and len(p) == 2 for p in items):
                 return {k: v for k, v in items}
-    except (TypeError, ValueError, UnicodeEncodeError) as e:  # unhashable keys, bad base64
-        raise FormatError(f"{where}: malformed {kind!r:.40} value ({e})") from None
+        except TypeError as e:  # an unhashable member or key
+            raise FormatError(f"{where}: malformed {kind!r} value ({e})") from None
     raise FormatError(f"{where}: unknown or malformed tagged value {{{TAG!r}: {kind!r:.40}}}")

@@ -260,6 +260,16 @@ def test_a_constructor_that_changed_keeps_its_own_error_with_context(tmp_path):
         or sys.version_info < (3, 11)
 
 
+def test_a_nested_constructor_error_inside_a_tuple_is_its_own_not_a_format_error():
+    doc = ckpt.recipe_of(plain.Stack((plain.Linear(2, 2),))).to_dict()
+    assert doc["kwargs"]["layers"]["$ckpt"] == "tuple"
+    doc["kwargs"]["layers"]["v"][0]["v"]["kwargs"]["renamed_since"] = 1
+    del doc["hash"]
+    with pytest.raises(TypeError, match="renamed_since") as info:
+        ckpt.Recipe.from_dict(doc).build(trusted=TRUST)
+    assert not isinstance(info.value, FormatError)
+
+
 def test_build_without_recipe_names_the_file(tmp_path):
     ck = ckpt.Checkpoint(str(tmp_path))
     path = ck.save({"w": np.zeros(2)}, idx=1)
