@@ -47,7 +47,7 @@ def _recipe(run: int) -> ckpt.Recipe:
         "mro": ["bench.models.MLP", "bench.models.Base", "builtins.object"] if run % 3 else
                ["bench.models.ResMLP", "bench.models.MLP", "bench.models.Base", "builtins.object"],
         "args": [], "kwargs": {"width": WIDTHS[run % 4], "depth": 2 + run % 5, "lr": [1e-3, 3e-4][run % 2],
-                               "shape": {"__ckpt__": "tuple", "items": [32, 32]}, "act": "relu"},
+                               "shape": {"$ckpt": "tuple", "v": [32, 32]}, "act": "relu"},
         "id": f"{run:032x}"})
 
 

@@ -1,19 +1,14 @@
-"""Recipe arguments as tagged JSON: the only form in which constructor arguments are stored.
+"""Recipe arguments as tagged JSON (docs/FORMAT.md 3.1): the recipe layer's rules over :mod:`ckpt._tagged`.
 
-JSON values stand for themselves (None, bool, int, finite float, str, list,
-dict with string keys). Everything else a recipe may hold is a one-key-tagged
-object ``{"__ckpt__": TAG, ...}``:
-
-- ``tuple``: ``{"items": [...]}``; ``dict`` (non-string keys, or the tag key
-  itself): ``{"items": [[key, value], ...]}``;
-- ``float``: ``{"value": "nan" | "inf" | "-inf"}`` (JSON has no such numbers);
-- ``dtype``: ``{"name": "float32"}`` (numpy dtypes, scalar types, ``jnp.float32``);
-- ``scalar``: ``{"dtype": "float32", "value": 0.5}`` (numpy scalars keep their type);
-- ``recipe``: a nested recorded object ``{"class", "module", "mro", "args", "kwargs"}``.
-
-Anything else is refused with the path of the offending argument. Decoding
-validates every tag (the text comes from a file) and never imports anything
-but numpy (and ml_dtypes for its dtypes).
+Recipes use the one tagged-JSON scheme with three more kinds, added through its
+``extend`` hooks: ``dtype`` (``v``: the dtype name; numpy dtypes, scalar types,
+``jnp.float32``), ``scalar`` (``v``: ``[dtype name, value]``, numpy scalars keep
+their type) and ``recipe`` (``v``: a nested record ``{"class", "module", "mro",
+"args", "kwargs"}``). Of the base kinds, recipes hold tuples, dicts and
+non-finite floats, not sets (their order, so the hash, would follow the hash
+seed), bytes or complex. Anything else is refused with the path of the offending
+argument; nesting is limited to 64 levels. Decoding validates every tag (the
+text comes from a file) and never imports anything but numpy (and ml_dtypes).
 """
 
 from __future__ import annotations
@@ -25,12 +20,14 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from . import _npy
+from . import _npy, _tagged
+from ._tagged import BASE, TAG
 from .errors import CkptError, FormatError, RecipeArgumentError
 
-TAG = "__ckpt__"
 MAX_DEPTH = 64
-_FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+_JSON = (type(None), bool, int, float, list, tuple)
+_KEYS = (type(None), bool, int, float, str, tuple)
+_REFUSED_KINDS = ("set", "frozenset", "bytes", "complex")  # base kinds a recipe never writes
 _ALLOWED = ("JSON values (None, bool, int, float, str, list, dict), tuples, numpy dtypes and scalars, and "
             "@ckpt.recorded objects")
 
@@ -55,58 +52,49 @@ def _dtype_of(value: Any) -> Optional[np.dtype]:
     return None
 
 
-def encode(value: Any, path: str, nested: Callable[[Any, str], Optional[dict[str, Any]]],
-           depth: int = 0) -> Any:
+def encode(value: Any, path: str, nested: Callable[[Any, str], Optional[dict[str, Any]]]) -> Any:
     """``value`` as tagged JSON; ``nested(value, path)`` gives the tag of a recorded object (or None)."""
-    if depth > MAX_DEPTH:
-        raise RecipeArgumentError(f"{path}: nested more than {MAX_DEPTH} levels deep", path=path)
-    t = type(value)
-    if t is str:
-        return _checked_str(value, path)
-    if value is None or t is bool or t is int:
-        return value
-    if t is float:
-        if math.isfinite(value):
-            return value
-        return {TAG: "float", "value": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
-    if t is list:
-        return [encode(v, f"{path}[{i}]", nested, depth + 1) for i, v in enumerate(value)]
-    if t is tuple:
-        return {TAG: "tuple", "items": [encode(v, f"{path}[{i}]", nested, depth + 1) for i, v in enumerate(value)]}
-    if t is dict:
-        if all(type(k) is str for k in value) and TAG not in value:
-            return {_checked_str(k, path): encode(v, f"{path}[{k!r}]", nested, depth + 1) for k, v in value.items()}
-        items = []
-        for k, v in value.items():
-            if not (k is None or type(k) in (bool, int, float, str, tuple)):
-                raise RecipeArgumentError(f"{path} has a key of type {type(k).__name__} ({k!r:.60}); recipe dict "
-                                          "keys are strings, numbers, booleans, None or tuples", path=path)
-            items.append([encode(k, f"{path}<key {k!r:.40}>", nested, depth + 1),
-                          encode(v, f"{path}[{k!r}]", nested, depth + 1)])
-        return {TAG: "dict", "items": items}
-    dt = _dtype_of(value)
-    if dt is not None:
-        return {TAG: "dtype", "name": _checked_dtype_name(dt, path)}
-    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
-        return {TAG: "scalar", "dtype": _checked_dtype_name(value.dtype, path),
-                "value": encode(value.item(), path, nested, depth + 1)}
-    tag = nested(value, path)
-    if tag is not None:
-        return tag
-    what = t.__name__ if not callable(value) else f"{t.__name__} {getattr(value, '__qualname__', value)!r:.80}"
-    raise RecipeArgumentError(
-        f"{path} is a {what}: recipe arguments are stored as JSON, never pickled, so they must be {_ALLOWED}; "
-        "pass a name (e.g. activation='relu') and look it up in __init__, or decorate its class with "
-        "@ckpt.recorded", path=path)
+
+    def hook(v: Any, where: str, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise RecipeArgumentError(f"{where}: nested more than {MAX_DEPTH} levels deep", path=where)
+        t = type(v)
+        if t is str:
+            _checked_str(v, where)
+            return BASE
+        if t in _JSON:
+            return BASE
+        if t is dict:
+            for k in v:
+                if type(k) not in _KEYS:
+                    raise RecipeArgumentError(f"{where} has a key of type {type(k).__name__} ({k!r:.60}); recipe "
+                                              "dict keys are strings, numbers, booleans, None or tuples", path=where)
+                if type(k) is str:
+                    _checked_str(k, where)
+            return BASE
+        dt = _dtype_of(v)
+        if dt is not None:
+            return _tagged.tag("dtype", _checked_dtype_name(dt, where))
+        if isinstance(v, np.generic) and v.dtype.kind in "biuf":
+            return _tagged.tag("scalar", [_checked_dtype_name(v.dtype, where), _tagged.encode(v.item())])
+        found = nested(v, where)
+        if found is not None:
+            return found
+        what = t.__name__ if not callable(v) else f"{t.__name__} {getattr(v, '__qualname__', v)!r:.80}"
+        raise RecipeArgumentError(
+            f"{where} is a {what}: recipe arguments are stored as JSON, never pickled, so they must be {_ALLOWED}; "
+            "pass a name (e.g. activation='relu') and look it up in __init__, or decorate its class with "
+            "@ckpt.recorded", path=where)
+
+    return _tagged.encode(value, hook, path=path)
 
 
-def _checked_str(text: str, path: str) -> str:
+def _checked_str(text: str, path: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise RecipeArgumentError(f"{path}: the string {text!r:.60} is not valid Unicode (a lone surrogate) and "
                                   "cannot be stored as UTF-8 JSON", path=path) from None
-    return text
 
 
 def _checked_dtype_name(dt: np.dtype, path: str) -> str:
@@ -120,53 +108,38 @@ def _bad(where: str, what: str) -> FormatError:
     return FormatError(f"{where}: invalid recipe: {what}")
 
 
-def decode(value: Any, where: str, recipe: Callable[[dict[str, Any], str], Any], depth: int = 0) -> Any:
-    """Python values from tagged JSON read from a file; ``recipe(tag, where)`` makes a nested recipe's value."""
-    if depth > MAX_DEPTH:
-        raise _bad(where, f"nested more than {MAX_DEPTH} levels deep")
-    t = type(value)
-    if value is None or t in (bool, str, int):
-        return value
-    if t is float:
-        if not math.isfinite(value):
-            raise _bad(where, "a non-finite number outside a float tag")
-        return value
-    if t is list:
-        return [decode(v, f"{where}[{i}]", recipe, depth + 1) for i, v in enumerate(value)]
-    if t is not dict:
-        raise _bad(where, f"a {t.__name__} is not a JSON value")
-    if TAG not in value:
-        return {k: decode(v, f"{where}[{k!r}]", recipe, depth + 1) for k, v in value.items()}
-    tag = value[TAG]
-    if tag == "tuple" and type(value.get("items")) is list:
-        return tuple(decode(v, f"{where}[{i}]", recipe, depth + 1) for i, v in enumerate(value["items"]))
-    if tag == "dict" and type(value.get("items")) is list:
-        out = {}
-        for i, pair in enumerate(value["items"]):
-            if type(pair) is not list or len(pair) != 2:
-                raise _bad(where, f"dict item {i} is not a [key, value] pair")
-            key = decode(pair[0], f"{where}<key {i}>", recipe, depth + 1)
+def decode(value: Any, where: str, recipe: Callable[[dict[str, Any], str], Any]) -> Any:
+    """Python values from tagged JSON read from a file; ``recipe(record, where)`` makes a nested recipe's value."""
+
+    def hook(doc: Any, at: str, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise _bad(at, f"nested more than {MAX_DEPTH} levels deep")
+        t = type(doc)
+        if t is float and not math.isfinite(doc):
+            raise _bad(at, "a non-finite number outside a float tag")
+        if t is not dict or TAG not in doc:
+            return BASE
+        kind, v = doc[TAG], doc["v"]
+        if kind == "dtype" and type(v) is str:
+            return _dtype(v, at)
+        if kind == "scalar" and type(v) is list and len(v) == 2 and type(v[0]) is str:
+            dt = _dtype(v[0], at)
+            raw = _tagged.decode(v[1], at) if type(v[1]) is dict else v[1]  # a number, or a float tag
+            if type(v[1]) is float and not math.isfinite(v[1]):
+                raise _bad(at, "a non-finite number outside a float tag")
+            if dt.kind not in "biuf" or type(raw) not in (bool, int, float):
+                raise _bad(at, f"scalar of dtype {dt} holds {raw!r:.40}")
             try:
-                out[key] = decode(pair[1], f"{where}[{key!r:.40}]", recipe, depth + 1)
-            except TypeError:  # an unhashable key (a list): not something encode writes
-                raise _bad(where, f"dict key {i} is not hashable") from None
-        return out
-    if tag == "float" and value.get("value") in _FLOATS:
-        return _FLOATS[value["value"]]
-    if tag == "dtype" and type(value.get("name")) is str:
-        return _dtype(value["name"], where)
-    if tag == "scalar" and type(value.get("dtype")) is str:
-        dt = _dtype(value["dtype"], where)
-        raw = decode(value.get("value"), where, recipe, depth + 1)
-        if dt.kind not in "biuf" or type(raw) not in (bool, int, float):
-            raise _bad(where, f"scalar of dtype {dt} holds {raw!r:.40}")
-        try:
-            return dt.type(raw)
-        except (OverflowError, ValueError, TypeError):
-            raise _bad(where, f"{raw!r:.40} does not fit a {dt} scalar") from None
-    if tag == "recipe":
-        return recipe(value, where)
-    raise _bad(where, f"unknown or malformed tag {tag!r:.40}")
+                return dt.type(raw)
+            except (OverflowError, ValueError, TypeError):
+                raise _bad(at, f"{raw!r:.40} does not fit a {dt} scalar") from None
+        if kind == "recipe" and type(v) is dict:
+            return recipe(v, at)
+        if kind in _REFUSED_KINDS or kind in ("dtype", "scalar", "recipe"):
+            raise _bad(at, f"unknown or malformed tag {kind!r:.40}")
+        return BASE  # tuple, dict, float: the base rules (which refuse unknown kinds)
+
+    return _tagged.decode(value, where, hook)
 
 
 def _dtype(name: str, where: str) -> np.dtype:

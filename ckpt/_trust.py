@@ -13,16 +13,16 @@ import importlib
 import types
 from typing import Any, Mapping, Sequence, Union
 
-from . import _pickle_policy as _policy, _recipe_json as _rj
+from . import _pickle_policy as _policy, _recipe_json as _rj, _tagged
 from .errors import RecipeNotFoundError, UntrustedClassError
 
-__all__ = ["Trusted", "admits", "import_class", "construct", "nested_tags"]
+__all__ = ["Trusted", "admits", "import_class", "construct", "nested_records"]
 
 Trusted = Union[bool, Sequence[str], None]
 
 
-def nested_tags(value: Any) -> list[dict[str, Any]]:
-    """The nested recipe tags directly or indirectly inside a tagged-JSON value (not inside those tags)."""
+def nested_records(value: Any) -> list[dict[str, Any]]:
+    """The records of the recipe tags directly or indirectly inside a tagged-JSON value (not inside those)."""
     out: list[dict[str, Any]] = []
     stack = [value]
     while stack:
@@ -30,25 +30,26 @@ def nested_tags(value: Any) -> list[dict[str, Any]]:
         if type(v) is list:
             stack.extend(v)
         elif type(v) is dict:
-            if v.get(_rj.TAG) == "recipe":
-                out.append(v)
+            if v.get(_tagged.TAG) == "recipe" and type(v.get("v")) is dict:
+                out.append(v["v"])
             else:
                 stack.extend(v.values())
     return out
 
 
-def construct(tag: dict[str, Any], classes: Mapping[str, type]) -> Any:
-    def nested(t: dict[str, Any], where: str) -> Any:
-        return construct(t, classes)
+def construct(record: dict[str, Any], classes: Mapping[str, type]) -> Any:
+    """A new object from a recipe record, nested records built first, with classes already imported."""
+    def nested(r: dict[str, Any], where: str) -> Any:
+        return construct(r, classes)
 
-    where = f"recipe of {tag['class']}"
-    args = _rj.decode(tag["args"], f"{where} args", nested)
-    kwargs = _rj.decode(tag["kwargs"], f"{where} kwargs", nested)
+    where = f"recipe of {record['class']}"
+    args = _rj.decode(record["args"], f"{where} args", nested)
+    kwargs = _rj.decode(record["kwargs"], f"{where} kwargs", nested)
     try:
-        return classes[tag["class"]](*args, **kwargs)
+        return classes[record["class"]](*args, **kwargs)
     except Exception as e:  # the model's own error, kept as it is, with where it happened
         if hasattr(e, "add_note"):
-            e.add_note(f"ckpt: while building {tag['class']} from its recipe (args={args!r:.200}, "
+            e.add_note(f"ckpt: while building {record['class']} from its recipe (args={args!r:.200}, "
                        f"kwargs={kwargs!r:.300})")
         raise
 

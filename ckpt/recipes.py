@@ -5,7 +5,7 @@ path, its MRO (as names) and the bound constructor arguments with defaults
 filled in (DRYML's ``dry_args``/``dry_kwargs``). ``ckpt.recipe_of(obj)`` returns
 that :class:`Recipe`; ``Recipe.of(cls, ...)`` makes one for a class that is not
 decorated. Unlike DRYML and Lightning's ``save_hyperparameters``, arguments are
-stored as tagged JSON (see :mod:`ckpt._recipe_json`), never pickled: reading a
+stored as tagged JSON (see :mod:`ckpt._tagged`, :mod:`ckpt._recipe_json`), never pickled: reading a
 recipe cannot run code, and ``.hash`` is the sha256 of canonical JSON, so it is
 the same in every process whatever ``PYTHONHASHSEED``. Building a recipe read
 from a file imports its classes only when ``trusted`` admits them.
@@ -22,7 +22,8 @@ import weakref
 from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union
 
 from . import _recipe_json as _rj
-from ._trust import Trusted, admits, construct, import_class, nested_tags
+from . import _tagged
+from ._trust import Trusted, admits, construct, import_class, nested_records
 from .errors import FormatError, RecipeArgumentError, RecipeNotFoundError, UntrustedClassError
 
 log = logging.getLogger("ckpt")
@@ -122,9 +123,10 @@ class Recipe:
                 "args": _copy(self._args), "kwargs": _copy(self._kwargs), "id": self.id, "parent": self.parent,
                 "hash": self.hash}
 
-    def _tag(self) -> dict[str, Any]:
-        return {_rj.TAG: "recipe", "class": self.cls, "module": self.module, "mro": list(self.mro),
-                "args": self._args, "kwargs": self._kwargs}
+    def _record(self) -> dict[str, Any]:
+        """The nested-recipe record (the ``v`` of a ``recipe`` tag)."""
+        return {"class": self.cls, "module": self.module, "mro": list(self.mro), "args": self._args,
+                "kwargs": self._kwargs}
 
     @classmethod
     def from_dict(cls, doc: Any, where: str = "recipe", *, check: bool = True) -> "Recipe":
@@ -163,12 +165,12 @@ class Recipe:
         The pickle allow-list's code-execution primitives (``os.*``, ``subprocess.*``,
         ...) are refused even with ``trusted=True``: no model is built from them.
         """
-        tags = [self._tag()]
+        records = [self._record()]
         names: dict[str, str] = {}
-        while tags:  # every class first: refuse before importing any
-            tag = tags.pop()
-            names[tag["class"]] = tag["module"]
-            tags.extend(nested_tags(tag["args"]) + nested_tags(tag["kwargs"]))
+        while records:  # every class first: refuse before importing any
+            record = records.pop()
+            names[record["class"]] = record.get("module") or record["class"].rsplit(".", 1)[0]  # as _from_fields
+            records.extend(nested_records(record["args"]) + nested_records(record["kwargs"]))
         refused = [n for n in names if n not in self._classes and not admits(trusted, n)]
         if refused:
             hint = (f" (a string is not a list of patterns: pass trusted=[{trusted!r:.100}])"
@@ -180,7 +182,7 @@ class Recipe:
         for n, module in names.items():
             if n not in self._classes:
                 self._classes[n] = import_class(n, module, f"recipe of {self.cls}")
-        return construct(self._tag(), self._classes)
+        return construct(self._record(), self._classes)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Recipe) and self.to_dict() == other.to_dict()
@@ -230,18 +232,19 @@ def _copy(value: Any, depth: int = 0) -> Any:
     return value
 
 
-def _nested_recipe(tag: dict[str, Any], where: str) -> Recipe:
-    return _from_fields(tag, where)
+def _nested_recipe(record: dict[str, Any], where: str) -> Recipe:
+    return _from_fields(record, where)
 
 
 def _definition(value: Any) -> Any:
-    """The value with nested recipe tags reduced to class, args and kwargs (what a hash covers)."""
+    """The value with nested recipe records reduced to class, args and kwargs (what a hash covers)."""
     if type(value) is list:
         return [_definition(v) for v in value]
     if type(value) is dict:
-        if value.get(_rj.TAG) == "recipe":
-            return {_rj.TAG: "recipe", "class": value.get("class"), "args": _definition(value.get("args")),
-                    "kwargs": _definition(value.get("kwargs"))}
+        record = value.get("v")
+        if value.get(_tagged.TAG) == "recipe" and type(record) is dict:
+            return _tagged.tag("recipe", {"class": record.get("class"), "args": _definition(record.get("args")),
+                                          "kwargs": _definition(record.get("kwargs"))})
         return {k: _definition(v) for k, v in value.items()}
     return value
 
@@ -312,7 +315,7 @@ def _make(cls: type, sig: Optional[inspect.Signature], args: tuple[Any, ...], kw
             raise RecipeArgumentError(f"{path} is a {type(value).__name__} whose own recipe failed: {found}",
                                       path=path)
         classes.update(found._classes)
-        return found._tag()
+        return _tagged.tag("recipe", found._record())
 
     try:
         enc_args = [_rj.encode(v, f"{cls.__qualname__}.args[{i}]", nested) for i, v in enumerate(pos)]

@@ -211,7 +211,7 @@ def test_info_shows_the_recipe(tmp_path, capsys):
 def test_an_invalid_stored_recipe_is_reported_not_fatal(tmp_path, capsys, caplog):
     path = str(tmp_path / "bad.npz")
     ckpt.varfile.write_file(path, {"main": {"w": np.zeros(2)}},
-                            metadata={"ckpt": {"recipe": {"class": "m.X", "kwargs": {"a": {"__ckpt__": "eval"}}}}})
+                            metadata={"ckpt": {"recipe": {"class": "m.X", "kwargs": {"a": {"$ckpt": "eval", "v": "0"}}}}})
     assert main(["info", path]) == 0
     assert "recipe:   invalid (" in capsys.readouterr().out
     assert main(["info", path, "--json"]) == 0

@@ -141,6 +141,39 @@ def test_a_malformed_tag_is_a_format_error(tmp_path):
             _tagged.decode(bad)
 
 
+def test_an_extend_hook_sees_every_value_with_its_path_and_can_add_kinds():
+    from ckpt import _tagged
+
+    value = {"a": [1, (2.5, b"x")], 3: {frozenset({1}): None}, "n": float("nan")}
+    seen: list[str] = []
+
+    def watch(v, path, depth):
+        seen.append(path)
+        return _tagged.BASE
+
+    assert _tagged.encode(value, watch, path="cfg") == _tagged.encode(value)  # BASE everywhere: the same JSON
+    assert {"cfg", "cfg[3]", "cfg<key 3>", "cfg[3][frozenset({1})]", "cfg[3]<key frozenset({1})>"} <= set(seen)
+    doc = _tagged.encode(value)
+    back = _tagged.decode(doc, "f.npz: slot x", lambda d, w, depth: _tagged.BASE)
+    assert back["a"] == [1, (2.5, b"x")] and back[3] == {frozenset({1}): None} and math.isnan(back["n"])
+
+    def ranges(v, path, depth):  # a layer's own kind, through the same scheme
+        return _tagged.tag("range", [v.start, v.stop]) if type(v) is range else _tagged.BASE
+
+    def unranges(d, where, depth):
+        if type(d) is dict and d.get("$ckpt") == "range":
+            return range(*d["v"])
+        return _tagged.BASE
+
+    doc = _tagged.encode({1: (range(2, 5),)}, ranges)
+    assert doc == {"$ckpt": "dict", "v": [[1, {"$ckpt": "tuple", "v": [{"$ckpt": "range", "v": [2, 5]}]}]]}
+    assert _tagged.decode(doc, "x", unranges) == {1: (range(2, 5),)}
+    with pytest.raises(ckpt.FormatError, match="unknown or malformed"):
+        _tagged.decode(doc)  # without the hook the kind is unknown, refused
+    with pytest.raises(ckpt.FormatError, match="exactly the keys"):
+        _tagged.decode({"$ckpt": "range", "v": [1, 2], "x": 0}, "x", unranges)  # keys checked before the hook
+
+
 # -- JAX: the README's flax/optax snippet exactly as written ---------------------------------------
 def _readme_block(heading: str) -> str:
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:

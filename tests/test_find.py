@@ -113,7 +113,7 @@ def test_where_comparisons_boolean_logic_and_callables(tree):
 
 def test_selector_args_match_as_a_prefix_and_fields_are_names():
     r = ckpt.Recipe.of(plain.Stack, [], "relu", (1, 2))
-    positional = ckpt.Recipe.from_dict({**r.to_dict(), "args": [1, "x", {"__ckpt__": "tuple", "items": [2, 3]}],
+    positional = ckpt.Recipe.from_dict({**r.to_dict(), "args": [1, "x", {"$ckpt": "tuple", "v": [2, 3]}],
                                         "kwargs": {}})
     assert ckpt.Selector(args=[1])(positional) and ckpt.Selector(args=[1, "x", [2, 3]])(positional)
     assert not ckpt.Selector(args=[1, "y"])(positional) and not ckpt.Selector(args=[1, "x", (2, 3), 4])(positional)
@@ -387,7 +387,7 @@ selectors_st = st.fixed_dictionaries({
 
 def _tagged(v):
     if isinstance(v, tuple):
-        return {"__ckpt__": "tuple", "items": [_tagged(x) for x in v]}
+        return {"$ckpt": "tuple", "v": [_tagged(x) for x in v]}
     if isinstance(v, dict):
         return {k: _tagged(x) for k, x in v.items()}
     return v
@@ -601,8 +601,8 @@ POISON = """
 
 
 def test_search_ls_info_never_import_model_code_or_unpickle(tmp_path):
-    inner = {"__ckpt__": "recipe", "class": "recipe_models.poison.Inner", "module": "recipe_models.poison",
-             "mro": ["recipe_models.poison.Inner"], "args": [], "kwargs": {}}
+    inner = {"$ckpt": "recipe", "v": {"class": "recipe_models.poison.Inner", "module": "recipe_models.poison",
+                                      "mro": ["recipe_models.poison.Inner"], "args": [], "kwargs": {}}}
     recipe = ckpt.Recipe.from_dict({"class": "recipe_models.poison.Model", "module": "recipe_models.poison",
                                     "mro": ["recipe_models.poison.Model", "recipe_models.poison.Base"],
                                     "args": [], "kwargs": {"width": 8, "inner": inner}})

@@ -34,7 +34,6 @@ import sys
 import tempfile
 import textwrap
 import threading
-import time
 import tracemalloc
 import zipfile
 import zlib

@@ -109,7 +109,7 @@ def test_lone_surrogates_are_refused_with_their_path():
 
 def test_tagged_json_round_trips_every_tag():
     r = ckpt.Recipe.of(plain.Stack, [plain.Linear(2, 2)], activation="tanh", shape=(3, (4, 5)))
-    other = ckpt.Recipe.of(dict, spec={1: "one", (2, 3): [float("nan"), float("-inf")], "__ckpt__": None},
+    other = ckpt.Recipe.of(dict, spec={1: "one", (2, 3): [float("nan"), float("-inf")], "$ckpt": None},
                            scalar=np.float32(0.25), flag=np.bool_(True), dt=np.int8, n=None)
     for recipe in (r, other):
         doc = json.loads(json.dumps(recipe.to_dict(), allow_nan=False))  # pure JSON, no NaN tokens
@@ -117,7 +117,7 @@ def test_tagged_json_round_trips_every_tag():
         assert back.hash == recipe.hash and back.id == recipe.id
     back = ckpt.Recipe.from_dict(json.loads(json.dumps(other.to_dict())))
     spec = back.kwargs["spec"]
-    assert spec[1] == "one" and spec["__ckpt__"] is None
+    assert spec[1] == "one" and spec["$ckpt"] is None
     assert np.isnan(spec[(2, 3)][0]) and spec[(2, 3)][1] == -np.inf
     assert type(back.kwargs["scalar"]) is np.float32 and back.kwargs["scalar"] == 0.25
     assert type(back.kwargs["flag"]) is np.bool_ and back.kwargs["dt"] == np.dtype("int8")
@@ -128,7 +128,7 @@ def test_tagged_json_round_trips_every_tag():
 
 def test_jax_scalar_types_record_as_dtypes(jnp):
     r = ckpt.Recipe.of(dict, dtype=jnp.bfloat16, other=jnp.float32)
-    assert r.to_dict()["kwargs"]["dtype"] == {"__ckpt__": "dtype", "name": "bfloat16"}
+    assert r.to_dict()["kwargs"]["dtype"] == {"$ckpt": "dtype", "v": "bfloat16"}
     assert r.hash == ckpt.Recipe.of(dict, dtype=np.dtype(jnp.bfloat16), other=np.float32).hash
 
 
@@ -185,11 +185,12 @@ def test_hash_is_stable_across_processes_and_hash_seeds():
 
 def test_hash_is_sha256_of_canonical_json_golden():
     r = ckpt.Recipe.of(dict, b=(1, 2), a="x")
-    # {"args":[],"class":"builtins.dict","kwargs":{"a":"x","b":{"__ckpt__":"tuple","items":[1,2]}}}
+    # the one tagged-JSON scheme (FORMAT.md 3.1): a tuple is {"$ckpt": "tuple", "v": [...]}
     import hashlib
 
-    canonical = ('{"args":[],"class":"builtins.dict","kwargs":{"a":"x","b":{"__ckpt__":"tuple","items":[1,2]}}}')
+    canonical = ('{"args":[],"class":"builtins.dict","kwargs":{"a":"x","b":{"$ckpt":"tuple","v":[1,2]}}}')
     assert r.hash == hashlib.sha256(canonical.encode()).hexdigest()
+    assert r.hash == "7ad19372fcde4d75f8ad23156f2c020c5817b754cbbc3495dcfd16e161f8ea15"
     assert r.hash == "%s" % r.to_dict()["hash"]
 
 
@@ -198,7 +199,7 @@ def test_hash_ignores_ids_parent_and_nested_mro():
     ra, rb = ckpt.recipe_of(a), ckpt.recipe_of(b)
     assert ra.id != rb.id and ra.hash == rb.hash
     doc = ra.to_dict()
-    doc["kwargs"]["layers"][0]["mro"] = ["somewhere.else"]
+    doc["kwargs"]["layers"][0]["v"]["mro"] = ["somewhere.else"]
     assert ckpt.Recipe.from_dict(doc).hash == ra.hash
     assert ckpt.recipe_of(plain.Stack([plain.Linear(2, 3)])).hash != ra.hash
 
@@ -226,11 +227,11 @@ def test_save_stores_the_recipe_in_the_manifest_and_old_readers_still_open_it(tm
     (lambda r: r.update({"class": 5}), "class is not"),
     (lambda r: r.update({"module": "other"}), "not a prefix"),
     (lambda r: r.update({"version": 99}), "newer than this ckpt"),
-    (lambda r: r["kwargs"].update({"x": {"__ckpt__": "pickle", "data": "gASV"}}), "unknown or malformed tag"),
-    (lambda r: r["kwargs"].update({"x": {"__ckpt__": "dtype", "name": "O"}}), "not a plain dtype|dtype"),
-    (lambda r: r["kwargs"].update({"x": {"__ckpt__": "scalar", "dtype": "int8", "value": 1000}}), "fit"),
+    (lambda r: r["kwargs"].update({"x": {"$ckpt": "pickle", "v": "gASV"}}), "unknown or malformed tag"),
+    (lambda r: r["kwargs"].update({"x": {"$ckpt": "dtype", "v": "O"}}), "not a plain dtype|dtype"),
+    (lambda r: r["kwargs"].update({"x": {"$ckpt": "scalar", "v": ["int8", 1000]}}), "fit"),
     (lambda r: r.update({"mro": "notalist"}), "mro"),
-    (lambda r: r["kwargs"].update({"x": {"__ckpt__": "dict", "items": [[[1], 2]]}}), "hashable"),
+    (lambda r: r["kwargs"].update({"x": {"$ckpt": "dict", "v": [[[1], 2]]}}), "hashable"),
 ])
 def test_malformed_stored_recipes_are_refused_clearly(mutate, match):
     doc = ckpt.recipe_of(plain.Linear(2, 2)).to_dict()
@@ -257,6 +258,16 @@ def test_a_constructor_that_changed_keeps_its_own_error_with_context(tmp_path):
         ckpt.Recipe.from_dict(doc).build(trusted=TRUST)
     assert any("while building recipe_models.plain.Linear" in n for n in getattr(info.value, "__notes__", [])) \
         or sys.version_info < (3, 11)
+
+
+def test_a_nested_constructor_error_inside_a_tuple_is_its_own_not_a_format_error():
+    doc = ckpt.recipe_of(plain.Stack((plain.Linear(2, 2),))).to_dict()
+    assert doc["kwargs"]["layers"]["$ckpt"] == "tuple"
+    doc["kwargs"]["layers"]["v"][0]["v"]["kwargs"]["renamed_since"] = 1
+    del doc["hash"]
+    with pytest.raises(TypeError, match="renamed_since") as info:
+        ckpt.Recipe.from_dict(doc).build(trusted=TRUST)
+    assert not isinstance(info.value, FormatError)
 
 
 def test_build_without_recipe_names_the_file(tmp_path):
@@ -326,8 +337,8 @@ def test_build_refuses_non_classes_even_when_trusted(tmp_path, cls, module, matc
 
 def test_a_nested_code_execution_class_is_refused_even_with_trusted_true():
     doc = ckpt.recipe_of(plain.Stack([])).to_dict()
-    doc["kwargs"]["layers"] = [{"__ckpt__": "recipe", "class": "subprocess.Popen", "module": "subprocess",
-                                "args": [["touch", "/tmp/ckpt-owned"]], "kwargs": {}}]
+    doc["kwargs"]["layers"] = [{"$ckpt": "recipe", "v": {"class": "subprocess.Popen", "module": "subprocess",
+                                                   "args": [["touch", "/tmp/ckpt-owned"]], "kwargs": {}}}]
     del doc["hash"]
     with pytest.raises(UntrustedClassError) as info:
         ckpt.Recipe.from_dict(doc).build(trusted=True)
@@ -418,7 +429,7 @@ def test_recipes_share_no_state_with_the_documents_they_come_from_or_give_out():
     r = ckpt.recipe_of(plain.Stack([plain.Linear(2, 2)], shape=(1, 2)))
     before = json.dumps(r.to_dict(), sort_keys=True)
     doc = r.to_dict()
-    doc["kwargs"]["layers"][0]["kwargs"]["n_in"] = 99
+    doc["kwargs"]["layers"][0]["v"]["kwargs"]["n_in"] = 99
     doc["kwargs"]["activation"] = "changed"
     assert json.dumps(r.to_dict(), sort_keys=True) == before
     source = r.to_dict()
@@ -427,13 +438,100 @@ def test_recipes_share_no_state_with_the_documents_they_come_from_or_give_out():
     assert back.kwargs["activation"] == "tanh" and back.hash == r.hash
 
 
+# -- one tagged-JSON scheme (docs/FORMAT.md 3.1) -----------------------------------------------------
+def _tag_objects(doc):
+    if type(doc) is list:
+        for v in doc:
+            yield from _tag_objects(v)
+    elif type(doc) is dict:
+        if "$ckpt" in doc:
+            yield doc
+        for v in doc.values():
+            yield from _tag_objects(v)
+
+
+def test_recipe_arguments_are_the_tagged_json_of_everyday_values_plus_recipe_kinds():
+    from ckpt import _tagged
+
+    inner = ckpt.Recipe.of(dict, a=(1,))
+    value = {1: "a", "$ckpt": 2, (3, 4): [float("-inf")]}
+    r = ckpt.Recipe.of(dict, t=(1, (2,)), m=value, x=float("nan"), dt=np.float32, s=np.int8(3),
+                       f=np.float32("inf"), inner=inner)
+    kw = json.loads(json.dumps(r.to_dict(), allow_nan=False))["kwargs"]
+    assert all(set(t) == {"$ckpt", "v"} for t in _tag_objects(kw))  # no other tag syntax anywhere
+    assert kw["t"] == _tagged.encode((1, (2,))) == {"$ckpt": "tuple", "v": [1, {"$ckpt": "tuple", "v": [2]}]}
+    assert kw["m"] == _tagged.encode(value) and kw["x"] == {"$ckpt": "float", "v": "nan"}
+    assert _tagged.decode(kw["t"]) == (1, (2,)) and _tagged.decode(kw["m"]) == {**value}
+    assert kw["dt"] == {"$ckpt": "dtype", "v": "float32"} and kw["s"] == {"$ckpt": "scalar", "v": ["int8", 3]}
+    assert kw["f"] == {"$ckpt": "scalar", "v": ["float32", {"$ckpt": "float", "v": "inf"}]}
+    assert kw["inner"] == {"$ckpt": "recipe", "v": {"class": "builtins.dict", "module": "builtins",
+                                                    "mro": ["builtins.dict", "builtins.object"], "args": [],
+                                                    "kwargs": {"a": {"$ckpt": "tuple", "v": [1]}}}}
+    back = ckpt.Recipe.from_dict(json.loads(json.dumps(r.to_dict()))).kwargs
+    assert type(back["f"]) is np.float32 and back["f"] == np.inf and type(back["s"]) is np.int8
+    assert back["inner"].kwargs == {"a": (1,)} and back["m"] == value
+    with pytest.raises(FormatError, match="unknown or malformed"):
+        _tagged.decode(kw["dt"])  # recipe kinds are not everyday values: a json slot refuses them
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"$ckpt": "set", "v": [1]}, "set"),  # base kinds recipes never write (a set's order follows the hash seed)
+    ({"$ckpt": "frozenset", "v": []}, "frozenset"),
+    ({"$ckpt": "bytes", "v": "AA=="}, "bytes"),
+    ({"$ckpt": "complex", "v": [1.0, 2.0]}, "complex"),
+    ({"$ckpt": "dtype"}, "exactly the keys"),
+    ({"$ckpt": "tuple", "v": [1], "items": [1]}, "exactly the keys"),
+    ({"$ckpt": "dtype", "v": 5}, "malformed"),
+    ({"$ckpt": "scalar", "v": ["float32"]}, "malformed"),
+    ({"$ckpt": "scalar", "v": ["float32", {"$ckpt": "scalar", "v": ["float32", 1.0]}]}, "malformed tagged"),
+    ({"$ckpt": "scalar", "v": ["float32", float("nan")]}, "non-finite"),
+    ({"$ckpt": "scalar", "v": ["float32", {"$ckpt": "tuple", "v": [1]}]}, "holds"),
+    ({"$ckpt": "recipe", "v": [1]}, "malformed"),
+    ({"$ckpt": "recipe", "v": {"class": 5}}, "class is not"),
+    ({"$ckpt": "float", "v": "NaN"}, "malformed"),
+])
+def test_a_stored_recipe_refuses_tags_it_does_not_hold_and_names_where(bad, match):
+    doc = ckpt.recipe_of(plain.Linear(2, 2)).to_dict()
+    doc["kwargs"]["x"] = [0, {"k": bad}]
+    with pytest.raises(FormatError, match=match) as info:
+        ckpt.Recipe.from_dict(doc, "file.npz: recipe")
+    assert "kwargs['x'][1]['k']" in str(info.value) or "class is not" in str(info.value)
+
+
+def test_a_nested_record_without_module_builds_like_a_top_level_one():
+    doc = ckpt.recipe_of(plain.Stack([])).to_dict()
+    doc["kwargs"]["layers"] = [{"$ckpt": "recipe", "v": {"class": "recipe_models.plain.Linear", "args": [2, 3],
+                                                         "kwargs": {}}}]  # module and mro are optional
+    del doc["hash"]
+    built = ckpt.Recipe.from_dict(doc).build(trusted=["recipe_models.*"])
+    assert type(built.layers[0]) is plain.Linear and built.layers[0].w.shape == (2, 3)
+
+
+def test_save_refuses_deep_or_odd_keyed_arguments_with_their_path():
+    deep: object = 1
+    for _ in range(70):
+        deep = [deep]
+    with pytest.raises(RecipeArgumentError, match="levels deep") as info:
+        ckpt.Recipe.of(dict, x=deep)
+    assert info.value.path.startswith("dict.kwargs['x'][0][0]")
+    with pytest.raises(RecipeArgumentError, match="key of type bytes") as info:
+        ckpt.Recipe.of(dict, m={1: {b"k": 1}})
+    assert info.value.path == "dict.kwargs['m'][1]"
+    with pytest.raises(RecipeArgumentError, match="not valid Unicode") as info:
+        ckpt.Recipe.of(dict, m={(1, "\ud800"): 1})
+    assert info.value.path.startswith("dict.kwargs['m']<key ")
+    with pytest.raises(RecipeArgumentError, match="is a complex") as info:
+        ckpt.Recipe.of(dict, t=(1, 2j))
+    assert info.value.path == "dict.kwargs['t'][1]"
+
+
 # -- property: tagged JSON round trips -----------------------------------------------------------------
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
                      st.text(max_size=8), st.sampled_from([np.dtype("float32"), np.dtype("int8"), np.dtype("bool")]),
                      st.builds(np.float32, st.floats(-1e3, 1e3, width=32)), st.builds(np.int16, st.integers(-9, 9)))
-_keys = st.one_of(st.text(max_size=5), st.integers(-5, 5), st.just("__ckpt__"), st.tuples(st.integers(0, 3)))
+_keys = st.one_of(st.text(max_size=5), st.integers(-5, 5), st.just("$ckpt"), st.tuples(st.integers(0, 3)))
 _values = st.recursive(_scalars, lambda sub: st.one_of(st.lists(sub, max_size=3), st.tuples(sub, sub),
                                                         st.dictionaries(_keys, sub, max_size=3)), max_leaves=12)
 
