@@ -12,11 +12,12 @@ All operations go through :data:`ops` so tests can record or fail them.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import secrets
-from typing import BinaryIO, Callable, TypeVar
+from typing import Any, BinaryIO, Callable, TypeVar, Union
 
 log = logging.getLogger("ckpt")
 T = TypeVar("T")
@@ -118,17 +119,30 @@ def remove(path: str) -> None:
     ops.fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
-def remove_stale_temps(directory: str, target: str) -> None:
-    """Remove temp files for ``target`` in ``directory`` left by writers that are gone (killed mid-write)."""
-    from .checkpoint import _pid_alive  # the liveness test Checkpoint uses for its own temp files
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a temp file's writer that is gone left it behind)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError as e:
+        return e.errno != errno.ESRCH
+    return True
 
+
+def remove_stale_temps(directory: str, target: Union[str, Callable[[str], Any]]) -> None:
+    """Remove temp files in ``directory`` left by writers that are gone (killed mid-write), for the
+    final name ``target`` (or every final name the predicate ``target`` accepts)."""
+    matches = target if callable(target) else target.__eq__
     try:
         names = os.listdir(directory)
     except OSError:
         return
     for name in names:
         parsed = parse_temp_name(name)
-        if parsed is None or parsed[0] != target or parsed[1] == os.getpid() or _pid_alive(parsed[1]):
+        if parsed is None or not matches(parsed[0]) or parsed[1] == os.getpid() or pid_alive(parsed[1]):
             continue
         try:
             ops.unlink(os.path.join(directory, name))

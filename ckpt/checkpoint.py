@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import copy
-import errno as _errno
 import logging
 import os
 import re
@@ -202,24 +201,7 @@ class Checkpoint:
 
     def _clean_stale_temps(self) -> None:
         """Remove temp files left by writers that are gone (killed mid-save)."""
-        try:
-            names = os.listdir(self.directory)
-        except FileNotFoundError:
-            return
-        for name in names:
-            parsed = _io.parse_temp_name(name)
-            if parsed is None or not self._pattern.match(parsed[0]):
-                continue
-            pid = parsed[1]
-            if pid == os.getpid() or _pid_alive(pid):
-                continue
-            try:
-                _io.ops.unlink(os.path.join(self.directory, name))
-                log.info("removed stale temp file %s left by process %d", name, pid)
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                log.warning("could not remove stale temp file %s: %s", name, e)
+        _io.remove_stale_temps(self.directory, self._pattern.match)
 
     def save(self, vc: Any, idx: int, *, extras: Optional[Mapping[str, Any]] = None,
              metadata: Optional[Mapping[str, Any]] = None, metrics: Optional[Mapping[str, Any]] = None,
@@ -831,18 +813,6 @@ def _check_main(reader: Any, *, headers: bool = False) -> None:
         view = reader.arrays(DEFAULT_SLOT, verify=False)
         for name in view.names:  # every array's header parses (hashes are not read)
             view.header(name)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    except OSError as e:
-        return e.errno != _errno.ESRCH
-    return True
 
 
 #: Managers with a save thread, so that interpreter exit can finish their saves.
