@@ -354,7 +354,8 @@ def render_prune(rows: list[dict[str, Any]], *, dry_run: bool) -> str:
     good = len(rows) - len(damaged)
     freed = sum(r["size"] or 0 for r in gone)
     summary = (f"{verb} {_plural(len(gone), 'checkpoint')} ({human_size(freed)}), kept {good - len(gone)}"
-               if gone else ("nothing to delete: the checkpoint is kept" if good == 1 else
+               if gone else ("nothing to delete: no intact checkpoint" if good == 0 else
+                     "nothing to delete: the checkpoint is kept" if good == 1 else
                      f"nothing to delete: all {good} checkpoints are kept"))
     if damaged:
         summary += (f"; skipped {_plural(len(damaged), 'damaged file')} (not counted, not deleted: "
