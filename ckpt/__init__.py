@@ -15,6 +15,7 @@ import logging as _logging
 _logging.getLogger("ckpt").addHandler(_logging.NullHandler())
 
 from . import errors
+from ._digest import set_default as set_digest
 from ._inspect import inspect
 from ._packfile import DEFAULT_SLOT
 from .averaging import average, ema
@@ -46,6 +47,7 @@ __all__ = [
     "SlotInfo",
     "ManifestInfo",
     "DEFAULT_SLOT",
+    "set_digest",
     "save_var_collection",
     "load_var_collection",
     "dump",

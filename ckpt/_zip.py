@@ -9,7 +9,6 @@ before it reads or allocates anything. The output is an ordinary zip that
 
 from __future__ import annotations
 
-import hashlib
 import re
 import struct
 import threading
@@ -19,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator, NoReturn, Optional, Union
 
-from . import _crc, _limits
+from . import _crc, _digest, _limits
 from .errors import ChecksumError, FormatError
 
 Buffer = Union[bytes, bytearray, memoryview]
@@ -82,10 +81,11 @@ class Member:
 
 @dataclass
 class Written:
-    """What the writer recorded for a member it wrote."""
+    """What the writer recorded for a member it wrote: its entry and its content digest."""
 
     member: Member
-    sha256: str
+    digest: str
+    algorithm: str = "sha256"
 
 
 def _is_seekable(f: BinaryIO) -> bool:
@@ -119,8 +119,9 @@ class ZipWriter:
         self._f.write(view)
         self._pos += view.nbytes
 
-    def add(self, name: str, size: int, chunks: Iterable[Buffer], *, exact: bool = True) -> Written:
-        """Write one member of exactly ``size`` bytes taken from ``chunks``.
+    def add(self, name: str, size: int, chunks: Iterable[Buffer], *, exact: bool = True,
+            algorithm: str = "sha256") -> Written:
+        """Write one member of exactly ``size`` bytes taken from ``chunks``, hashed with ``algorithm``.
 
         With ``exact=False``, ``size`` is only an upper bound (a compressed member):
         the real size is patched into the local header afterwards (or given by a
@@ -150,9 +151,9 @@ class ZipWriter:
         self._write(extra)
         data_offset = self._pos
         crc = 0
-        sha = hashlib.sha256()
+        sha = _digest.new(algorithm)
         written = 0
-        hashing: deque[Future[None]] = deque()  # sha256 updates in flight, in order, on one helper thread
+        hashing: deque[Future[None]] = deque()  # digest updates in flight, in order, on one helper thread
         try:
             for chunk in chunks:
                 view = memoryview(chunk).cast("B")
@@ -160,8 +161,9 @@ class ZipWriter:
                     raise FormatError(f"internal error: member {name!r} longer than its "
                                       f"{'declared' if exact else 'bound of'} {size} bytes")
                 if len(view) >= _OVERLAP_MIN or hashing:
-                    # sha256 runs behind on the helper while this thread CRCs, writes and fetches the
-                    # next chunks (all release the GIL); a lag of a few chunks keeps memory bounded.
+                    # The digest runs behind on the helper (BLAKE3: on every core) while this thread CRCs,
+                    # writes and fetches the next chunks (all release the GIL); a lag of a few chunks keeps
+                    # memory bounded.
                     hashing.append(_hasher().submit(sha.update, view))
                     while len(hashing) > _HASH_LAG:
                         hashing.popleft().result()
@@ -194,7 +196,7 @@ class ZipWriter:
         member = Member(name, header_offset, data_offset, size, size, crc, STORED, flags)
         self.members.append(member)
         self._names.add(name)
-        return Written(member, sha.hexdigest())
+        return Written(member, sha.hexdigest(), algorithm)
 
     def rollback(self, member: Member) -> None:
         """Drop the last member written (used to deduplicate content after the fact)."""

@@ -1,7 +1,7 @@
 """``ckpt.dump``/``ckpt.load``: drop-in for ``pickle.dump``/``pickle.load`` on the default slot.
 
 Unlike pickle, arrays and JSON-able values are stored without pickling, every
-load is checked against its sha256, and a value that does need pickle is only
+load is checked against its digest, and a value that does need pickle is only
 unpickled when the caller trusts the file. The result is a normal pack.
 """
 

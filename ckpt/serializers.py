@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _codec, _limits, _module_pickle, _npy, collections as _coll
+from . import _codec, _limits, _module_pickle, _npy, _snapshot, collections as _coll
 from ._pickle_scan import scan_globals, top_level_packages
 from .errors import FormatError, UntrustedPickleError
 
@@ -77,11 +77,14 @@ def choose(obj: Any) -> str:
     return "pickle"
 
 
-def snapshot_leaf(leaf: Any) -> Any:
-    """A leaf that later mutation cannot change: writable numpy arrays are copied, JAX arrays are
-    immutable and kept by reference (their device-to-host copy is started now)."""
+def snapshot_leaf(leaf: Any, buffers: Optional[_snapshot.SnapshotBuffers] = None) -> Any:
+    """A leaf that later mutation cannot change: writable numpy arrays are copied (into reused
+    ``buffers`` when given), JAX arrays are immutable and kept by reference (their device-to-host
+    copy is started now)."""
     if isinstance(leaf, np.ndarray):
-        return leaf.copy() if leaf.flags.writeable else leaf
+        if not leaf.flags.writeable:
+            return leaf
+        return leaf.copy() if buffers is None else buffers.copy(leaf)
     if _coll.is_jax_array(leaf):
         start = getattr(leaf, "copy_to_host_async", None)
         if start is not None and not all(d.platform == "cpu" for d in getattr(leaf, "devices", lambda: [])()):
@@ -90,19 +93,20 @@ def snapshot_leaf(leaf: Any) -> Any:
 
 
 def encode(obj: Any, serializer: Optional[str], prefix: str, *, snapshot: bool = False,
-           compression: Any = None) -> Encoded:
+           compression: Any = None, buffers: Optional[_snapshot.SnapshotBuffers] = None) -> Encoded:
     """Members and manifest info for ``obj``. With ``snapshot``, the result does not change when
-    ``obj`` is mutated afterwards (for saves that write in the background). ``compression``
-    ("zstd", "lz4", (codec, level)) applies to arrays slots."""
+    ``obj`` is mutated afterwards (for saves that write in the background; arrays are copied into
+    ``buffers`` when given). ``compression`` ("zstd", "lz4", (codec, level)) applies to arrays slots."""
     name = serializer or choose(obj)
     if name == "arrays":
-        return encode_arrays(obj, prefix, snapshot=snapshot, compression=_codec.Compression.parse(compression))
+        return encode_arrays(obj, prefix, snapshot=snapshot, compression=_codec.Compression.parse(compression),
+                             buffers=buffers)
     if name == "json":
         return encode_json(obj, prefix)
     if name == "raw":
         return encode_raw(obj, prefix)
     if name == "pickle":
-        return encode_pickle(obj, prefix, snapshot=snapshot)
+        return encode_pickle(obj, prefix, snapshot=snapshot, buffers=buffers)
     raise ValueError(f"unknown serializer {name!r}; choose one of arrays, json, raw, pickle")
 
 
@@ -168,7 +172,8 @@ def _names_array(names: list[str]) -> np.ndarray:
 
 
 def encode_arrays(obj: Any, prefix: str, *, snapshot: bool = False,
-                  compression: Optional[_codec.Compression] = None) -> Encoded:
+                  compression: Optional[_codec.Compression] = None,
+                  buffers: Optional[_snapshot.SnapshotBuffers] = None) -> Encoded:
     flat = _coll.flatten(obj)
     if flat is None:
         raise TypeError(f"cannot store a {type(obj).__name__} as arrays: expected an array, a dict of arrays, "
@@ -180,7 +185,7 @@ def encode_arrays(obj: Any, prefix: str, *, snapshot: bool = False,
     members = [_npy_source("names.npy", names_arr)]
     members[0].identity = None
     arrays_info = []
-    leaves = [snapshot_leaf(x) for x in flat.leaves] if snapshot else flat.leaves
+    leaves = [snapshot_leaf(x, buffers) for x in flat.leaves] if snapshot else flat.leaves
     encoder = _codec.Encoder()  # compresses ahead of the writer, across arrays
     plans: list[Optional[_Planned]] = [None] * len(leaves)
     if compression is not None:  # sample every array on the codec threads
@@ -392,11 +397,12 @@ def encode_raw(obj: Any, prefix: str) -> Encoded:
 
 
 # -- pickle ---------------------------------------------------------------
-def encode_pickle(obj: Any, prefix: str, *, snapshot: bool = False) -> Encoded:
+def encode_pickle(obj: Any, prefix: str, *, snapshot: bool = False,
+                  buffers: Optional[_snapshot.SnapshotBuffers] = None) -> Encoded:
     """A pickle member holding structure only, then one .npy member per array it referenced."""
     data, arrays = _module_pickle.dumps(obj)
     if snapshot:
-        arrays = [snapshot_leaf(a) for a in arrays]
+        arrays = [snapshot_leaf(a, buffers) for a in arrays]
     globals_ = scan_globals(data)
     members = [MemberSource("data.pkl", len(data), lambda: [data])]
     arrays_info = []

@@ -1,0 +1,125 @@
+"""Background saves copy writable numpy arrays into buffers reused from one save to the next.
+
+What save() returned with is what gets written, whatever the caller changes afterwards and
+whichever buffers the copies reuse; memory stays one snapshot's worth and close() frees it.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+from helpers import assert_arrays_identical
+
+import ckpt
+from ckpt._snapshot import SnapshotBuffers, copy_into
+
+
+def model(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    big = rng.standard_normal(3 << 20, dtype=np.float32)  # 12 MiB: copied in slices on every core
+    return {
+        "big": big,
+        "w": rng.standard_normal((64, 32), dtype=np.float32),
+        "fortran": np.asfortranarray(rng.standard_normal((7, 5))),
+        "strided": rng.standard_normal((10, 10))[::2, 1::3],
+        "bf16": rng.standard_normal(33).astype(ml_dtypes.bfloat16),
+        "empty": np.zeros((0, 4), np.int16),
+        "scalar": np.array(seed, dtype=np.int64),
+        "mask": rng.random(17) > 0.5,
+    }
+
+
+def test_copies_reuse_the_previous_snapshots_buffers():
+    pool = SnapshotBuffers()
+    a = np.arange(1000, dtype=np.float64)
+    pool.begin()
+    first = pool.copy(a)
+    pool.end()
+    pool.begin()
+    second = pool.copy(np.ones(1000, np.float64))
+    pool.end()
+    assert np.shares_memory(first, second)  # the same memory, already faulted in
+    assert_arrays_identical(second, np.ones(1000, np.float64))
+    # A different byte size gets a fresh buffer; what the snapshot did not reuse is dropped.
+    pool.begin()
+    third = pool.copy(np.ones(10, np.int8))
+    pool.end()
+    assert not np.shares_memory(third, second) and pool.nbytes == 10
+    pool.release()
+    assert pool.nbytes == 0
+
+
+def test_a_buffer_is_never_handed_out_twice_in_one_snapshot():
+    pool = SnapshotBuffers()
+    pool.begin()
+    pool.copy(np.zeros(64, np.uint8))
+    pool.end()
+    pool.begin()
+    x = pool.copy(np.full(64, 1, np.uint8))
+    y = pool.copy(np.full(64, 2, np.uint8))
+    pool.end()
+    assert not np.shares_memory(x, y)
+    assert (x == 1).all() and (y == 2).all()
+
+
+@pytest.mark.parametrize("name", list(model(0)))
+def test_copy_keeps_values_shape_and_dtype(name):
+    src = model(3)[name]
+    pool = SnapshotBuffers()
+    pool.begin()
+    out = pool.copy(src)
+    pool.end()
+    assert out.dtype == src.dtype and out.shape == src.shape
+    assert_arrays_identical(np.ascontiguousarray(out), np.ascontiguousarray(src))
+    assert out.flags.writeable and not np.shares_memory(out, src)
+
+
+def test_parallel_copy_covers_every_byte_of_odd_sizes():
+    src = np.random.default_rng(1).integers(0, 255, (9 << 20) + 4093, dtype=np.uint8)
+    dst = np.zeros_like(src)
+    copy_into(dst, src)
+    assert np.array_equal(dst, src)
+
+
+def test_async_saves_write_what_save_returned_with(tmp_path):
+    """Each save's arrays are changed right after save() returns; saves 2 and 3 reuse save 1's buffers."""
+    ck = ckpt.Checkpoint(tmp_path, keep_ckpts=None, async_save=True)
+    state = model(0)
+    expected = {}
+    for idx in (1, 2, 3):
+        for k, v in state.items():
+            v[...] = model(idx)[k]
+        expected[idx] = {k: v.copy() for k, v in state.items()}
+        ck.save(state, idx)
+        for v in state.values():  # the training step goes on while the save writes
+            if v.size:
+                v[...] = v.reshape(-1)[0] if v.dtype != np.bool_ else ~v
+    held = ck._snapshot_buffers.nbytes
+    ck.close()
+    assert held >= sum(v.nbytes for v in state.values()) and ck._snapshot_buffers.nbytes == 0
+    for idx, values in expected.items():
+        loaded = ckpt.load(ck.path(idx))
+        assert set(loaded) == set(values)
+        for k, v in values.items():
+            assert_arrays_identical(np.ascontiguousarray(loaded[k]), np.ascontiguousarray(v))
+
+
+def test_memory_held_between_saves_is_one_snapshot(tmp_path):
+    ck = ckpt.Checkpoint(tmp_path, async_save=True)
+    small = {"a": np.zeros(1000, np.float32)}
+    big = {"a": np.zeros(1 << 20, np.float32), "b": np.ones(10, np.float32)}
+    ck.save(big, 1)
+    ck.wait()
+    assert ck._snapshot_buffers.nbytes == (1 << 22) + 40
+    ck.save(small, 2)
+    ck.wait()
+    assert ck._snapshot_buffers.nbytes == 4000  # the big buffers were dropped, not kept "just in case"
+    ck.close()
+
+
+def test_sync_saves_hold_no_buffers(tmp_path):
+    ck = ckpt.Checkpoint(tmp_path)
+    ck.save({"a": np.zeros(1000)}, 1)
+    assert ck._snapshot_buffers.nbytes == 0
+    ck.close()
