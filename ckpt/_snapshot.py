@@ -4,8 +4,8 @@ Why: an async save must copy writable numpy arrays (the caller may change them a
 ``save()`` returns), and copying into fresh memory pays a page fault per 4 KiB page on first
 touch, which on some VMs runs at well under 1 GiB/s and made the copy nearly as slow as the
 save. A :class:`SnapshotBuffers` keeps the buffers of one snapshot and hands them to the next
-(matched by byte size), so from the second save on the copy runs at memory speed, split over
-every core for large arrays.
+(matched by byte size), so from the second save on the copy runs at memory speed (one thread:
+on the 2-core VM these were measured on, two threads copied at half the speed of one).
 
 Memory: the buffers of the latest snapshot only, i.e. one copy of the model's writable numpy
 arrays, which the copy needs anyway while its save is in flight; between saves it stays
@@ -15,39 +15,7 @@ reuse are dropped when it ends.
 
 from __future__ import annotations
 
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Optional
-
 import numpy as np
-
-_PARALLEL_MIN = 8 << 20  # arrays this large are copied in slices on every core (numpy releases the GIL)
-_POOL: Optional[ThreadPoolExecutor] = None
-_POOL_LOCK = threading.Lock()
-
-
-def _copiers() -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="ckpt-snapshot")
-        return _POOL
-
-
-def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
-    """``dst[...] = src``, in slices on every core when both are large and C-contiguous."""
-    workers = os.cpu_count() or 1
-    if src.nbytes < _PARALLEL_MIN or workers < 2 or not (src.flags.c_contiguous and dst.flags.c_contiguous):
-        np.copyto(dst, src, casting="no")
-        return
-    s = src.reshape(-1).view(np.uint8)
-    d = dst.reshape(-1).view(np.uint8)
-    step = -(-s.nbytes // workers)
-    step += (-step) % 4096  # page-aligned slices
-    jobs = [_copiers().submit(np.copyto, d[i:i + step], s[i:i + step]) for i in range(0, s.nbytes, step)]
-    for job in jobs:
-        job.result()
 
 
 class SnapshotBuffers:
@@ -84,7 +52,7 @@ class SnapshotBuffers:
         buf = free.pop() if free else np.empty(arr.nbytes, dtype=np.uint8)
         self._held.append(buf)
         out = buf.view(arr.dtype).reshape(arr.shape) if arr.nbytes else np.empty(arr.shape, arr.dtype)
-        copy_into(out, arr)
+        np.copyto(out, arr, casting="no")
         return out
 
     def release(self) -> None:

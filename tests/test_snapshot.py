@@ -12,12 +12,12 @@ import pytest
 from helpers import assert_arrays_identical
 
 import ckpt
-from ckpt._snapshot import SnapshotBuffers, copy_into
+from ckpt._snapshot import SnapshotBuffers
 
 
 def model(seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    big = rng.standard_normal(3 << 20, dtype=np.float32)  # 12 MiB: copied in slices on every core
+    big = rng.standard_normal(3 << 20, dtype=np.float32)  # 12 MiB
     return {
         "big": big,
         "w": rng.standard_normal((64, 32), dtype=np.float32),
@@ -73,13 +73,6 @@ def test_copy_keeps_values_shape_and_dtype(name):
     assert out.dtype == src.dtype and out.shape == src.shape
     assert_arrays_identical(np.ascontiguousarray(out), np.ascontiguousarray(src))
     assert out.flags.writeable and not np.shares_memory(out, src)
-
-
-def test_parallel_copy_covers_every_byte_of_odd_sizes():
-    src = np.random.default_rng(1).integers(0, 255, (9 << 20) + 4093, dtype=np.uint8)
-    dst = np.zeros_like(src)
-    copy_into(dst, src)
-    assert np.array_equal(dst, src)
 
 
 def test_async_saves_write_what_save_returned_with(tmp_path):
