@@ -18,9 +18,10 @@ Every tool is a class with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import _measure
@@ -230,50 +231,62 @@ class _NoHash:
         return bytes(32)
 
 
-class CkptNoHash(Ckpt):
+class _CkptVariant(Ckpt):
+    """The ckpt (a) save under a setting that ``variant()`` applies for the save only."""
+
+    ops = ("save",)
+    verify_back = True
+
+    def variant(self) -> Any:
+        raise NotImplementedError
+
+    def save(self, path: str, obj: Any) -> dict[str, float]:
+        import ckpt
+
+        with self.variant():
+            ckpt.save_var_collection(path, obj)
+        return {}
+
+    def check_saved(self, path: str) -> Mapping[str, Any]:
+        return _views(path, verify=self.verify_back)
+
+
+class CkptNoHash(_CkptVariant):
     key = "ckpt-nohash"
     label = "ckpt save_var_collection, digest patched out"
-    ops = ("save",)
+    verify_back = False
     note = ("the same save with the zip writer's member hasher replaced by a no-op (in the benchmark process "
             "only; read back with verify=False): the cost of hashing is the difference")
 
-    def save(self, path: str, obj: Any) -> dict[str, float]:
+    @contextlib.contextmanager
+    def variant(self) -> Iterator[None]:
         import types
 
-        import ckpt
         import ckpt._zip as z
 
         saved = z._digest
         z._digest = types.SimpleNamespace(new=_NoHash)  # type: ignore[assignment]  # the zip writer's hasher only
         try:
-            ckpt.save_var_collection(path, obj)
+            yield
         finally:
             z._digest = saved
-        return {}
-
-    def check_saved(self, path: str) -> Mapping[str, Any]:
-        return _views(path, verify=False)
 
 
-class CkptSha256(Ckpt):
+class CkptSha256(_CkptVariant):
     key = "ckpt-sha256"
     label = "ckpt save_var_collection, sha256 digests"
-    ops = ("save",)
     note = ("the same save with `ckpt.set_digest(\"sha256\")` (the digest before BLAKE3, format version 1), "
             "read back verified")
 
-    def save(self, path: str, obj: Any) -> dict[str, float]:
+    @contextlib.contextmanager
+    def variant(self) -> Iterator[None]:
         import ckpt
 
         ckpt.set_digest("sha256")
         try:
-            ckpt.save_var_collection(path, obj)
+            yield
         finally:
             ckpt.set_digest(None)
-        return {}
-
-    def check_saved(self, path: str) -> Mapping[str, Any]:
-        return _views(path, verify=True)
 
 
 def pin_to_one_core() -> None:
@@ -371,46 +384,17 @@ class CkptNpSync(Tool):
     needs = ("ckpt",)
     ops = ("save",)
     name = "run"
+    async_save = False
     note = "Checkpoint(dir).save(model, idx) with the model held as writable numpy arrays, blocking (2nd save timed)"
 
-    def _run(self, path: str, obj: Any) -> dict[str, float]:
-        import time
-
-        import ckpt
-
-        ck = ckpt.Checkpoint(path, keep_ckpts=2)
-        ck.save(obj, idx=1)  # the first save: snapshot buffers (async) are allocated here
-        ck.wait()
-        t0 = time.perf_counter()
-        ck.save(obj, idx=2)
-        blocked = time.perf_counter() - t0
-        ck.wait()
-        durable = time.perf_counter() - t0
-        ck.close()
-        return {"blocked_s": blocked, "seconds": durable}
-
     def save(self, path: str, obj: Any) -> dict[str, float]:
-        return self._run(path, obj)
-
-    def check_saved(self, path: str) -> Mapping[str, Any]:
-        return _views(os.path.join(path, "ckpt", "0000000002.npz"), verify=True)
-
-
-class CkptNpAsync(CkptNpSync):
-    key = "ckpt-np-async"
-    label = "ckpt Checkpoint.save, writable numpy, async"
-    note = ("Checkpoint(dir, async_save=True) with writable numpy arrays: two saves, the second timed; 'blocked' is "
-            "until its save() returned (the snapshot copy into the buffers the first save allocated), the save "
-            "time until wait() returned; `first_blocked_s` in the samples is the first save's blocking")
-
-    def _run(self, path: str, obj: Any) -> dict[str, float]:
         import time
 
         import ckpt
 
-        ck = ckpt.Checkpoint(path, keep_ckpts=2, async_save=True)
+        ck = ckpt.Checkpoint(path, keep_ckpts=2, async_save=self.async_save)
         t0 = time.perf_counter()
-        ck.save(obj, idx=1)
+        ck.save(obj, idx=1)  # the first save: an async manager allocates its snapshot buffers here
         first = time.perf_counter() - t0
         ck.wait()
         t0 = time.perf_counter()
@@ -420,6 +404,18 @@ class CkptNpAsync(CkptNpSync):
         durable = time.perf_counter() - t0
         ck.close()
         return {"blocked_s": blocked, "first_blocked_s": first, "seconds": durable}
+
+    def check_saved(self, path: str) -> Mapping[str, Any]:
+        return _views(os.path.join(path, "ckpt", "0000000002.npz"), verify=True)
+
+
+class CkptNpAsync(CkptNpSync):
+    key = "ckpt-np-async"
+    label = "ckpt Checkpoint.save, writable numpy, async"
+    async_save = True
+    note = ("Checkpoint(dir, async_save=True) with writable numpy arrays: two saves, the second timed; 'blocked' is "
+            "until its save() returned (the snapshot copy into the buffers the first save allocated), the save "
+            "time until wait() returned; 'first save blocked' in the samples is the first save's blocking")
 
 
 # -- peers --------------------------------------------------------------------

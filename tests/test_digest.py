@@ -6,7 +6,7 @@ digest sha256; made by running that code, not by this one): it must keep loading
 
 from __future__ import annotations
 
-import io
+import json
 import os
 import shutil
 import subprocess
@@ -37,6 +37,18 @@ def golden_values() -> dict:
         "config": {"lr": 0.1, "name": "golden"},
         "blob": b"raw bytes \x00\x01",
     }
+
+
+def rewrite_manifest(path, edit) -> None:
+    """The pack at ``path`` with its manifest changed by ``edit(doc)`` (members untouched)."""
+    with zipfile.ZipFile(path) as zf:
+        contents = {n: zf.read(n) for n in zf.namelist()}
+    doc = read_manifest(path)
+    edit(doc)
+    contents[MANIFEST] = json.dumps(doc).encode()
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, data in contents.items():
+            zf.writestr(n, data)
 
 
 def assert_same(a, b):
@@ -190,30 +202,23 @@ def test_a_slot_may_use_another_algorithm_than_its_members(tmp_path):
     """The slot digest is its own algorithm over the members' raw digests, whatever theirs are."""
     path = tmp_path / "mixed.npz"
     ckpt.save_var_collection(str(path), {"w": np.arange(4)})
-    with zipfile.ZipFile(path) as zf:
-        contents = {n: zf.read(n) for n in zf.namelist()}
-    doc = read_manifest(path)
-    slot = doc["slots"]["main"]
-    del slot["blake3"]
-    slot["sha256"] = slot_digest([doc["members"][m]["blake3"] for m in slot["members"]], "sha256")
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for n, data in contents.items():
-            zf.writestr(n, data if n != MANIFEST else __import__("json").dumps(doc).encode())
-    info = ckpt.Pack(io.BytesIO(buf.getvalue())).slots_info["main"]
-    assert info.algorithm == "sha256" and info.digest == slot["sha256"]
+
+    def edit(doc):
+        slot = doc["slots"]["main"]
+        del slot["blake3"]
+        slot["sha256"] = slot_digest([doc["members"][m]["blake3"] for m in slot["members"]], "sha256")
+
+    rewrite_manifest(path, edit)
+    with ckpt.Pack(str(path)) as pack:
+        info = pack.slots_info["main"]
+        pack.verify()
+    assert info.algorithm == "sha256" and info.digest == read_manifest(path)["slots"]["main"]["sha256"]
 
 
 def test_a_file_declaring_version_1_cannot_hold_blake3(tmp_path):
     path = tmp_path / "v1.npz"
     ckpt.save_var_collection(str(path), {"w": np.arange(4)})
-    with zipfile.ZipFile(path) as zf:
-        contents = {n: zf.read(n) for n in zf.namelist()}
-    doc = read_manifest(path)
-    doc["version"] = 1
-    with zipfile.ZipFile(path, "w") as zf:
-        for n, data in contents.items():
-            zf.writestr(n, data if n != MANIFEST else __import__("json").dumps(doc).encode())
+    rewrite_manifest(path, lambda doc: doc.update(version=1))
     with pytest.raises(FormatError, match="version 1"):
         ckpt.load(str(path))
 
