@@ -152,7 +152,9 @@ class NoDirFsyncRecorder(Recorder):
 
 # -- the scenario: checkpoints before, one recorded save -------------------------
 def arrays_for(step: int) -> dict[str, np.ndarray]:
-    return {"w": np.full((16, 16), step, np.float32), "b": np.arange(40, dtype=np.int64) * step + 7}
+    # Small members are written in one go; "emb" (over 256 KiB) is streamed and its header patched after.
+    return {"w": np.full((16, 16), step, np.float32), "b": np.arange(40, dtype=np.int64) * step + 7,
+            "emb": np.arange(80_000, dtype=np.float32) * step}
 
 
 def save_step(ck: ckpt.Checkpoint, step: int) -> str:
