@@ -251,6 +251,7 @@ class ZipWriter:
     def finish(self) -> int:
         """Write the central directory and end records; return the archive's size."""
         cd_offset = self._pos
+        directory: list[bytes] = []  # written at once: one write, not three per member
         for m in self.members:
             encoded = m.name.encode("utf-8")
             extra_fields = b""
@@ -263,15 +264,16 @@ class ZipWriter:
                 extra_fields += struct.pack("<Q", m.header_offset)
                 offset_field = _U32
             extra = struct.pack("<HH", 1, len(extra_fields)) + extra_fields if extra_fields else b""
-            self._write(
+            directory += [
                 _CENTRAL.pack(
                     CENTRAL_SIG, _MADE_BY, 45 if extra else 20, m.flags, m.method, _DOS_TIME, _DOS_DATE,
                     m.crc, size_field, size_field, len(encoded), len(extra), 0, 0, 0,
                     _EXTERNAL_ATTR, offset_field,
-                )
-            )
-            self._write(encoded)
-            self._write(extra)
+                ),
+                encoded,
+                extra,
+            ]
+        self._write(b"".join(directory))
         cd_size = self._pos - cd_offset
         count = len(self.members)
         if count >= _U16 or cd_offset >= _U32 or cd_size >= _U32:

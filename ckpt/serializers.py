@@ -154,8 +154,9 @@ def _compressed_source(index: int, leaf: Any, p: _Planned, encoder: _codec.Encod
                         id(leaf), exact=False)
 
 
-def _npy_source(suffix: str, leaf: Any) -> MemberSource:
-    shape, dtype = _coll.shape_dtype(leaf)
+def _npy_source(suffix: str, leaf: Any,
+                shape_dtype: Optional[tuple[tuple[int, ...], np.dtype]] = None) -> MemberSource:
+    shape, dtype = shape_dtype or _coll.shape_dtype(leaf)
     fortran = isinstance(leaf, np.ndarray) and leaf.ndim > 1 and leaf.flags.f_contiguous and not leaf.flags.c_contiguous
     header = _npy.header_bytes(shape, dtype, fortran)
     size = len(header) + math.prod(shape) * dtype.itemsize
@@ -190,12 +191,15 @@ def encode_arrays(obj: Any, prefix: str, *, snapshot: bool = False,
     plans: list[Optional[_Planned]] = [None] * len(leaves)
     if compression is not None:  # sample every array on the codec threads
         plans = _codec.parallel_map(lambda leaf: _plan_compression(leaf, compression), leaves)
+    dtype_names: dict[np.dtype, str] = {}  # a model has few dtypes and many arrays: name each once
     for i, (name, leaf) in enumerate(zip(flat.names, leaves)):
         planned = plans[i]
-        packed = None if planned is None else _compressed_source(i, leaf, planned, encoder)
-        members.append(packed or _npy_source(f"{i}.npy", leaf))
         shape, dtype = _coll.shape_dtype(leaf)
-        record = {"name": name, "shape": list(shape), "dtype": _npy.dtype_name(dtype), **flat.leaf_info(i)}
+        packed = None if planned is None else _compressed_source(i, leaf, planned, encoder)
+        members.append(packed or _npy_source(f"{i}.npy", leaf, (shape, dtype)))
+        if dtype not in dtype_names:
+            dtype_names[dtype] = _npy.dtype_name(dtype)
+        record = {"name": name, "shape": list(shape), "dtype": dtype_names[dtype], **flat.leaf_info(i)}
         if planned is not None:
             record["encoding"] = planned.compression.codec + ("+shuffle" if dtype.itemsize > 1 else "")
         arrays_info.append(record)
@@ -203,7 +207,7 @@ def encode_arrays(obj: Any, prefix: str, *, snapshot: bool = False,
     if flat.tree is not None:
         info["tree"] = flat.tree
     needed = set()
-    if any(_npy.is_extension_dtype(_coll.shape_dtype(x)[1]) for x in flat.leaves):
+    if any(_npy.is_extension_dtype(dt) for dt in dtype_names):
         needed.add("ml_dtypes")
     return Encoded("arrays", members, info, needed=needed, informational=set(flat.frameworks))
 
