@@ -18,7 +18,8 @@ import ctypes.util
 import os
 import stat
 import sys
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 _SYNC_FILE_RANGE_WRITE = 2
 #: Start the write-out each time this many new bytes were written.
