@@ -154,7 +154,7 @@ def _check_info(slot: str, serializer: str, info: dict[str, Any], file: Optional
 
 def _digest_field(what: str, record: dict[str, Any], version: int, file: Optional[str]) -> tuple[str, str]:
     """The one (algorithm, digest) of a member or slot record, in a form this version allows."""
-    allowed = [a for a in _digest.ALGORITHMS if _VERSION_FOR[a] <= version]
+    allowed = [a for a in _digest.ALGORITHMS if _VERSION_FOR[a] <= max(version, 1)]  # 0: as before, like 1
     present = [a for a in _digest.ALGORITHMS if a in record]
     _require(len(present) == 1, file,
              f"{what} records {' and '.join(present) or 'no digest'}; expected exactly one of "
