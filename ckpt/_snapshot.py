@@ -7,55 +7,84 @@ save. A :class:`SnapshotBuffers` keeps the buffers of one snapshot and hands the
 (matched by byte size), so from the second save on the copy runs at memory speed (one thread:
 on the 2-core VM these were measured on, two threads copied at half the speed of one).
 
-Memory: the buffers of the latest snapshot only, i.e. one copy of the model's writable numpy
-arrays, which the copy needs anyway while its save is in flight; between saves it stays
-allocated until :meth:`release` (``Checkpoint.close()``). Buffers the next snapshot does not
-reuse are dropped when it ends.
+Memory: the buffers of the snapshots being written (which the copy needs anyway) plus those of
+the latest finished one, kept for reuse: between saves, one copy of the model's writable numpy
+arrays, until :meth:`SnapshotBuffers.release` (``Checkpoint.close()``). Buffers of older snapshots
+that a newer one did not reuse are dropped.
 """
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 
-class SnapshotBuffers:
-    """Buffers that one background snapshot copies into and the next one reuses (see the module docstring).
+class Snapshot:
+    """The buffers one background snapshot copied into; :meth:`done` once its save has finished."""
 
-    Not thread-safe: one owner (a Checkpoint manager) calls :meth:`begin`, :meth:`copy` and
-    :meth:`release` from the thread that saves, and only while no snapshot it took is being written.
-    """
-
-    def __init__(self) -> None:
-        self._free: dict[int, list[np.ndarray]] = {}
-        self._held: list[np.ndarray] = []
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held now (the latest snapshot's buffers)."""
-        return sum(b.nbytes for b in self._held) + sum(b.nbytes for bs in self._free.values() for b in bs)
-
-    def begin(self) -> None:
-        """Start a snapshot: the previous snapshot's buffers (its save is done) become reusable."""
-        for buf in self._held:
-            self._free.setdefault(buf.nbytes, []).append(buf)
-        self._held = []
-
-    def end(self) -> None:
-        """Finish a snapshot: buffers it did not reuse are dropped, so memory stays one snapshot's."""
-        self._free = {}
+    def __init__(self, owner: "SnapshotBuffers") -> None:
+        self._owner = owner
+        self._buffers: list[np.ndarray] = []
+        self._done = False
 
     def copy(self, arr: np.ndarray) -> np.ndarray:
-        """A C-ordered copy of ``arr`` in a reused (already faulted-in) buffer when one of its size is free."""
+        """A C-ordered copy of ``arr``, in a free buffer of its byte size when there is one."""
         if arr.dtype.hasobject:  # never stored as arrays; copied plainly so the caller's error stays the same
             return arr.copy()
-        free = self._free.get(arr.nbytes)
-        buf = free.pop() if free else np.empty(arr.nbytes, dtype=np.uint8)
-        self._held.append(buf)
+        buf = self._owner._take(arr.nbytes)
+        self._buffers.append(buf)
         out = buf.view(arr.dtype).reshape(arr.shape) if arr.nbytes else np.empty(arr.shape, arr.dtype)
         np.copyto(out, arr, casting="no")
         return out
 
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self._buffers)
+
+    def done(self) -> None:
+        """The save that read these buffers is over (written or failed): the next snapshot may reuse them."""
+        if not self._done:
+            self._done = True
+            self._owner._give_back(self._buffers)
+
+
+class SnapshotBuffers:
+    """Buffers background snapshots copy into, reused by later snapshots (see the module docstring).
+
+    A buffer is reused only after the snapshot that holds it is :meth:`Snapshot.done`, so a save still
+    being written is never overwritten, whichever thread takes the next snapshot. The free list keeps the
+    buffers of the latest finished snapshot only: memory is the snapshots in flight plus one.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: dict[int, list[np.ndarray]] = {}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes kept for reuse now (not counting snapshots still being written)."""
+        with self._lock:
+            return sum(b.nbytes for bs in self._free.values() for b in bs)
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self)
+
+    def _take(self, nbytes: int) -> np.ndarray:
+        with self._lock:
+            free = self._free.get(nbytes)
+            if free:
+                return free.pop()
+        return np.empty(nbytes, dtype=np.uint8)
+
+    def _give_back(self, buffers: list[np.ndarray]) -> None:
+        fresh: dict[int, list[np.ndarray]] = {}
+        for buf in buffers:
+            fresh.setdefault(buf.nbytes, []).append(buf)
+        with self._lock:
+            self._free = fresh  # older free buffers the last snapshot did not reuse are dropped
+
     def release(self) -> None:
-        """Free every buffer (the manager is closing)."""
-        self._free = {}
-        self._held = []
+        """Free the buffers kept for reuse (the manager is closing)."""
+        with self._lock:
+            self._free = {}

@@ -253,17 +253,23 @@ class Checkpoint:
             raise FileNotFoundError(f"checkpoint directory {self.directory} does not exist (makedir=False)")
         background = self.async_save if block is None else not block
         self._finish_pending(raise_error=True)  # one snapshot in flight at most; surfaces earlier errors
-        encoded = encode_slots(slots, serializers, snapshot=background,
-                               compression=self.compression if compression == "default" else compression,
-                               buffers=self._snapshot_buffers if background else None)
+        snap = self._snapshot_buffers.snapshot() if background else None
+        try:
+            encoded = encode_slots(slots, serializers, snapshot=background,
+                                   compression=self.compression if compression == "default" else compression,
+                                   buffers=snap)
+        except BaseException:
+            if snap is not None:
+                snap.done()
+            raise
         path = self.path(idx)
-        if not background:
+        if snap is None:
             self._commit(idx, path, encoded, metadata)
             return path
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-save")
             _live_managers.add(self)
-        self._pending = self._executor.submit(self._commit, idx, path, encoded, metadata)
+        self._pending = self._executor.submit(self._commit_snapshot, snap, idx, path, encoded, metadata)
         self._pending_idx = idx
         return path
 
@@ -281,6 +287,14 @@ class Checkpoint:
                     "intact", errno=e.errno, file=path) from e
             self._log("saved checkpoint %s", path)
             self._rotate(idx)
+
+    def _commit_snapshot(self, snap: _snapshot.Snapshot, idx: int, path: str, encoded: Mapping[str, Any],
+                         metadata: Optional[Mapping[str, Any]]) -> None:
+        """A background commit; its snapshot's buffers become reusable once it is over."""
+        try:
+            self._commit(idx, path, encoded, metadata)
+        finally:
+            snap.done()
 
     def _finish_pending(self, *, raise_error: bool) -> None:
         pending, self._pending = self._pending, None

@@ -77,7 +77,7 @@ def choose(obj: Any) -> str:
     return "pickle"
 
 
-def snapshot_leaf(leaf: Any, buffers: Optional[_snapshot.SnapshotBuffers] = None) -> Any:
+def snapshot_leaf(leaf: Any, buffers: Optional[_snapshot.Snapshot] = None) -> Any:
     """A leaf that later mutation cannot change: writable numpy arrays are copied (into reused
     ``buffers`` when given), JAX arrays are immutable and kept by reference (their device-to-host
     copy is started now)."""
@@ -93,7 +93,7 @@ def snapshot_leaf(leaf: Any, buffers: Optional[_snapshot.SnapshotBuffers] = None
 
 
 def encode(obj: Any, serializer: Optional[str], prefix: str, *, snapshot: bool = False,
-           compression: Any = None, buffers: Optional[_snapshot.SnapshotBuffers] = None) -> Encoded:
+           compression: Any = None, buffers: Optional[_snapshot.Snapshot] = None) -> Encoded:
     """Members and manifest info for ``obj``. With ``snapshot``, the result does not change when
     ``obj`` is mutated afterwards (for saves that write in the background; arrays are copied into
     ``buffers`` when given). ``compression`` ("zstd", "lz4", (codec, level)) applies to arrays slots."""
@@ -174,7 +174,7 @@ def _names_array(names: list[str]) -> np.ndarray:
 
 def encode_arrays(obj: Any, prefix: str, *, snapshot: bool = False,
                   compression: Optional[_codec.Compression] = None,
-                  buffers: Optional[_snapshot.SnapshotBuffers] = None) -> Encoded:
+                  buffers: Optional[_snapshot.Snapshot] = None) -> Encoded:
     flat = _coll.flatten(obj)
     if flat is None:
         raise TypeError(f"cannot store a {type(obj).__name__} as arrays: expected an array, a dict of arrays, "
@@ -402,7 +402,7 @@ def encode_raw(obj: Any, prefix: str) -> Encoded:
 
 # -- pickle ---------------------------------------------------------------
 def encode_pickle(obj: Any, prefix: str, *, snapshot: bool = False,
-                  buffers: Optional[_snapshot.SnapshotBuffers] = None) -> Encoded:
+                  buffers: Optional[_snapshot.Snapshot] = None) -> Encoded:
     """A pickle member holding structure only, then one .npy member per array it referenced."""
     data, arrays = _module_pickle.dumps(obj)
     if snapshot:

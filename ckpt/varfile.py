@@ -25,21 +25,15 @@ __all__ = ["save_var_collection", "load_var_collection", "write_file", "write_en
 
 def encode_slots(slots: Mapping[str, Any], serializers: Optional[Mapping[str, str]] = None, *,
                  snapshot: bool = False, compression: Any = None,
-                 buffers: Optional[_snapshot.SnapshotBuffers] = None) -> dict[str, _ser.Encoded]:
+                 buffers: Optional[_snapshot.Snapshot] = None) -> dict[str, _ser.Encoded]:
     """Encode every slot's value (name -> value) ready for :func:`write_encoded`; a ``snapshot``
-    copies writable arrays into ``buffers`` (reused from the previous snapshot) when given."""
+    copies writable arrays into ``buffers`` (reused from an earlier snapshot) when given."""
     serializers = serializers or {}
-    if buffers is not None:
-        buffers.begin()
-    try:
-        return {
-            name: _ser.encode(value, serializers.get(name), _packfile.member_prefix(name), snapshot=snapshot,
-                              compression=compression, buffers=buffers)
-            for name, value in slots.items()
-        }
-    finally:
-        if buffers is not None:
-            buffers.end()
+    return {
+        name: _ser.encode(value, serializers.get(name), _packfile.member_prefix(name), snapshot=snapshot,
+                          compression=compression, buffers=buffers)
+        for name, value in slots.items()
+    }
 
 
 def write_file(file: PathOrFile, slots: Mapping[str, Any], *, metadata: Optional[Mapping[str, Any]] = None,

@@ -32,33 +32,46 @@ def model(seed: int) -> dict[str, np.ndarray]:
 
 def test_copies_reuse_the_previous_snapshots_buffers():
     pool = SnapshotBuffers()
-    a = np.arange(1000, dtype=np.float64)
-    pool.begin()
-    first = pool.copy(a)
-    pool.end()
-    pool.begin()
-    second = pool.copy(np.ones(1000, np.float64))
-    pool.end()
+    s1 = pool.snapshot()
+    first = s1.copy(np.arange(1000, dtype=np.float64))
+    s1.done()
+    s2 = pool.snapshot()
+    second = s2.copy(np.ones(1000, np.float64))
+    s2.done()
     assert np.shares_memory(first, second)  # the same memory, already faulted in
     assert_arrays_identical(second, np.ones(1000, np.float64))
-    # A different byte size gets a fresh buffer; what the snapshot did not reuse is dropped.
-    pool.begin()
-    third = pool.copy(np.ones(10, np.int8))
-    pool.end()
+    # A different byte size gets a fresh buffer; what the last snapshot did not reuse is dropped.
+    s3 = pool.snapshot()
+    third = s3.copy(np.ones(10, np.int8))
+    s3.done()
     assert not np.shares_memory(third, second) and pool.nbytes == 10
     pool.release()
     assert pool.nbytes == 0
 
 
+def test_a_snapshot_still_being_written_is_never_reused():
+    pool = SnapshotBuffers()
+    warm = pool.snapshot()
+    warm.copy(np.zeros(64, np.uint8))
+    warm.done()
+    in_flight = pool.snapshot()
+    a = in_flight.copy(np.full(64, 1, np.uint8))  # takes the free buffer; its save is not done
+    b = pool.snapshot().copy(np.full(64, 2, np.uint8))  # another snapshot meanwhile: a fresh buffer
+    assert not np.shares_memory(a, b)
+    assert (a == 1).all() and (b == 2).all()
+    in_flight.done()
+    in_flight.done()  # twice is harmless
+    assert pool.nbytes == 64
+
+
 def test_a_buffer_is_never_handed_out_twice_in_one_snapshot():
     pool = SnapshotBuffers()
-    pool.begin()
-    pool.copy(np.zeros(64, np.uint8))
-    pool.end()
-    pool.begin()
-    x = pool.copy(np.full(64, 1, np.uint8))
-    y = pool.copy(np.full(64, 2, np.uint8))
-    pool.end()
+    warm = pool.snapshot()
+    warm.copy(np.zeros(64, np.uint8))
+    warm.done()
+    snap = pool.snapshot()
+    x = snap.copy(np.full(64, 1, np.uint8))
+    y = snap.copy(np.full(64, 2, np.uint8))
     assert not np.shares_memory(x, y)
     assert (x == 1).all() and (y == 2).all()
 
@@ -66,10 +79,7 @@ def test_a_buffer_is_never_handed_out_twice_in_one_snapshot():
 @pytest.mark.parametrize("name", list(model(0)))
 def test_copy_keeps_values_shape_and_dtype(name):
     src = model(3)[name]
-    pool = SnapshotBuffers()
-    pool.begin()
-    out = pool.copy(src)
-    pool.end()
+    out = SnapshotBuffers().snapshot().copy(src)
     assert out.dtype == src.dtype and out.shape == src.shape
     assert_arrays_identical(np.ascontiguousarray(out), np.ascontiguousarray(src))
     assert out.flags.writeable and not np.shares_memory(out, src)
@@ -88,6 +98,7 @@ def test_async_saves_write_what_save_returned_with(tmp_path):
         for v in state.values():  # the training step goes on while the save writes
             if v.size:
                 v[...] = v.reshape(-1)[0] if v.dtype != np.bool_ else ~v
+    ck.wait()
     held = ck._snapshot_buffers.nbytes
     ck.close()
     assert held >= sum(v.nbytes for v in state.values()) and ck._snapshot_buffers.nbytes == 0
