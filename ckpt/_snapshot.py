@@ -23,7 +23,7 @@ import numpy as np
 class Snapshot:
     """The buffers one background snapshot copied into; :meth:`done` once its save has finished."""
 
-    def __init__(self, owner: "SnapshotBuffers") -> None:
+    def __init__(self, owner: SnapshotBuffers) -> None:
         self._owner = owner
         self._buffers: list[np.ndarray] = []
         self._done = False
