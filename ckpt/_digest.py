@@ -61,7 +61,9 @@ def set_default(algorithm: Optional[str]) -> None:
     Files already written keep theirs; every reader verifies both.
     """
     global _chosen
-    _chosen = None if algorithm is None else _check(algorithm, "set_digest")
+    if algorithm is not None and not isinstance(algorithm, str):
+        raise TypeError(f"set_digest takes 'blake3', 'sha256' or None, not {type(algorithm).__name__}")
+    _chosen = None if algorithm is None else _check(algorithm.strip().lower(), "set_digest")
 
 
 def default() -> str:

@@ -154,6 +154,12 @@ def test_sha256_is_selectable_and_writes_format_1(tmp_path, monkeypatch, how):
 def test_set_digest_refuses_unknown_algorithms(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="md5"):
         ckpt.set_digest("md5")
+    with pytest.raises(TypeError):
+        ckpt.set_digest(256)  # type: ignore[arg-type]
+    ckpt.set_digest(" SHA256 ")  # names are not case-sensitive
+    ckpt.save_var_collection(str(tmp_path / "s.npz"), {"a": np.zeros(1)})
+    assert read_manifest(tmp_path / "s.npz")["version"] == 1
+    ckpt.set_digest(None)
     monkeypatch.setenv("CKPT_DIGEST", "crc32")
     with pytest.raises(ValueError, match="CKPT_DIGEST"):
         ckpt.save_var_collection(str(tmp_path / "x.npz"), {"a": np.zeros(1)})
