@@ -29,12 +29,15 @@ class Snapshot:
         self._done = False
 
     def copy(self, arr: np.ndarray) -> np.ndarray:
-        """A C-ordered copy of ``arr``, in a free buffer of its byte size when there is one."""
-        if arr.dtype.hasobject:  # never stored as arrays; copied plainly so the caller's error stays the same
-            return arr.copy()
+        """A copy of ``arr`` (Fortran-ordered if ``arr`` is, else C-ordered, as ``np.array(arr, order="K")``
+        for contiguous arrays), in a free buffer of its byte size when there is one."""
+        if arr.dtype.hasobject or not arr.nbytes:  # objects are never stored as arrays; empty ones cost nothing
+            return np.array(arr, copy=True, order="K")
         buf = self._owner._take(arr.nbytes)
         self._buffers.append(buf)
-        out = buf.view(arr.dtype).reshape(arr.shape) if arr.nbytes else np.empty(arr.shape, arr.dtype)
+        fortran = arr.ndim > 1 and arr.flags.f_contiguous and not arr.flags.c_contiguous
+        flat = buf.view(arr.dtype)
+        out = flat.reshape(arr.shape[::-1]).T if fortran else flat.reshape(arr.shape)
         np.copyto(out, arr, casting="no")
         return out
 

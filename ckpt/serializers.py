@@ -78,13 +78,13 @@ def choose(obj: Any) -> str:
 
 
 def snapshot_leaf(leaf: Any, buffers: Optional[_snapshot.Snapshot] = None) -> Any:
-    """A leaf that later mutation cannot change: writable numpy arrays are copied (into reused
-    ``buffers`` when given), JAX arrays are immutable and kept by reference (their device-to-host
-    copy is started now)."""
+    """A leaf that later mutation cannot change: writable numpy arrays are copied (every numpy array
+    into reused ``buffers`` when given), JAX arrays are immutable and kept by reference (their
+    device-to-host copy is started now)."""
     if isinstance(leaf, np.ndarray):
-        if not leaf.flags.writeable:
-            return leaf
-        return leaf.copy() if buffers is None else buffers.copy(leaf)
+        if buffers is not None:  # every array, read-only ones too: one may view memory the caller writes
+            return buffers.copy(leaf)
+        return leaf.copy() if leaf.flags.writeable else leaf
     if _coll.is_jax_array(leaf):
         start = getattr(leaf, "copy_to_host_async", None)
         if start is not None and not all(d.platform == "cpu" for d in getattr(leaf, "devices", lambda: [])()):

@@ -83,6 +83,23 @@ def test_copy_keeps_values_shape_and_dtype(name):
     assert out.dtype == src.dtype and out.shape == src.shape
     assert_arrays_identical(np.ascontiguousarray(out), np.ascontiguousarray(src))
     assert out.flags.writeable and not np.shares_memory(out, src)
+    fortran = src.ndim > 1 and src.flags.f_contiguous and not src.flags.c_contiguous
+    assert out.flags.f_contiguous if fortran else out.flags.c_contiguous  # the layout a sync save would write
+
+
+def test_read_only_views_of_memory_the_caller_writes_are_copied_too(tmp_path):
+    """A read-only array may view memory that changes after save() returns (np.broadcast_to, a view
+    with the flag cleared): a background save writes what it held when save() returned."""
+    base = np.arange(1000, dtype=np.float32)
+    view = base.view()
+    view.flags.writeable = False
+    ck = ckpt.Checkpoint(tmp_path, async_save=True)
+    ck.save({"v": view, "b": np.broadcast_to(base[:3], (4, 3))}, 1)
+    base[:] = -1
+    ck.close()
+    loaded = ckpt.load(ck.path(1))
+    assert_arrays_identical(loaded["v"], np.arange(1000, dtype=np.float32))
+    assert_arrays_identical(loaded["b"], np.broadcast_to(np.arange(3, dtype=np.float32), (4, 3)).copy())
 
 
 def test_async_saves_write_what_save_returned_with(tmp_path):
