@@ -49,11 +49,17 @@ def test_copies_reuse_the_previous_snapshots_buffers():
     assert pool.nbytes == 0
 
 
-def test_a_snapshot_still_being_written_is_never_reused():
+def warmed(nbytes: int) -> SnapshotBuffers:
+    """A pool holding one free buffer of ``nbytes`` (a finished snapshot's)."""
     pool = SnapshotBuffers()
     warm = pool.snapshot()
-    warm.copy(np.zeros(64, np.uint8))
+    warm.copy(np.zeros(nbytes, np.uint8))
     warm.done()
+    return pool
+
+
+def test_a_snapshot_still_being_written_is_never_reused():
+    pool = warmed(64)
     in_flight = pool.snapshot()
     a = in_flight.copy(np.full(64, 1, np.uint8))  # takes the free buffer; its save is not done
     b = pool.snapshot().copy(np.full(64, 2, np.uint8))  # another snapshot meanwhile: a fresh buffer
@@ -65,11 +71,7 @@ def test_a_snapshot_still_being_written_is_never_reused():
 
 
 def test_a_buffer_is_never_handed_out_twice_in_one_snapshot():
-    pool = SnapshotBuffers()
-    warm = pool.snapshot()
-    warm.copy(np.zeros(64, np.uint8))
-    warm.done()
-    snap = pool.snapshot()
+    snap = warmed(64).snapshot()
     x = snap.copy(np.full(64, 1, np.uint8))
     y = snap.copy(np.full(64, 2, np.uint8))
     assert not np.shares_memory(x, y)
