@@ -211,11 +211,11 @@ class Checkpoint:
 
         With ``async_save=True`` on the manager (or ``block=False`` here) it returns
         once a consistent snapshot is taken (JAX arrays are immutable and kept by
-        reference; writable numpy arrays are copied) and writes in a background
+        reference; numpy arrays, read-only views too, are copied) and writes in a background
         thread; :meth:`wait` blocks until it is durable, and a background error is
         raised by the next ``save``, ``wait`` or ``close``. The copies go into
         buffers the manager keeps from one background save to the next (one copy of
-        the model's writable numpy arrays, freed by :meth:`close`), so from the
+        the model's numpy arrays, freed by :meth:`close`), so from the
         second save on the copy runs at memory speed instead of faulting in fresh pages.
 
         ``extras`` are more slots in the same file (optimizer state, RNG keys,
