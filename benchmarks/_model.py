@@ -72,6 +72,16 @@ def spec(total: int) -> Spec:
     return [("tok_embedding", (vocab, d), "float32"), pos, *out, ("head.w", (d, vocab), "float32")]
 
 
+def tiny_spec(count: int) -> Spec:
+    """``count`` tiny arrays (16 to 64 float32 or bfloat16 values, e.g. biases and norms of a wide, deep
+    net): what files of many small arrays cost per array."""
+    out: Spec = []
+    for i in range(count):
+        n = 16 << (i % 3)
+        out.append((f"block{i // 10:04d}.p{i % 10}", (n,), "bfloat16" if i % 5 == 4 else "float32"))
+    return out
+
+
 def dtype_of(name: str) -> np.dtype:
     if name == "bfloat16":
         import ml_dtypes

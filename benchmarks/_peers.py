@@ -18,9 +18,10 @@ Every tool is a class with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import _measure
@@ -146,7 +147,8 @@ class Ckpt(Tool):
     label = "ckpt save_var_collection / ckpt.load (a)"
     needs = ("ckpt",)
     name = "model.npz"
-    note = "(a) ckpt.load(path): every member's sha256 verified, arrays copied into writable numpy memory"
+    note = ("(a) save_var_collection (BLAKE3 digests, the default); ckpt.load(path): every member's digest verified, "
+            "arrays copied into writable numpy memory")
 
     def save(self, path: str, obj: Any) -> dict[str, float]:
         import ckpt
@@ -205,7 +207,7 @@ class CkptNoVerify(Tool):
     needs = ("ckpt",)
     ops = ("restore",)
     source = "ckpt"
-    note = "ckpt.load(path, verify=False): no sha256 check (the zip structure is still validated)"
+    note = "ckpt.load(path, verify=False): no digest check (the zip structure is still validated)"
 
     def restore(self, path: str, template: Any) -> Mapping[str, Any]:
         import ckpt
@@ -214,9 +216,9 @@ class CkptNoVerify(Tool):
 
 
 class _NoHash:
-    """A stand-in for hashlib.sha256 that does nothing (to measure what hashing costs)."""
+    """A stand-in for ckpt's digest hashers that does nothing (to measure what hashing costs)."""
 
-    def __init__(self, data: bytes = b"") -> None:
+    def __init__(self, *args: Any) -> None:
         pass
 
     def update(self, data: Any) -> None:
@@ -229,29 +231,101 @@ class _NoHash:
         return bytes(32)
 
 
-class CkptNoHash(Ckpt):
-    key = "ckpt-nohash"
-    label = "ckpt save_var_collection, sha256 patched out"
+class _CkptVariant(Ckpt):
+    """The ckpt (a) save under a setting that ``variant()`` applies for the save only."""
+
     ops = ("save",)
-    note = ("the same save with hashlib.sha256 inside ckpt._zip replaced by a no-op hasher (in the benchmark "
-            "process only; read back with verify=False): the cost of hashing is the difference")
+    verify_back = True
+
+    def variant(self) -> Any:
+        raise NotImplementedError
 
     def save(self, path: str, obj: Any) -> dict[str, float]:
-        import types
-
         import ckpt
-        import ckpt._zip as z
 
-        saved = z.hashlib
-        z.hashlib = types.SimpleNamespace(sha256=_NoHash)  # type: ignore[assignment]
-        try:
+        with self.variant():
             ckpt.save_var_collection(path, obj)
-        finally:
-            z.hashlib = saved
         return {}
 
     def check_saved(self, path: str) -> Mapping[str, Any]:
-        return _views(path, verify=False)
+        return _views(path, verify=self.verify_back)
+
+
+class CkptNoHash(_CkptVariant):
+    key = "ckpt-nohash"
+    label = "ckpt save_var_collection, digest patched out"
+    verify_back = False
+    note = ("the same save with the zip writer's member hasher replaced by a no-op (in the benchmark process "
+            "only; read back with verify=False): the cost of hashing is the difference")
+
+    @contextlib.contextmanager
+    def variant(self) -> Iterator[None]:
+        import types
+
+        import ckpt._zip as z
+
+        saved = z._digest
+        z._digest = types.SimpleNamespace(new=_NoHash)  # type: ignore[assignment]  # the zip writer's hasher only
+        try:
+            yield
+        finally:
+            z._digest = saved
+
+
+class CkptSha256(_CkptVariant):
+    key = "ckpt-sha256"
+    label = "ckpt save_var_collection, sha256 digests"
+    note = ("the same save with `ckpt.set_digest(\"sha256\")` (the digest before BLAKE3, format version 1), "
+            "read back verified")
+
+    @contextlib.contextmanager
+    def variant(self) -> Iterator[None]:
+        import ckpt
+
+        ckpt.set_digest("sha256")
+        try:
+            yield
+        finally:
+            ckpt.set_digest(None)
+
+
+def pin_to_one_core() -> None:
+    """Every thread of this process (and the ones it starts later) on one CPU, as ``taskset -c`` would."""
+    cpu = min(os.sched_getaffinity(0))
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), {cpu})
+        except OSError:
+            pass
+
+
+class Ckpt1Core(Ckpt):
+    key = "ckpt-1core"
+    label = "ckpt save_var_collection on 1 core"
+    ops = ("save",)
+    note = ("the ckpt (a) save with the process pinned to one CPU (sched_setaffinity, as `taskset -c 0`) before "
+            "its thread pools start: with the 2-core row, how the save scales with cores")
+
+    def prepare(self, model: dict[str, np.ndarray]) -> Any:
+        pin_to_one_core()
+        return model
+
+    def check_saved(self, path: str) -> Mapping[str, Any]:
+        return _views(path, verify=True)
+
+
+class Raw1Core(Raw):
+    key = "raw-1core"
+    label = "raw write+fsync on 1 core"
+    ops = ("save",)
+    note = "the raw save pinned to one CPU: the 1-core disk limit"
+
+    def prepare(self, model: dict[str, np.ndarray]) -> Any:
+        pin_to_one_core()
+        return model
+
+    def check_saved(self, path: str) -> Mapping[str, Any]:
+        return self.restore(path, np.empty(_model.total_bytes(self.spec), np.uint8))
 
 
 class _CkptJax(Tool):
@@ -302,6 +376,46 @@ class CkptJaxAsync(_CkptJax):
         durable = time.perf_counter() - t0
         ck.close()
         return {"blocked_s": blocked, "durable_s": durable}
+
+
+class CkptNpSync(Tool):
+    key = "ckpt-np-sync"
+    label = "ckpt Checkpoint.save, writable numpy, sync"
+    needs = ("ckpt",)
+    ops = ("save",)
+    name = "run"
+    async_save = False
+    note = "Checkpoint(dir).save(model, idx) with the model held as writable numpy arrays, blocking (2nd save timed)"
+
+    def save(self, path: str, obj: Any) -> dict[str, float]:
+        import time
+
+        import ckpt
+
+        ck = ckpt.Checkpoint(path, keep_ckpts=2, async_save=self.async_save)
+        t0 = time.perf_counter()
+        ck.save(obj, idx=1)  # the first save: an async manager allocates its snapshot buffers here
+        first = time.perf_counter() - t0
+        ck.wait()
+        t0 = time.perf_counter()
+        ck.save(obj, idx=2)
+        blocked = time.perf_counter() - t0
+        ck.wait()
+        durable = time.perf_counter() - t0
+        ck.close()
+        return {"blocked_s": blocked, "first_blocked_s": first, "seconds": durable}
+
+    def check_saved(self, path: str) -> Mapping[str, Any]:
+        return _views(os.path.join(path, "ckpt", "0000000002.npz"), verify=True)
+
+
+class CkptNpAsync(CkptNpSync):
+    key = "ckpt-np-async"
+    label = "ckpt Checkpoint.save, writable numpy, async"
+    async_save = True
+    note = ("Checkpoint(dir, async_save=True) with writable numpy arrays: two saves, the second timed; 'blocked' is "
+            "until its save() returned (the snapshot copy into the buffers the first save allocated), the save "
+            "time until wait() returned; 'first save blocked' in the samples is the first save's blocking")
 
 
 # -- peers --------------------------------------------------------------------
@@ -477,8 +591,9 @@ class Pickle(Tool):
             return pickle.load(f)
 
 
-TOOLS: list[type[Tool]] = [Raw, RawAlloc, Ckpt, CkptViews, CkptObjax, CkptNoVerify, CkptNoHash, CkptJaxSync, CkptJaxAsync,
-                           Npz, Objax, Orbax, Safetensors, Pickle]
+TOOLS: list[type[Tool]] = [Raw, RawAlloc, Raw1Core, Ckpt, CkptViews, CkptObjax, CkptNoVerify, CkptNoHash, CkptSha256,
+                           Ckpt1Core, CkptJaxSync, CkptJaxAsync, CkptNpSync, CkptNpAsync, Npz, Objax, Orbax,
+                           Safetensors, Pickle]
 BY_KEY = {t.key: t for t in TOOLS}
 
 #: Tools that users would otherwise pick (the "peers" of the targets).

@@ -34,11 +34,14 @@ import _peers
 
 MiB = 1 << 20
 #: Tools that write a checkpoint, in the order of the first repeat (later repeats rotate it).
-SAVERS = ["raw", "ckpt", "ckpt-nohash", "ckpt-jax-sync", "ckpt-jax-async", "npz", "objax", "orbax", "safetensors",
-          "pickle"]
-#: Rows of the table, in order; "ckpt-jax-async" gives two rows (blocked, durable).
-ROWS = ["raw", "raw-alloc", "ckpt", "ckpt-views", "ckpt-objax", "ckpt-noverify", "ckpt-nohash", "ckpt-jax-sync",
-        "ckpt-jax-async:blocked", "ckpt-jax-async", "npz", "objax", "orbax", "safetensors", "pickle"]
+SAVERS = ["raw", "ckpt", "ckpt-nohash", "ckpt-sha256", "raw-1core", "ckpt-1core", "ckpt-jax-sync", "ckpt-jax-async",
+          "ckpt-np-sync", "ckpt-np-async", "npz", "objax", "orbax", "safetensors", "pickle"]
+#: Rows of the table, in order; the async savers give two rows each (blocked, durable).
+ROWS = ["raw", "raw-alloc", "ckpt", "ckpt-views", "ckpt-objax", "ckpt-noverify", "ckpt-nohash", "ckpt-sha256",
+        "raw-1core", "ckpt-1core", "ckpt-jax-sync", "ckpt-jax-async:blocked", "ckpt-jax-async", "ckpt-np-sync",
+        "ckpt-np-async:blocked", "ckpt-np-async", "npz", "objax", "orbax", "safetensors", "pickle"]
+#: Savers timed on the many-tiny-arrays model (``--tiny``).
+TINY_SAVERS = ["raw", "ckpt", "ckpt-sha256", "npz", "safetensors", "pickle"]
 COLD_MAX_RESIDENT = 0.01  # a restore counts as cold when at most 1% of the file's pages were cached
 WARM_MIN_RESIDENT = 0.99
 
@@ -203,10 +206,16 @@ ROW_LABELS = {
     "ckpt-views": "**ckpt** zero-copy verified views (b)",
     "ckpt-objax": "**ckpt** load_var_collection → objax/JAX (c)",
     "ckpt-noverify": "**ckpt** ckpt.load(verify=False)",
-    "ckpt-nohash": "**ckpt** save, sha256 patched out",
+    "ckpt-nohash": "**ckpt** save, digest patched out",
+    "ckpt-sha256": "**ckpt** save, sha256 digests (`set_digest`)",
+    "raw-1core": "raw write+fsync, 1 core",
+    "ckpt-1core": "**ckpt** save_var_collection, 1 core",
     "ckpt-jax-sync": "**ckpt** Checkpoint.save, JAX, sync",
     "ckpt-jax-async:blocked": "**ckpt** Checkpoint.save, JAX, async: blocked",
     "ckpt-jax-async": "**ckpt** Checkpoint.save, JAX, async: durable",
+    "ckpt-np-sync": "**ckpt** Checkpoint.save, writable numpy, sync (2nd save)",
+    "ckpt-np-async:blocked": "**ckpt** Checkpoint.save, writable numpy, async: blocked (2nd save)",
+    "ckpt-np-async": "**ckpt** Checkpoint.save, writable numpy, async: durable (2nd save)",
     "npz": "np.savez / np.load",
     "objax": "objax.io save/load_var_collection",
     "orbax": "orbax StandardCheckpointer",
@@ -298,11 +307,17 @@ def targets(results: dict[str, Stats], spec: _model.Spec, label: str) -> list[st
     ck, raw = results["ckpt"], results["raw"]
     ck_save, raw_save = ck.median("save"), raw.median("save")
     if ck_save and raw_save:
-        r = raw_save / ck_save
-        line("sync save >= 0.8x raw write+fsync", r >= 0.8,
+        r = ck_save / raw_save
+        line("sync save <= 1.10x the time of raw write+fsync", r <= 1.10,
              f"ckpt {ck_save:.3f} s ({mbps(ck_save)}) = {r:.2f}x raw {raw_save:.3f} s ({mbps(raw_save)})")
     else:
-        line("sync save >= 0.8x raw write+fsync", None, "missing measurements")
+        line("sync save <= 1.10x the time of raw write+fsync", None, "missing measurements")
+    pk_save, pk_warm = results["pickle"].median("save"), results["pickle"].median("warm")
+    if ck_save and pk_save:
+        line("sync save no slower than pickle", ck_save <= pk_save,
+             f"ckpt {ck_save:.3f} s, pickle {pk_save:.3f} s: {ck_save / pk_save:.2f}x pickle's time")
+    else:
+        line("sync save no slower than pickle", None, "missing measurements")
 
     peers: dict[str, float] = {}
     for k in _peers.PEERS:
@@ -329,15 +344,20 @@ def targets(results: dict[str, Stats], spec: _model.Spec, label: str) -> list[st
     else:
         line("warm restore faster than safetensors.load_file and np.load", None, "missing measurements")
 
-    ck_cold, raw_cold, v_cold = ck.median("cold"), raw.median("cold"), views.median("cold")
-    if ck_cold and raw_cold:
-        r = raw_cold / ck_cold
-        vr = f"{raw_cold / v_cold:.2f}x" if v_cold else "–"
-        line("cold restore >= 0.8x raw read", r >= 0.8,
-             f"ckpt.load (a) {ck_cold:.3f} s ({mbps(ck_cold)}) = {r:.2f}x raw readinto {raw_cold:.3f} s "
-             f"({mbps(raw_cold)}); views (b) {fmt(v_cold, 3)} s = {vr}")
+    ck_cold, fresh_cold, v_cold = ck.median("cold"), results["raw-alloc"].median("cold"), views.median("cold")
+    if ck_cold and fresh_cold:
+        r = ck_cold / fresh_cold
+        vr = f"{v_cold / fresh_cold:.2f}x" if v_cold else "–"
+        line("cold restore <= 1.10x the time of raw readinto fresh arrays", r <= 1.10,
+             f"ckpt.load (a) {ck_cold:.3f} s ({mbps(ck_cold)}) = {r:.2f}x raw readinto a fresh np.empty "
+             f"{fresh_cold:.3f} s ({mbps(fresh_cold)}); views (b) {fmt(v_cold, 3)} s = {vr}")
     else:
-        line("cold restore >= 0.8x raw read", None, "missing measurements")
+        line("cold restore <= 1.10x the time of raw readinto fresh arrays", None, "missing measurements")
+    if ck_warm and pk_warm:
+        line("warm restore no slower than pickle", ck_warm <= pk_warm,
+             f"ckpt.load (a) {ck_warm:.3f} s, pickle.load {pk_warm:.3f} s: {ck_warm / pk_warm:.2f}x pickle's time")
+    else:
+        line("warm restore no slower than pickle", None, "missing measurements")
 
     asy, sync = results["ckpt-jax-async"], results["ckpt-jax-sync"]
     blocked, durable, sync_s = asy.median("save", "blocked_s"), asy.median("save"), sync.median("save")
@@ -349,6 +369,26 @@ def targets(results: dict[str, Stats], spec: _model.Spec, label: str) -> list[st
     else:
         line("async blocked time <= 10% of the sync save (JAX model)", None, "missing measurements")
 
+    nasy, nsync = results["ckpt-np-async"], results["ckpt-np-sync"]
+    nblocked, nsync_s = nasy.median("save", "blocked_s"), nsync.median("save")
+    first = med(nasy.seconds("save", "first_blocked_s"))
+    if nblocked is not None and nsync_s:
+        r = nblocked / nsync_s
+        line("async blocked time <= 10% of the sync save from the 2nd save on (writable numpy)", r <= 0.10,
+             f"2nd save() returned after {nblocked:.4f} s = {r:.1%} of the sync 2nd Checkpoint.save {nsync_s:.3f} s "
+             f"(1st save blocked {fmt(first, 3)} s, allocating its buffers); durable after "
+             f"{fmt(nasy.median('save'), 3)} s")
+    else:
+        line("async blocked time <= 10% of the sync save from the 2nd save on (writable numpy)", None,
+             "missing measurements")
+
+    one, two, raw1 = results["ckpt-1core"].median("save"), ck_save, results["raw-1core"].median("save")
+    if one and two and raw1 and raw_save:
+        line("scaling with cores (reported)", None,
+             f"ckpt save {one:.3f} s on 1 core, {two:.3f} s on 2 ({one / two:.2f}x faster with 2); raw write+fsync "
+             f"{raw1:.3f} s on 1 core, {raw_save:.3f} s on 2; ckpt over raw: {one / raw1:.2f}x on 1 core, "
+             f"{two / raw_save:.2f}x on 2")
+
     limit = max(64 * MiB, _model.largest_bytes(spec))
     rss = {k: results[k].median("save", "rss_growth") for k in ("ckpt", "ckpt-jax-sync", "ckpt-jax-async")}
     have = {k: v for k, v in rss.items() if v is not None}
@@ -359,20 +399,111 @@ def targets(results: dict[str, Stats], spec: _model.Spec, label: str) -> list[st
     else:
         line("peak RSS growth during save <= max(64 MiB, largest array)", None, "missing measurements")
 
-    nohash = results["ckpt-nohash"].median("save")
+    nohash, sha = results["ckpt-nohash"].median("save"), results["ckpt-sha256"].median("save")
     if ck_save and nohash:
         r = ck_save / nohash
-        line("sha256 overhead on save <= 15%", r <= 1.15,
-             f"with sha256 {ck_save:.3f} s, without {nohash:.3f} s: ratio {r:.3f} ({(r - 1):+.1%})")
+        line("digest overhead on save <= 15%", r <= 1.15,
+             f"with BLAKE3 {ck_save:.3f} s, without a digest {nohash:.3f} s: ratio {r:.3f} ({(r - 1):+.1%}); "
+             f"with sha256 {fmt(sha, 3)} s" + (f" ({sha / nohash - 1:+.1%})" if sha else ""))
     else:
-        line("sha256 overhead on save <= 15%", None, "missing measurements")
+        line("digest overhead on save <= 15%", None, "missing measurements")
     return out
+
+
+#: The issue's summary table: (label, save row, cold-restore row).
+SUMMARY = [
+    ("raw `os.write`+fsync / `readinto` fresh `np.empty`", "raw", "raw-alloc"),
+    ("pickle protocol 5 (+fsync)", "pickle", "pickle"),
+    ("safetensors.numpy (+fsync)", "safetensors", "safetensors"),
+    ("np.savez", "npz", "npz"),
+    ("**ckpt** save_var_collection / ckpt.load (BLAKE3)", "ckpt", "ckpt"),
+    ("**ckpt** save_var_collection, sha256 digests", "ckpt-sha256", ""),
+    ("**ckpt** Checkpoint, writable numpy, sync", "ckpt-np-sync", ""),
+    ("**ckpt** Checkpoint, JAX, sync", "ckpt-jax-sync", ""),
+]
+
+
+def summary(results: dict[str, Stats]) -> list[str]:
+    """Times over the raw limit's (lower is better), as the issue's table puts them."""
+    raw_save, fresh_cold = results["raw"].median("save"), results["raw-alloc"].median("cold")
+    pk_warm = results["pickle"].median("warm")
+
+    def times(x: float | None, base: float | None) -> str:
+        return f"{x / base:.2f}" if x and base else "–"
+
+    lines = ["| | save s | × raw | cold restore s | × raw (fresh arrays) | warm restore s | × pickle |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for label, save_key, cold_key in SUMMARY:
+        st = results[save_key]
+        if st.skipped or not st.samples["save"]:
+            continue
+        save = st.median("save")
+        cold = results[cold_key].median("cold") if cold_key else None
+        warm = results[save_key].median("warm") if cold_key and save_key != "raw" else None
+        if save_key == "raw":
+            warm = results["raw-alloc"].median("warm")
+        lines.append(f"| {label} | {fmt(save, 3)} | {times(save, raw_save)} | {fmt(cold, 3)} | "
+                     f"{times(cold, fresh_cold)} | {fmt(warm, 3)} | {times(warm, pk_warm)} |")
+    return lines
+
+
+def run_tiny(runner: Runner, count: int, repeat: int, log: Any) -> dict[str, Stats]:
+    """Saves of ``count`` tiny arrays, each tool in a fresh process (as for the model sizes)."""
+    results = {k: Stats() for k in TINY_SAVERS}
+    spec = _model.tiny_spec(count)
+    for r in range(repeat):
+        shift = (r * len(TINY_SAVERS)) // max(1, repeat)
+        for key in TINY_SAVERS[shift:] + TINY_SAVERS[:shift]:
+            if results[key].skipped:
+                continue
+            work = tempfile.mkdtemp(dir=runner.run_dir, prefix=f"tiny-{key}-")
+            try:
+                res = runner.run(tool=key, op="save", size=0, tiny=count,
+                                 path=os.path.join(work, _peers.BY_KEY[key].name))
+                results[key].add("save", res)
+                log(f"{count}x", r, key, "save", res, _model.total_bytes(spec))
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def tiny_table(results: dict[str, Stats], count: int) -> list[str]:
+    raw, npz = results["raw"].median("save"), results["npz"].median("save")
+    npz_over = (npz - raw) / count if npz and raw else None
+    lines = ["| tool | save s | µs per array | overhead µs per array (over raw) | × np.savez's overhead | file MiB |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for key in TINY_SAVERS:
+        st = results[key]
+        name = ROW_LABELS.get(key, key).split(" / ")[0]
+        if st.skipped:
+            lines.append(f"| {name} | skipped: {st.skipped} | | | | |")
+            continue
+        t = st.median("save")
+        if t is None:
+            lines.append(f"| {name} | {'; '.join(st.errors)[:200] or 'not run'} | | | | |")
+            continue
+        over = (t - raw) / count if raw is not None else None
+        size = st.median("save", "file_bytes")
+        lines.append(f"| {name} | {fmt(t, 3)} | {t / count * 1e6:.1f} | "
+                     f"{'–' if over is None else f'{over * 1e6:.1f}'} | "
+                     f"{f'{over / npz_over:.2f}x' if over is not None and npz_over else '–'} | "
+                     f"{fmt(size / MiB if size else None, 2)} |")
+    ck = results["ckpt"].median("save")
+    if ck and npz and raw and npz_over:
+        r = ((ck - raw) / count) / npz_over
+        verdict = "PASS" if r <= 2 else "FAIL"
+        lines += ["", f"- **{verdict}** [{count} arrays] per-array overhead <= 2x np.savez's: ckpt "
+                  f"{(ck - raw) / count * 1e6:.1f} µs, np.savez {npz_over * 1e6:.1f} µs per array ({r:.2f}x)"]
+    samples = [f"- {k}: " + ", ".join(f"{x:.3f}" for x in results[k].seconds("save")) for k in TINY_SAVERS
+               if results[k].seconds("save")]
+    return lines + ["", "<details><summary>all samples (seconds)</summary>", "", *samples, "", "</details>"]
 
 
 def samples_block(results: dict[str, Stats]) -> list[str]:
     lines = []
-    for key in ["raw", "raw-alloc", "ckpt", "ckpt-views", "ckpt-objax", "ckpt-noverify", "ckpt-nohash", "ckpt-jax-sync",
-                "ckpt-jax-async", *_peers.PEERS]:
+    for key in ["raw", "raw-alloc", "raw-1core", "ckpt", "ckpt-views", "ckpt-objax", "ckpt-noverify", "ckpt-nohash",
+                "ckpt-sha256", "ckpt-1core", "ckpt-jax-sync", "ckpt-jax-async", "ckpt-np-sync", "ckpt-np-async",
+                *_peers.PEERS]:
         st = results[key]
         if st.skipped:
             continue
@@ -384,13 +515,17 @@ def samples_block(results: dict[str, Stats]) -> list[str]:
         blocked = st.seconds("save", "blocked_s")
         if blocked:
             parts.append("blocked " + ", ".join(f"{x:.4f}" for x in blocked))
+        first = st.seconds("save", "first_blocked_s")
+        if first:
+            parts.append("first save blocked " + ", ".join(f"{x:.4f}" for x in first))
         if parts:
             lines.append(f"- {key}: " + "; ".join(parts))
     return lines
 
 
 def report(machine: dict[str, str], all_results: dict[int, dict[str, Stats]], args: argparse.Namespace,
-           wall: float, load_start: str, load_end: str, rss_method: str) -> str:
+           wall: float, load_start: str, load_end: str, rss_method: str,
+           tiny: tuple[int, dict[str, Stats]] | None = None) -> str:
     out = [f"# ckpt benchmark — {machine['date'][:10]} on {machine['host']}", ""]
     out += [f"- **{k}**: {v}" for k, v in machine.items() if k not in ("date", "host")]
     out += [(f"- **run**: `{' '.join(args.argv)}`; sizes {', '.join(_model.size_label(s) for s in all_results)}, "
@@ -402,12 +537,23 @@ def report(machine: dict[str, str], all_results: dict[int, dict[str, Stats]], ar
         spec = _model.spec(size)
         mb = _model.total_bytes(spec)
         out += [f"## {_model.size_label(size)} model ({mb / MiB:.1f} MiB of array data; {_model.describe(spec)})", ""]
+        out += ["Issue 20's view (times over the raw limit's, lower is better; cold = page cache dropped, the raw "
+                "cold restore reads into a freshly allocated `np.empty` as every real restore must):", ""]
+        out += summary(results)
+        out += ["", "Every row:", ""]
         out += table(results, mb)
         out += ["", cache_line(results), "", "Targets:", ""]
         out += targets(results, spec, _model.size_label(size))
         out += ["", "<details><summary>all samples (seconds)</summary>", ""]
         out += samples_block(results)
         out += ["", "</details>", ""]
+    if tiny is not None:
+        count, tiny_results = tiny
+        spec = _model.tiny_spec(count)
+        out += [f"## {count} tiny arrays ({_model.total_bytes(spec) / MiB:.2f} MiB: 16 to 64 float32 or bfloat16 "
+                "values each; durable saves)", ""]
+        out += tiny_table(tiny_results, count)
+        out += [""]
     out += ["## Notes", "",
             ("- MiB = 2^20 bytes. Throughput is the model's array bytes divided by the time, for every tool (file "
             "sizes differ: headers, zip directories, manifests, orbax's compression). ×raw is the tool's throughput "
@@ -435,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tmpdir", default=os.path.join(ROOT, ".bench-tmp"),
                    help="where checkpoints are written (deleted afterwards; default <repo>/.bench-tmp)")
     p.add_argument("--tools", default="", help="only these savers (comma-separated keys; raw is always run)")
+    p.add_argument("--tiny", type=int, default=10000,
+                   help="also time saves of this many tiny arrays (default 10000; 0 to skip)")
     p.add_argument("--timeout", type=float, default=600, help="seconds allowed for one measurement process")
     p.add_argument("--no-refill", action="store_true",
                    help="on a VM with free page reporting, do not refill memory before each timed operation")
@@ -452,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             p.error(f"unknown tools {sorted(unknown)}; choose from {SAVERS}")
         SAVERS[:] = [k for k in SAVERS if k in wanted]
+        TINY_SAVERS[:] = [k for k in TINY_SAVERS if k in wanted or k in ("raw", "npz")]
 
     os.makedirs(args.tmpdir, exist_ok=True)
     run_dir = tempfile.mkdtemp(dir=args.tmpdir, prefix="run-")
@@ -474,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         for size in sizes:
             all_results[size] = {t.key: Stats() for t in _peers.TOOLS}
             run_size(runner, size, args.repeat, all_results[size], log)
+        tiny = (args.tiny, run_tiny(runner, args.tiny, args.repeat, log)) if args.tiny > 0 else None
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
         try:
@@ -482,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
     wall = time.perf_counter() - t_start
     rss_method = _rss_method(all_results)
-    text = report(machine, all_results, args, wall, load_start, _measure.loadavg(), rss_method)
+    text = report(machine, all_results, args, wall, load_start, _measure.loadavg(), rss_method, tiny)
     os.makedirs(args.out, exist_ok=True)
     host = re.sub(r"[^A-Za-z0-9_.-]+", "-", machine["host"]) or "host"
     name = f"{datetime.date.today().isoformat()}-{host}.md"

@@ -40,6 +40,7 @@ import logging as _logging
 _logging.getLogger("ckpt").addHandler(_logging.NullHandler())
 
 from . import errors
+from ._digest import set_default as set_digest
 from ._inspect import inspect
 from ._packfile import DEFAULT_SLOT
 from .averaging import average, ema
@@ -71,6 +72,7 @@ __all__ = [
     "SlotInfo",
     "ManifestInfo",
     "DEFAULT_SLOT",
+    "set_digest",
     "save_var_collection",
     "load_var_collection",
     "dump",

@@ -849,7 +849,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(p)
 
     p = add("info", cmd_info, "describe what one checkpoint file holds",
-            "Describe FILE: its slots (serializer, size, sha256), the arrays of each arrays slot (name,\n"
+            "Describe FILE: its slots (serializer, size, digest), the arrays of each arrays slot (name,\n"
             "shape, dtype, bytes; stored size and encoding where a slot is compressed), the package versions that wrote each slot against those installed\n"
             "here (mismatches marked), the metadata, the recipe the model was built from (if saved with\n"
             "recipe=), and for pickle slots the globals they would import.\n"
@@ -865,7 +865,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(p)
 
     p = add("verify", cmd_verify, "check every hash and structure of a file or a log directory",
-            "Check every member of FILE (or of every checkpoint in LOGDIR) against its sha256 (zip CRCs\n"
+            "Check every member of FILE (or of every checkpoint in LOGDIR) against its digest (zip CRCs\n"
             "for files without a manifest), and that every array header, JSON slot and pickle opcode\n"
             "stream is well formed. Prints one line per file; a damaged file's line names the problem\n"
             "(an npz with object arrays is REFUSED: numpy pickled them). Exit status 0 only if every\n"
@@ -896,7 +896,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("average", cmd_average, "average (or EMA) the weights of several checkpoints into a new file",
             "Average the arrays of several checkpoints (the last K of LOGDIR, the given steps, or the\n"
             "listed files) or take their exponential moving average with --ema, and write the result\n"
-            "to OUT as a checkpoint file whose manifest records the files, steps, sha256 and weights\n"
+            "to OUT as a checkpoint file whose manifest records the files, steps, digests and weights\n"
             "it came from. Floating-point arrays are accumulated in float64 and cast back; integer and\n"
             "boolean arrays (step counters, masks) are taken from the newest checkpoint. Without --last\n"
             "or --indices, every checkpoint of LOGDIR is averaged.",

@@ -237,6 +237,11 @@ def array_summary(arrays: list[dict[str, Any]]) -> str:
     return f"{_plural(len(arrays), 'array')}, {human_size(total)} ({total} bytes)" + (f": {kinds}" if kinds else "")
 
 
+def _digest_cell(slot: dict[str, Any]) -> str:
+    digest = slot.get("digest", slot.get("sha256"))
+    return f"{slot.get('algorithm') or 'sha256'} {digest}" if digest else "-"
+
+
 def render_info(doc: dict[str, Any], limit: Optional[int]) -> str:
     out: list[str] = []
     kind = (f"ckpt pack, format version {doc['format_version']}" if doc["has_manifest"] else
@@ -245,8 +250,8 @@ def render_info(doc: dict[str, Any], limit: Optional[int]) -> str:
     if doc["has_manifest"]:
         out += [f"created:  {format_time(doc['created_at'])}", f"updated:  {format_time(doc['updated_at'])}"]
     slots = doc["slots"]
-    out += ["", "slots:", table(["slot", "serializer", "size", "sha256"],
-                                [[n, s["serializer"], human_size(s["size"]), s.get("sha256") or "-"]
+    out += ["", "slots:", table(["slot", "serializer", "size", "digest"],
+                                [[n, s["serializer"], human_size(s["size"]), _digest_cell(s)]
                                  for n, s in slots.items()], right=[2], indent="  ")]
     for name, slot in slots.items():
         arrays = slot.get("arrays")

@@ -16,7 +16,9 @@ def _slot_report(reader: PackReader, name: str) -> dict[str, Any]:
     out: dict[str, Any] = {
         "serializer": info.serializer,
         "size": info.size,
-        "sha256": info.sha256,
+        "sha256": info.sha256,  # None for a BLAKE3 slot: "digest" and "algorithm" say what it has
+        "digest": info.digest,
+        "algorithm": info.algorithm if info.digest is not None else None,
         "members": list(info.members),
         "created_at": info.created_at,
         "dependencies": info.dependencies,
@@ -36,9 +38,9 @@ def _slot_report(reader: PackReader, name: str) -> dict[str, Any]:
 
 def inspect(file: PathOrFile) -> dict[str, Any]:
     """A description of a pack: format version, times, metadata, and per slot its serializer,
-    size, sha256, dependencies, arrays, and for pickle slots the globals it would import.
+    size, digest (blake3 or sha256), dependencies, arrays, and for pickle slots the globals it would import.
 
-    Pickle slots are read by their opcodes only (after their sha256 is checked); nothing in
+    Pickle slots are read by their opcodes only (after their digest is checked); nothing in
     the file is imported or executed.
     """
     with open_reader(file) as reader:

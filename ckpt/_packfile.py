@@ -9,7 +9,6 @@ content once, and writes the manifest last.
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
 import sys
@@ -19,7 +18,7 @@ from typing import Any, BinaryIO, Iterable, Mapping, Optional
 
 import numpy as np
 
-from . import _crc, _json, _limits, _npy, _zip, deps as _deps, manifest as _manifest, serializers as _ser
+from . import _crc, _digest, _json, _limits, _npy, _zip, deps as _deps, manifest as _manifest, serializers as _ser
 from ._pickle_scan import scan, scan_globals
 from .errors import ChecksumError, FormatError, NotAPackError, SlotKindError, SlotNotFoundError
 from .manifest import MANIFEST_MEMBER, SlotInfo
@@ -56,7 +55,8 @@ def sniff(head: bytes) -> Optional[str]:
 @dataclass
 class _Member:
     zip: _zip.Member
-    sha256: Optional[str]
+    digest: Optional[str]  # None in files without a manifest: their zip CRCs are checked instead
+    algorithm: str = "sha256"
 
 
 class PackReader:
@@ -101,7 +101,8 @@ class PackReader:
         self.metadata: dict[str, Any] = doc["metadata"]
         self.format_version: int = doc["version"]
         for name, m in doc["members"].items():
-            self.members[name] = _Member(self.zip.members[name], m["sha256"])
+            algorithm, digest = _digest.of(m)  # type: ignore[misc]  # decode checked there is exactly one
+            self.members[name] = _Member(self.zip.members[name], digest, algorithm)
 
     def _synthesize(self) -> None:
         """Present a manifest-less .npz (numpy's or objax's) as one ``main`` arrays slot."""
@@ -153,7 +154,7 @@ class PackReader:
 
     def read_member(self, name: str, *, verify: bool = True, slot: Optional[str] = None,
                     copy: bool = True) -> Any:
-        """A member's bytes, checked against its sha256 (or CRC without one).
+        """A member's bytes, checked against its digest (or CRC without one).
 
         With ``copy=False`` and a memory-mapped file, the result is a read-only
         view of the mapping (no copy); otherwise a writable ``bytearray``.
@@ -180,22 +181,22 @@ class PackReader:
         if keep and not stored:
             buf = _reserve(m.zip.size)
         pos = 0
-        sha = hashlib.sha256() if (verify and m.sha256) else None
-        for chunk in self.zip.chunks(m.zip, check_crc=verify and m.sha256 is None):
+        sha = _digest.new(m.algorithm, self.label) if (verify and m.digest) else None
+        for chunk in self.zip.chunks(m.zip, check_crc=verify and m.digest is None):
             if keep:
                 buf[pos:pos + len(chunk)] = chunk if stored else np.frombuffer(chunk, dtype=np.uint8)
             pos += len(chunk)
             if sha is not None:
                 sha.update(chunk)
-        if sha is not None and sha.hexdigest() != m.sha256:
+        if sha is not None and sha.hexdigest() != m.digest:
             raise self._corrupt(name, m, slot, sha.hexdigest())
         return buf
 
     def _corrupt(self, name: str, m: _Member, slot: Optional[str], found: str) -> ChecksumError:
         return ChecksumError(
-            f"{self.label}: slot {slot!r} member {name!r} is corrupt: sha256 {found} does not match the "
-            f"recorded {m.sha256}",
-            file=self.label, slot=slot, member=name, expected=m.sha256, found=found,
+            f"{self.label}: slot {slot!r} member {name!r} is corrupt: {m.algorithm} {found} does not match the "
+            f"recorded {m.digest}",
+            file=self.label, slot=slot, member=name, expected=m.digest, found=found,
         )
 
     def read_members(self, names: list[str], *, verify: bool = True, slot: Optional[str] = None) -> dict[str, Any]:
@@ -239,7 +240,7 @@ class PackReader:
         return memoryview(self.mm)[m.zip.data_offset:m.zip.data_offset + m.zip.size]
 
     def verify_members(self, names: Iterable[str], *, slot: Optional[str] = None) -> None:
-        """Check many members' hashes at once, on every core (hashlib releases the GIL).
+        """Check many members' hashes at once, on every core (the hashers release the GIL).
 
         Later zero-copy reads of these members skip the check. Without a mapping,
         members are checked one by one as they are read.
@@ -261,15 +262,15 @@ class PackReader:
                 self._verified.add(n)
 
     def _check(self, view: memoryview, m: _Member, name: str, slot: Optional[str]) -> None:
-        if m.sha256 is None:
+        if m.digest is None:
             found_crc = _crc32(view)
             if found_crc != m.zip.crc:
                 raise ChecksumError(
                     f"{self.label}: member {name!r} fails its CRC check (recorded {m.zip.crc:08x}, computed "
                     f"{found_crc:08x})", file=self.label, slot=slot, member=name)
             return
-        found = _sha256(view)
-        if found != m.sha256:
+        found = _digest.hexdigest(m.algorithm, view, self.label)
+        if found != m.digest:
             raise self._corrupt(name, m, slot, found)
 
     def member_chunks(self, name: str) -> Iterable[bytes]:
@@ -397,13 +398,6 @@ def _map(f: BinaryIO) -> Optional[mmap.mmap]:
 _HASH_SLICE = 64 * 1024 * 1024
 
 
-def _sha256(view: memoryview) -> str:
-    h = hashlib.sha256()
-    for start in range(0, len(view), _HASH_SLICE):  # slices: hashlib releases the GIL on large updates
-        h.update(view[start:start + _HASH_SLICE])
-    return h.hexdigest()
-
-
 def _crc32(view: memoryview) -> int:
     crc = 0
     for start in range(0, len(view), _HASH_SLICE):
@@ -433,20 +427,29 @@ def write_pack(
     keep: Iterable[str] = (),
     metadata: Optional[Mapping[str, Any]] = None,
     created_at: Optional[str] = None,
+    digest: Optional[str] = None,
 ) -> dict[str, SlotInfo]:
-    """Write a complete pack to ``f``: slots ``keep`` copied from ``source``, then ``new`` ones."""
+    """Write a complete pack to ``f``: slots ``keep`` copied from ``source``, then ``new`` ones.
+
+    New members are hashed with ``digest`` (default: :func:`ckpt._digest.default`); copied ones keep
+    the algorithm their file recorded, so their digests stay the same (and check the copy).
+    """
+    algorithm = digest or _digest.default()
     writer = _zip.ZipWriter(f)
     now = _manifest.utc_now()
     out_members: dict[str, dict[str, Any]] = {}
-    by_hash: dict[tuple[str, int], str] = {}
+    by_hash: dict[tuple[str, str, int], str] = {}
     by_identity: dict[int, str] = {}
     reserved = {member_prefix(s) + m.suffix for s, enc in new.items() for m in enc.members}
     reserved.add(MANIFEST_MEMBER)
     slots: dict[str, SlotInfo] = {}
 
-    def record(name: str, size: int, sha: str) -> None:
-        out_members[name] = {"size": size, "sha256": sha}
-        by_hash.setdefault((sha, size), name)
+    def record(written: _zip.Written) -> None:
+        out_members[written.member.name] = {"size": written.member.size, written.algorithm: written.digest}
+        by_hash.setdefault((written.algorithm, written.digest, written.member.size), written.member.name)
+
+    def digests(names: list[str]) -> list[str]:
+        return [_digest.of(out_members[n])[1] for n in names]  # type: ignore[index]
 
     if source is not None:
         copied: dict[str, str] = {}
@@ -457,21 +460,22 @@ def write_pack(
                 if member not in copied:
                     m = source.members[member]
                     out = _unique(member, reserved | set(out_members))
-                    written = writer.add(out, m.zip.size, source.member_chunks(member))
-                    if m.sha256 is not None and written.sha256 != m.sha256:
+                    written = writer.add(out, m.zip.size, source.member_chunks(member),
+                                         algorithm=m.algorithm if m.digest is not None else algorithm)
+                    if m.digest is not None and written.digest != m.digest:
                         raise ChecksumError(
-                            f"{source.label}: slot {slot_name!r} member {member!r} is corrupt (sha256 mismatch); "
-                            "refusing to copy it into a new pack",
-                            file=source.label, slot=slot_name, member=member, expected=m.sha256,
-                            found=written.sha256,
+                            f"{source.label}: slot {slot_name!r} member {member!r} is corrupt ({m.algorithm} "
+                            "mismatch); refusing to copy it into a new pack",
+                            file=source.label, slot=slot_name, member=member, expected=m.digest,
+                            found=written.digest,
                         )
-                    record(out, m.zip.size, written.sha256)
+                    record(written)
                     copied[member] = out
                 names.append(copied[member])
-            hashes = [out_members[n]["sha256"] for n in names]
+            kept = info.algorithm if info.digest is not None else algorithm
             slots[slot_name] = SlotInfo(info.serializer, names, sum(out_members[n]["size"] for n in names),
-                                        _manifest.slot_digest(hashes), info.created_at or now,
-                                        dict(info.dependencies), dict(info.info))
+                                        _manifest.slot_digest(digests(names), kept), info.created_at or now,
+                                        dict(info.dependencies), dict(info.info), kept)
 
     for slot_name, enc in new.items():
         prefix = member_prefix(slot_name)
@@ -484,24 +488,24 @@ def write_pack(
                 names.append(by_identity[src.identity])
                 continue
             name = prefix + src.suffix
-            written = writer.add(name, src.size, src.chunks(), exact=src.exact)
-            key = (written.sha256, written.member.size)
+            written = writer.add(name, src.size, src.chunks(), exact=src.exact, algorithm=algorithm)
+            key = (written.algorithm, written.digest, written.member.size)
             if dedup and key in by_hash and writer.can_rollback:
                 writer.rollback(written.member)
                 name = by_hash[key]
             else:
-                record(name, written.member.size, written.sha256)
+                record(written)
             if src.identity is not None:
                 by_identity[src.identity] = name
             names.append(name)
-        hashes = [out_members[n]["sha256"] for n in names]
         deps = _deps.describe(enc.needed, enc.strictness, enc.informational)  # type: ignore[arg-type]
         slots[slot_name] = SlotInfo(enc.serializer, names, sum(out_members[n]["size"] for n in names),
-                                    _manifest.slot_digest(hashes), now, deps, enc.info)
+                                    _manifest.slot_digest(digests(names), algorithm), now, deps, enc.info,
+                                    algorithm)
 
     manifest = _manifest.encode(
         created_at=created_at or now, updated_at=now, metadata=metadata or {}, members=out_members, slots=slots,
     )
-    writer.add(MANIFEST_MEMBER, len(manifest), [manifest])
+    writer.add(MANIFEST_MEMBER, len(manifest), [manifest], algorithm=algorithm)
     writer.finish()
     return slots

@@ -27,8 +27,8 @@ __all__ = ["Match", "MISSING", "Expression"]
 
 _MAX_EXPR = 10_000
 _MAX_DEPTH = 100
-_FIELDS = ("idx", "run", "path", "created_at", "sha256", "size", "aliases", "cls", "name", "hash", "id", "parent",
-           "mro", "metadata")
+_FIELDS = ("idx", "run", "path", "created_at", "digest", "algorithm", "sha256", "size", "aliases", "cls", "name",
+           "hash", "id", "parent", "mro", "metadata")
 _RECIPE_ATTRS = ("cls", "name", "module", "mro", "args", "kwargs", "hash", "id", "parent")
 
 

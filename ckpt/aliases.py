@@ -45,7 +45,7 @@ def _path(directory: str) -> str:
 
 
 def read_records(directory: str) -> dict[str, dict[str, Any]]:
-    """Alias name -> its record (``idx``, ``sha256``, ``set_at``); ``{}`` without a table; FormatError if malformed."""
+    """Alias name -> its record (``idx``, ``digest``, ``set_at``); ``{}`` without a table; FormatError if malformed."""
     path = _path(directory)
     try:
         with open(path, "rb") as f:
@@ -120,8 +120,8 @@ def set_alias(ck: "Checkpoint", name: str, idx: Optional[int]) -> None:
                                               f"{ck.directory} (have: {have[-10:] if have else 'none'})", file=path)
             with open_reader(path) as reader:
                 main = reader.slots.get("main")
-                sha = main.sha256 if main is not None else None
-            records[name] = {"idx": int(idx), "sha256": sha, "set_at": utc_now()}
+                digest = None if main is None else {"algorithm": main.algorithm, "value": main.digest}
+            records[name] = {"idx": int(idx), "digest": digest, "set_at": utc_now()}
         _write(ck.directory, records)
     log.info("alias %r -> %s in %s", name, idx, ck.directory)
 

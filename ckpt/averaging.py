@@ -13,7 +13,7 @@ newest checkpoint.
 With ``out=path`` the result is also written as a checkpoint file (numpy and
 objax open it) whose manifest records what it was averaged from::
 
-    metadata["ckpt"] = {"averaged_from": [{"file", "idx", "sha256", "weight"}, ...],
+    metadata["ckpt"] = {"averaged_from": [{"file", "idx", "blake3" or "sha256", "weight"}, ...],
                         "method": "mean" | "ema", "decay": None | float, "slot": "main"}
 """
 
@@ -49,7 +49,8 @@ class _Source:
     path: str
     idx: Optional[int]
     weight: float = 1.0
-    sha256: Optional[str] = None
+    digest: Optional[str] = None
+    algorithm: str = "sha256"
 
 
 def average(logdir_or_paths: Sources, *, last: Optional[int] = None, indices: Optional[Sequence[int]] = None,
@@ -66,7 +67,7 @@ def average(logdir_or_paths: Sources, *, last: Optional[int] = None, indices: Op
     right in index order in float64 (as ``numpy.average`` does for a few
     checkpoints), then cast to the stored dtype. Integer and boolean arrays come
     from the newest checkpoint. ``out`` also writes the result as a checkpoint
-    that records the files averaged, their ``slot`` sha256 and normalised weights.
+    that records the files averaged, their ``slot`` digest (blake3 or sha256) and normalised weights.
 
     Raises :class:`~ckpt.errors.MismatchError` (naming the variable and both files)
     when the checkpoints do not hold the same names, shapes and dtypes, and
@@ -214,7 +215,7 @@ def _combine(sources: list[_Source], *, slot: str, verify: bool, deps: str, meth
             info = reader.slot(slot)
             _deps.report(reader.dependency_mismatches([slot]), mode, reader.label)
             view = reader.arrays(slot, verify=verify)
-            s.sha256 = info.sha256
+            s.digest, s.algorithm = info.digest, info.algorithm
             if s.idx is None:
                 s.idx = _recorded_idx(reader)
             found = {n: view.shape_dtype(n) for n in view.names}
@@ -308,7 +309,8 @@ def _recorded_idx(reader: PackReader) -> Optional[int]:
 def _write(out: PathLike, result: dict[str, np.ndarray], sources: list[_Source], *, slot: str, method: str,
            decay: Optional[float]) -> None:
     record = {
-        "averaged_from": [{"file": s.path, "idx": s.idx, "sha256": s.sha256, "weight": s.weight} for s in sources],
+        "averaged_from": [{"file": s.path, "idx": s.idx, s.algorithm: s.digest, "weight": s.weight}
+                          for s in sources],
         "method": method,
         "decay": decay,
         "slot": slot,

@@ -21,7 +21,7 @@ import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, TypeVar
 
-from . import _codec, _io, collections as _coll, deps as _deps, retention as _ret, serializers as _ser
+from . import _codec, _io, _snapshot, collections as _coll, deps as _deps, retention as _ret, serializers as _ser
 from . import aliases as _aliases, recipes as _recipes
 from ._packfile import DEFAULT_SLOT
 from .errors import (
@@ -121,6 +121,8 @@ class Checkpoint:
         self._pending: Optional[Future[None]] = None
         self._pending_idx: Optional[int] = None
         self._last_read: Optional[int] = None  # what load_extras() reads by default; reset by save()
+        # Background saves copy writable numpy arrays into these, reused from one save to the next.
+        self._snapshot_buffers = _snapshot.SnapshotBuffers()
         self._pattern = _format_regex(self.FILE_FORMAT)
         if makedir:
             try:
@@ -211,9 +213,12 @@ class Checkpoint:
 
         With ``async_save=True`` on the manager (or ``block=False`` here) it returns
         once a consistent snapshot is taken (JAX arrays are immutable and kept by
-        reference; writable numpy arrays are copied) and writes in a background
+        reference; numpy arrays, read-only views too, are copied) and writes in a background
         thread; :meth:`wait` blocks until it is durable, and a background error is
-        raised by the next ``save``, ``wait`` or ``close``.
+        raised by the next ``save``, ``wait`` or ``close``. The copies go into
+        buffers the manager keeps from one background save to the next (one copy of
+        the model's numpy arrays, freed by :meth:`close`), so from the
+        second save on the copy runs at memory speed instead of faulting in fresh pages.
 
         ``extras`` are more slots in the same file (optimizer state, RNG keys,
         metrics, config, ...), each stored by type as arrays, JSON, raw or pickle.
@@ -257,16 +262,23 @@ class Checkpoint:
             raise FileNotFoundError(f"checkpoint directory {self.directory} does not exist (makedir=False)")
         background = self.async_save if block is None else not block
         self._finish_pending(raise_error=True)  # one snapshot in flight at most; surfaces earlier errors
-        encoded = encode_slots(slots, serializers, snapshot=background,
-                               compression=self.compression if compression == "default" else compression)
+        snap = self._snapshot_buffers.snapshot() if background else None
+        try:
+            encoded = encode_slots(slots, serializers, snapshot=background,
+                                   compression=self.compression if compression == "default" else compression,
+                                   buffers=snap)
+        except BaseException:
+            if snap is not None:
+                snap.done()
+            raise
         path = self.path(idx)
-        if not background:
+        if snap is None:
             self._commit(idx, path, encoded, metadata)
             return path
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-save")
             _live_managers.add(self)
-        self._pending = self._executor.submit(self._commit, idx, path, encoded, metadata)
+        self._pending = self._executor.submit(self._commit_snapshot, snap, idx, path, encoded, metadata)
         self._pending_idx = idx
         return path
 
@@ -285,6 +297,14 @@ class Checkpoint:
             self._log("saved checkpoint %s", path)
             self._rotate(idx)
 
+    def _commit_snapshot(self, snap: _snapshot.Snapshot, idx: int, path: str, encoded: Mapping[str, Any],
+                         metadata: Optional[Mapping[str, Any]]) -> None:
+        """A background commit; its snapshot's buffers become reusable once it is over."""
+        try:
+            self._commit(idx, path, encoded, metadata)
+        finally:
+            snap.done()
+
     def _finish_pending(self, *, raise_error: bool) -> None:
         pending, self._pending = self._pending, None
         if pending is None:
@@ -301,7 +321,7 @@ class Checkpoint:
         self._finish_pending(raise_error=True)
 
     def close(self) -> None:
-        """Wait for background saves (raising their error), then stop the save thread."""
+        """Wait for background saves (raising their error), then stop the save thread and free its buffers."""
         try:
             self.wait()
         finally:
@@ -309,6 +329,7 @@ class Checkpoint:
                 self._executor.shutdown(wait=True)
                 self._executor = None
                 _live_managers.discard(self)
+            self._snapshot_buffers.release()
 
     def __enter__(self) -> "Checkpoint":
         return self

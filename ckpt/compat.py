@@ -1,7 +1,7 @@
 """``ckpt.dump``/``load``/``dumps``/``loads``: drop-ins for pickle's on a pack's default slot.
 
 Unlike pickle, arrays and JSON-able values are stored without pickling, every
-load is checked against its sha256, and a value that does need pickle is only
+load is checked against its digest, and a value that does need pickle is only
 unpickled when the caller trusts the file. The result is a normal pack.
 """
 

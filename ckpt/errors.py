@@ -54,7 +54,7 @@ class NotAPackError(FormatError):
 
 
 class ChecksumError(FormatError):
-    """Data read back does not match the sha256 (or CRC) recorded when it was written."""
+    """Data read back does not match the digest (blake3 or sha256, or CRC) recorded when it was written."""
 
     def __init__(
         self,

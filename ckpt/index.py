@@ -33,7 +33,7 @@ __all__ = ["Entry", "find", "index", "INDEX_NAME"]
 
 INDEX_NAME = ".ckpt-index.json"
 FORMAT_NAME = "ckpt.index"
-VERSION = 1
+VERSION = 2  # 2: entries record the main slot's "digest" and "algorithm" (1 had "sha256")
 MAX_INDEX_BYTES = 1 << 30
 _STEP = re.compile(r"^(\d+)\.npz$")
 _FIELD_ORDER = ("idx", "created_at", "size", "path", "run")
@@ -49,10 +49,16 @@ class Entry:
     recipe: Optional[Recipe]
     metrics: dict[str, Any] = field(default_factory=dict)
     created_at: Optional[str] = None
-    sha256: Optional[str] = None
+    digest: Optional[str] = None  #: the main slot's digest (see ``algorithm``): the checkpoint's identity
     size: int = 0
     aliases: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
+    algorithm: str = "sha256"  #: what ``digest`` is: ``"blake3"`` or ``"sha256"``
+
+    @property
+    def sha256(self) -> Optional[str]:
+        """The main slot's digest when it is a sha256 (as :attr:`ckpt.manifest.SlotInfo.sha256`)."""
+        return self.digest if self.algorithm == "sha256" else None
 
     @property
     def id(self) -> Optional[str]:
@@ -74,7 +80,7 @@ class Entry:
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "run": self.run, "idx": self.idx, "created_at": self.created_at,
-                "sha256": self.sha256, "size": self.size, "aliases": list(self.aliases), "metrics": self.metrics,
+                "digest": self.digest, "algorithm": self.algorithm, "size": self.size, "aliases": list(self.aliases), "metrics": self.metrics,
                 "recipe": None if self.recipe is None else self.recipe.to_dict(), "metadata": self.metadata}
 
 
@@ -98,7 +104,8 @@ def _record_of(path: str) -> dict[str, Any]:
             recipe = Recipe.from_dict(own["recipe"], f"{path}: recipe").to_dict()
         except FormatError as e:
             log.warning("%s; the checkpoint is listed without a recipe", e)
-    return {"created_at": created_at, "sha256": main.sha256 if main is not None else None, "metrics": metrics,
+    return {"created_at": created_at, "digest": main.digest if main is not None else None,
+            "algorithm": main.algorithm if main is not None else None, "metrics": metrics,
             "recipe": recipe, "metadata": {k: v for k, v in meta.items() if k != "ckpt"}}
 
 
@@ -109,10 +116,11 @@ def _entry(path: str, run: str, idx: Optional[int], size: int, record: dict[str,
     metrics = record.get("metrics")
     metadata = record.get("metadata")
     created = record.get("created_at")
-    sha = record.get("sha256")
+    digest, algorithm = record.get("digest"), record.get("algorithm")
     return Entry(path, run, idx, recipe, dict(metrics) if isinstance(metrics, dict) else {},
-                 created if isinstance(created, str) else None, sha if isinstance(sha, str) else None, size,
-                 aliases, dict(metadata) if isinstance(metadata, dict) else {})
+                 created if isinstance(created, str) else None, digest if isinstance(digest, str) else None, size,
+                 aliases, dict(metadata) if isinstance(metadata, dict) else {},
+                 algorithm if algorithm in ("blake3", "sha256") else "sha256")
 
 
 # -- walking --------------------------------------------------------------------

@@ -1,13 +1,13 @@
 """The manifest: the JSON member that makes a zip a pack, and its validation.
 
-Schema (format version 1, see docs/FORMAT.md)::
+Schema (format version 2, see docs/FORMAT.md; version 1 is the same with sha256 digests only)::
 
-    {"format": "ckpt.pack", "version": 1,
+    {"format": "ckpt.pack", "version": 2,
      "created_at": "2026-11-21T22:00:00.000000Z", "updated_at": "...",
      "metadata": {...},
-     "members": {"0.npy": {"size": 128, "sha256": "<64 hex>"}, ...},
+     "members": {"0.npy": {"size": 128, "blake3": "<64 hex>"}, ...},
      "slots": {"main": {"serializer": "arrays", "members": ["names.npy", "0.npy"],
-                        "size": 256, "sha256": "<64 hex>", "created_at": "...",
+                        "size": 256, "blake3": "<64 hex>", "created_at": "...",
                         "dependencies": {"numpy": {"version": "2.1.0", "requires": ">=2,<3"}},
                         "info": {...serializer specific...}}}}
 """
@@ -15,14 +15,13 @@ Schema (format version 1, see docs/FORMAT.md)::
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from . import _json, _limits
+from . import _digest, _json, _limits
 from .errors import FormatError
 
 MANIFEST_MEMBER = "__ckpt__/manifest.json"
@@ -45,12 +44,13 @@ def parse_time(text: str) -> _dt.datetime:
     return _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=_dt.timezone.utc)
 
 
-def slot_digest(member_hashes: list[str]) -> str:
-    """A slot's sha256: the sha256 of its members' raw sha256 digests, concatenated in order."""
-    h = hashlib.sha256()
-    for hx in member_hashes:
-        h.update(bytes.fromhex(hx))
-    return h.hexdigest()
+def slot_digest(member_hashes: list[str], algorithm: str = "sha256", file: Optional[str] = None) -> str:
+    """A slot's digest: ``algorithm`` over its members' raw digests, concatenated in order."""
+    return _digest.slot_digest(member_hashes, algorithm, file)
+
+
+#: The oldest format version that can record a digest algorithm (version 1 knows sha256 only).
+_VERSION_FOR = {"sha256": 1, "blake3": 2}
 
 
 @dataclass
@@ -60,10 +60,16 @@ class SlotInfo:
     serializer: str
     members: list[str]
     size: int
-    sha256: Optional[str]
+    digest: Optional[str]
     created_at: Optional[str]
     dependencies: dict[str, dict[str, str]]
     info: dict[str, Any] = field(default_factory=dict)
+    algorithm: str = "sha256"  #: what :attr:`digest` is: ``"sha256"`` or ``"blake3"``
+
+    @property
+    def sha256(self) -> Optional[str]:
+        """The slot's digest when it is a sha256 (files written before BLAKE3, or with sha256 chosen)."""
+        return self.digest if self.algorithm == "sha256" else None
 
     @property
     def serialized_sha256_hash(self) -> Optional[str]:
@@ -75,7 +81,7 @@ class SlotInfo:
             "serializer": self.serializer,
             "members": list(self.members),
             "size": self.size,
-            "sha256": self.sha256,
+            self.algorithm: self.digest,
             "created_at": self.created_at,
             "dependencies": self.dependencies,
             "info": self.info,
@@ -100,9 +106,12 @@ def encode(
     members: Mapping[str, Mapping[str, Any]],
     slots: Mapping[str, SlotInfo],
 ) -> bytes:
+    used = {a for m in members.values() for a in _digest.ALGORITHMS if a in m}
+    used.update(s.algorithm for s in slots.values())
     doc = {
         "format": FORMAT_NAME,
-        "version": _limits.FORMAT_VERSION,
+        # The oldest version that holds these digests, so older readers open sha256-only files.
+        "version": max([1, *(_VERSION_FOR[a] for a in used)]),
         "created_at": created_at,
         "updated_at": updated_at,
         "metadata": dict(metadata),
@@ -178,6 +187,21 @@ def _check_dependencies(slot: str, deps: Any, file: Optional[str]) -> None:
                  f"the limits are {_limits.MAX_REQUIRES_CHARS} and {_limits.MAX_REQUIRES_CLAUSES}")
 
 
+def _digest_field(what: str, record: dict[str, Any], version: int, file: Optional[str]) -> tuple[str, str]:
+    """The one (algorithm, digest) of a member or slot record, in a form this version allows."""
+    allowed = [a for a in _digest.ALGORITHMS if _VERSION_FOR[a] <= max(version, 1)]  # 0: as before, like 1
+    present = [a for a in _digest.ALGORITHMS if a in record]
+    _require(len(present) == 1, file,
+             f"{what} records {' and '.join(present) or 'no digest'}; expected exactly one of "
+             f"{', '.join(allowed)} (format version {version})")
+    alg = present[0]
+    _require(alg in allowed, file, f"{what} records a {alg} digest, which format version {version} does not have")
+    value = record[alg]
+    _require(isinstance(value, str) and bool(_HEX64.match(value)), file,
+             f"{what} {alg} {value!r:.80} is not 64 lowercase hex digits")
+    return alg, value
+
+
 def decode(data: bytes, file: Optional[str], zip_members: Mapping[str, int], *,
            stored_bytes: Optional[int] = None) -> tuple[dict[str, Any], dict[str, SlotInfo]]:
     """Parse and validate a manifest against the zip's members (name -> size).
@@ -208,9 +232,7 @@ def decode(data: bytes, file: Optional[str], zip_members: Mapping[str, int], *,
         _require(isinstance(m, dict) and _is_int(m.get("size")), file, f"member {name!r} has no valid size")
         _require(m["size"] == zip_members[name], file,
                  f"member {name!r} is {zip_members[name]} bytes in the archive, manifest says {m['size']}")
-        sha = m.get("sha256")
-        _require(isinstance(sha, str) and bool(_HEX64.match(sha)), file,
-                 f"member {name!r} sha256 {sha!r:.80} is not 64 lowercase hex digits")
+        _digest_field(f"member {name!r}", m, version, file)
     slots_doc = doc.get("slots")
     _require(isinstance(slots_doc, dict), file, "slots is not an object")
     slots: dict[str, SlotInfo] = {}
@@ -226,15 +248,14 @@ def decode(data: bytes, file: Optional[str], zip_members: Mapping[str, int], *,
         _require(name != "main" or ser != "arrays" or len(set(mem)) == len(mem), file,
                  f"the main arrays slot lists a member more than once ({len(mem)} entries, "
                  f"{len(set(mem))} members); its members must not be shared")
-        sha = s.get("sha256")
-        _require(isinstance(sha, str) and bool(_HEX64.match(sha)), file, f"slot {name!r} has an invalid sha256")
-        _require(sha == slot_digest([members[x]["sha256"] for x in mem]), file,
-                 f"slot {name!r} sha256 does not match its members' hashes")
+        alg, sha = _digest_field(f"slot {name!r}", s, version, file)
+        _require(sha == slot_digest([_digest.of(members[x])[1] for x in mem], alg, file), file,  # type: ignore[index]
+                 f"slot {name!r} {alg} does not match its members' hashes")
         _require(_is_int(s.get("size")), file, f"slot {name!r} has no valid size")
         deps = s.get("dependencies", {})
         _check_dependencies(name, deps, file)
         info = s.get("info", {})
         _require(isinstance(info, dict), file, f"slot {name!r} info is not an object")
         _check_info(name, ser, info, file)
-        slots[name] = SlotInfo(ser, mem, s["size"], sha, s.get("created_at"), deps, info)
+        slots[name] = SlotInfo(ser, mem, s["size"], sha, s.get("created_at"), deps, info, alg)
     return doc, slots

@@ -43,7 +43,7 @@ class Pack:
     ``deps`` sets what a dependency mismatch at load does: ``"warn"`` (default,
     one :class:`~ckpt.errors.DependencyWarning`), ``"strict"`` (raise
     :class:`~ckpt.errors.DependencyError`) or ``"ignore"``. ``verify=False``
-    skips the sha256 check on load (the structure is still validated).
+    skips the digest check on load (the structure is still validated).
     """
 
     def __init__(self, file: PathOrFile, *, deps: str = "warn", verify: bool = True):
@@ -122,7 +122,7 @@ class Pack:
     # -- queries -----------------------------------------------------------
     @property
     def slots_info(self) -> Mapping[str, SlotInfo]:
-        """Per slot: serializer, sha256, size, dependencies, members, created_at."""
+        """Per slot: serializer, digest, size, dependencies, members, created_at."""
         self._live()
         return dict(self._reader.slots) if self._reader else {}
 
@@ -167,7 +167,7 @@ class Pack:
 
     def load(self, slot: str = DEFAULT_SLOT, *, trusted: _ser.Trusted = False, deps: Optional[str] = None,
              verify: Optional[bool] = None) -> Any:
-        """The value in ``slot``, after checking its dependencies and sha256.
+        """The value in ``slot``, after checking its dependencies and digest.
 
         Pickle slots load only with ``trusted=True`` or an allow-list of globals
         (``trusted=["objax.nn.Linear", "mypkg.*"]``); otherwise
@@ -186,7 +186,7 @@ class Pack:
         return r.arrays(slot, verify=self._verify)
 
     def verify(self) -> None:
-        """Check every slot's members against their sha256 (CRC for files without a manifest)."""
+        """Check every slot's members against their digest (blake3 or sha256; CRC for files without a manifest)."""
         r = self._readable_reader()
         for slot in r.slots:
             r.verify_slot(slot)

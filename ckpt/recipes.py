@@ -48,7 +48,7 @@ class Recipe:
 
     ``hash`` identifies the definition (class, args, kwargs; not the id, parent or
     MRO); ``id`` tells apart instances built from the same definition; ``parent``
-    is lineage, e.g. the sha256 of the checkpoint a fine-tune started from.
+    is lineage, e.g. the main slot digest of the checkpoint a fine-tune started from.
     """
 
     __slots__ = ("cls", "module", "mro", "_args", "_kwargs", "id", "parent", "_classes", "_hash", "_decoded")
@@ -79,9 +79,9 @@ class Recipe:
         return result
 
     def with_parent(self, parent: Optional[str]) -> "Recipe":
-        """A copy with lineage ``parent`` (e.g. ``entry.sha256`` of the checkpoint it was fine-tuned from)."""
+        """A copy with lineage ``parent`` (e.g. ``entry.digest`` of the checkpoint it was fine-tuned from)."""
         if parent is not None and (type(parent) is not str or not 0 < len(parent) <= _MAX_NAME):
-            raise TypeError(f"parent must be a non-empty string (a checkpoint's sha256) or None, not {parent!r:.80}")
+            raise TypeError(f"parent must be a non-empty string (a checkpoint's digest) or None, not {parent!r:.80}")
         return Recipe(self.cls, self.module, self.mro, self._args, self._kwargs, self.id, parent, self._classes,
                       self._hash)
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _codec, _json, _limits, _module_pickle, _npy, _pickle_policy as _policy, _tagged, collections as _coll
+from . import _codec, _json, _limits, _module_pickle, _npy, _pickle_policy as _policy, _snapshot, _tagged, collections as _coll
 from ._pickle_scan import PickleScan, scan, scan_globals, top_level_packages
 from .errors import FormatError, UntrustedPickleError
 
@@ -77,12 +77,13 @@ def choose(obj: Any) -> str:
     return "pickle"
 
 
-def snapshot_leaf(leaf: Any) -> Any:
-    """A leaf that later mutation cannot change: numpy arrays are copied (a read-only array may be
-    a view of memory the caller still writes, e.g. ``np.broadcast_to`` or ``a.view()`` with the
-    flag cleared), JAX arrays are immutable and kept by reference (their device-to-host copy is
-    started now)."""
+def snapshot_leaf(leaf: Any, buffers: Optional[_snapshot.Snapshot] = None) -> Any:
+    """A leaf that later mutation cannot change: numpy arrays are copied (a read-only array may view
+    memory the caller still writes, e.g. ``np.broadcast_to``; into reused ``buffers`` when given), JAX arrays are immutable and kept by reference (their
+    device-to-host copy is started now)."""
     if isinstance(leaf, np.ndarray):
+        if buffers is not None:  # every array, read-only ones too: one may view memory the caller writes
+            return buffers.copy(leaf)
         return np.array(leaf, copy=True, order="K")
     if _coll.is_jax_array(leaf):
         if all(d.platform == "cpu" for d in getattr(leaf, "devices", lambda: [])()):
@@ -96,19 +97,20 @@ def snapshot_leaf(leaf: Any) -> Any:
 
 
 def encode(obj: Any, serializer: Optional[str], prefix: str, *, snapshot: bool = False,
-           compression: Any = None) -> Encoded:
+           compression: Any = None, buffers: Optional[_snapshot.Snapshot] = None) -> Encoded:
     """Members and manifest info for ``obj``. With ``snapshot``, the result does not change when
-    ``obj`` is mutated afterwards (for saves that write in the background). ``compression``
-    ("zstd", "lz4", (codec, level)) applies to arrays slots."""
+    ``obj`` is mutated afterwards (for saves that write in the background; arrays are copied into
+    ``buffers`` when given). ``compression`` ("zstd", "lz4", (codec, level)) applies to arrays slots."""
     name = serializer or choose(obj)
     if name == "arrays":
-        return encode_arrays(obj, prefix, snapshot=snapshot, compression=_codec.Compression.parse(compression))
+        return encode_arrays(obj, prefix, snapshot=snapshot, compression=_codec.Compression.parse(compression),
+                             buffers=buffers)
     if name == "json":
         return encode_json(obj, prefix)
     if name == "raw":
         return encode_raw(obj, prefix)
     if name == "pickle":
-        return encode_pickle(obj, prefix, snapshot=snapshot)
+        return encode_pickle(obj, prefix, snapshot=snapshot, buffers=buffers)
     raise ValueError(f"unknown serializer {name!r}; choose one of arrays, json, raw, pickle")
 
 
@@ -156,8 +158,9 @@ def _compressed_source(index: int, leaf: Any, p: _Planned, encoder: _codec.Encod
                         id(leaf), exact=False)
 
 
-def _npy_source(suffix: str, leaf: Any) -> MemberSource:
-    shape, dtype = _coll.shape_dtype(leaf)
+def _npy_source(suffix: str, leaf: Any,
+                shape_dtype: Optional[tuple[tuple[int, ...], np.dtype]] = None) -> MemberSource:
+    shape, dtype = shape_dtype or _coll.shape_dtype(leaf)
     fortran = isinstance(leaf, np.ndarray) and leaf.ndim > 1 and leaf.flags.f_contiguous and not leaf.flags.c_contiguous
     header = _npy.header_bytes(shape, dtype, fortran)
     size = len(header) + math.prod(shape) * dtype.itemsize
@@ -174,7 +177,8 @@ def _names_array(names: list[str]) -> np.ndarray:
 
 
 def encode_arrays(obj: Any, prefix: str, *, snapshot: bool = False,
-                  compression: Optional[_codec.Compression] = None) -> Encoded:
+                  compression: Optional[_codec.Compression] = None,
+                  buffers: Optional[_snapshot.Snapshot] = None) -> Encoded:
     flat = _coll.flatten(obj)
     if flat is None:
         raise TypeError(f"cannot store a {type(obj).__name__} as arrays: expected an array, a dict of arrays, "
@@ -186,17 +190,20 @@ def encode_arrays(obj: Any, prefix: str, *, snapshot: bool = False,
     members = [_npy_source("names.npy", names_arr)]
     members[0].identity = None
     arrays_info = []
-    leaves = [snapshot_leaf(x) for x in flat.leaves] if snapshot else flat.leaves
+    leaves = [snapshot_leaf(x, buffers) for x in flat.leaves] if snapshot else flat.leaves
     encoder = _codec.Encoder()  # compresses ahead of the writer, across arrays
     plans: list[Optional[_Planned]] = [None] * len(leaves)
     if compression is not None:  # sample every array on the codec threads
         plans = _codec.parallel_map(lambda leaf: _plan_compression(leaf, compression), leaves)
+    dtype_names: dict[np.dtype, str] = {}  # a model has few dtypes and many arrays: name each once
     for i, (name, leaf) in enumerate(zip(flat.names, leaves)):
         planned = plans[i]
-        packed = None if planned is None else _compressed_source(i, leaf, planned, encoder)
-        members.append(packed or _npy_source(f"{i}.npy", leaf))
         shape, dtype = _coll.shape_dtype(leaf)
-        record = {"name": name, "shape": list(shape), "dtype": _npy.dtype_name(dtype), **flat.leaf_info(i)}
+        packed = None if planned is None else _compressed_source(i, leaf, planned, encoder)
+        members.append(packed or _npy_source(f"{i}.npy", leaf, (shape, dtype)))
+        if dtype not in dtype_names:
+            dtype_names[dtype] = _npy.dtype_name(dtype)
+        record = {"name": name, "shape": list(shape), "dtype": dtype_names[dtype], **flat.leaf_info(i)}
         if planned is not None:
             record["encoding"] = planned.compression.codec + ("+shuffle" if dtype.itemsize > 1 else "")
         arrays_info.append(record)
@@ -204,7 +211,7 @@ def encode_arrays(obj: Any, prefix: str, *, snapshot: bool = False,
     if flat.tree is not None:
         info["tree"] = flat.tree
     needed = set()
-    if any(_npy.is_extension_dtype(_coll.shape_dtype(x)[1]) for x in flat.leaves):
+    if any(_npy.is_extension_dtype(dt) for dt in dtype_names):
         needed.add("ml_dtypes")
     return Encoded("arrays", members, info, needed=needed, informational=set(flat.frameworks))
 
@@ -455,12 +462,13 @@ def encode_raw(obj: Any, prefix: str) -> Encoded:
 
 
 # -- pickle ---------------------------------------------------------------
-def encode_pickle(obj: Any, prefix: str, *, snapshot: bool = False) -> Encoded:
+def encode_pickle(obj: Any, prefix: str, *, snapshot: bool = False,
+                  buffers: Optional[_snapshot.Snapshot] = None) -> Encoded:
     """A pickle member holding structure only, then one .npy member per array it referenced."""
     data, arrays = _module_pickle.dumps(obj)
     kinds = ["jax" if _coll.is_jax_array(a) else "numpy" for a in arrays]
     if snapshot:
-        arrays = [snapshot_leaf(a) for a in arrays]
+        arrays = [snapshot_leaf(a, buffers) for a in arrays]
     globals_ = scan_globals(data)
     members = [MemberSource("data.pkl", len(data), lambda: [data])]
     arrays_info = []

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, Callable, Mapping, Optional, Union
 
 import numpy as np
 
-from . import _io, _packfile, collections as _coll, deps as _deps, serializers as _ser
+from . import _io, _packfile, _snapshot, collections as _coll, deps as _deps, serializers as _ser
 from ._packfile import DEFAULT_SLOT, PackReader
 
 PathOrFile = Union[str, "os.PathLike[str]", BinaryIO]
@@ -25,12 +25,14 @@ __all__ = ["save_var_collection", "load_var_collection", "write_file", "write_en
 
 
 def encode_slots(slots: Mapping[str, Any], serializers: Optional[Mapping[str, str]] = None, *,
-                 snapshot: bool = False, compression: Any = None) -> dict[str, _ser.Encoded]:
-    """Encode every slot's value (name -> value) ready for :func:`write_encoded`."""
+                 snapshot: bool = False, compression: Any = None,
+                 buffers: Optional[_snapshot.Snapshot] = None) -> dict[str, _ser.Encoded]:
+    """Encode every slot's value (name -> value) ready for :func:`write_encoded`; a ``snapshot``
+    copies writable arrays into ``buffers`` (reused from an earlier snapshot) when given."""
     serializers = serializers or {}
     return {
         name: _ser.encode(value, serializers.get(name), _packfile.member_prefix(name), snapshot=snapshot,
-                          compression=compression)
+                          compression=compression, buffers=buffers)
         for name, value in slots.items()
     }
 

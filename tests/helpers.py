@@ -74,11 +74,37 @@ def member_names(source) -> list[str]:
         return zf.namelist()
 
 
-def slot_digest(member_hashes: list[str]) -> str:
-    h = hashlib.sha256()
-    for hx in member_hashes:
-        h.update(bytes.fromhex(hx))
-    return h.hexdigest()
+def slot_digest(member_hashes: list[str], algorithm: str = "sha256") -> str:
+    """A slot's digest as docs/FORMAT.md defines it, computed here without ckpt."""
+    return content_digest(b"".join(bytes.fromhex(hx) for hx in member_hashes), algorithm)
+
+
+def content_digest(data: bytes, algorithm: str = "sha256") -> str:
+    if algorithm == "blake3":
+        import blake3
+        return blake3.blake3(data).hexdigest()
+    return hashlib.new(algorithm, data).hexdigest()
+
+
+def digest_field(record: dict) -> str:
+    """Which digest a manifest record (member or slot) holds: "blake3" or "sha256"."""
+    (algorithm,) = [a for a in ("blake3", "sha256") if a in record]
+    return algorithm
+
+
+def rehash(doc: dict, replaced: Mapping[str, bytes]) -> None:
+    """Make a manifest consistent again after members were replaced, as an attacker who controls the
+    whole file would: each replaced member gets its new size and digest (same algorithm as before),
+    every slot its recomputed digest and size."""
+    for name, data in replaced.items():
+        old = doc["members"].get(name, {})
+        algorithm = digest_field(old) if old else "sha256"
+        doc["members"][name] = {"size": len(data), algorithm: content_digest(data, algorithm)}
+    for slot in doc["slots"].values():
+        algorithm = digest_field(slot)
+        slot[algorithm] = slot_digest([doc["members"][m][digest_field(doc["members"][m])] for m in slot["members"]],
+                                      algorithm)
+        slot["size"] = sum(doc["members"][m]["size"] for m in slot["members"])
 
 
 def rewrite_pack(src, dst, *, edit_manifest: Optional[Callable[[dict], None]] = None,
@@ -86,7 +112,7 @@ def rewrite_pack(src, dst, *, edit_manifest: Optional[Callable[[dict], None]] = 
     """Build a new zip at ``dst`` from the pack ``src``, as an outsider with zipfile would.
 
     ``replace_members`` swaps member contents and recomputes their size and
-    sha256 (and the digests of the slots using them), so the result is a
+    digest (and the digests of the slots using them), so the result is a
     self-consistent pack; ``edit_manifest(doc)`` then changes the manifest in
     place. zipfile recomputes every CRC, including the manifest's.
     """
@@ -94,12 +120,8 @@ def rewrite_pack(src, dst, *, edit_manifest: Optional[Callable[[dict], None]] = 
     with zipfile.ZipFile(src) as zin:
         contents = {i.filename: zin.read(i.filename) for i in zin.infolist()}
     doc = json.loads(contents.pop(MANIFEST))
-    for name, data in replace_members.items():
-        contents[name] = data
-        doc["members"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    for slot in doc["slots"].values():
-        slot["sha256"] = slot_digest([doc["members"][m]["sha256"] for m in slot["members"]])
-        slot["size"] = sum(doc["members"][m]["size"] for m in slot["members"])
+    contents.update(replace_members)
+    rehash(doc, replace_members)
     if edit_manifest is not None:
         edit_manifest(doc)
     with zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:

@@ -44,7 +44,8 @@ def test_alias_set_move_remove_and_unique(tmp_path):
         doc = json.load(f)
     assert doc["format"] == "ckpt.aliases" and doc["version"] == 1
     rec = doc["aliases"]["best"]
-    assert rec["idx"] == 3 and len(rec["sha256"]) == 64 and rec["set_at"].endswith("Z")
+    assert rec["idx"] == 3 and len(rec["digest"]["value"]) == 64 and rec["set_at"].endswith("Z")
+    assert rec["digest"]["algorithm"] in ("blake3", "sha256")
     assert ck.indices() == [1, 2, 3]  # the table is not a checkpoint
 
 

@@ -196,7 +196,7 @@ def test_out_records_what_was_averaged(run, tmp_path):
     assert [s["file"] for s in sources] == [ck.path(i) for i in (40, 50, 60)]
     assert [s["weight"] for s in sources] == [0.25, 0.25, 0.5]
     for s in sources:
-        assert s["sha256"] == read_manifest(s["file"])["slots"]["main"]["sha256"]
+        assert s["blake3"] == read_manifest(s["file"])["slots"]["main"]["blake3"]
     with np.load(out) as npz:  # plain numpy reads it (objax layout: names.npy, 0.npy, ...)
         names = list(npz["names.npy"])
         assert names == list(result)

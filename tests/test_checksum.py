@@ -88,7 +88,7 @@ def test_checkpoint_restore_latest_skips_a_damaged_newest(tmp_path, state):
     target = {k: np.zeros_like(v) for k, v in state.items()}
     with pytest.warns(CorruptCheckpointWarning, match="0000000002.npz") as record:
         assert ck.restore(target) == (1, ck.path(1))
-    assert len(record) == 1 and "ChecksumError" not in str(record[0].message) and "sha256" in str(record[0].message)
+    assert len(record) == 1 and "ChecksumError" not in str(record[0].message) and "blake3" in str(record[0].message)
     assert_dicts_identical(target, state)
 
 

@@ -183,7 +183,7 @@ def test_info_human_output(capsys, logdir):
     with ckpt.Pack(str(path)) as pack:
         slots = pack.slots_info
     for name, info in slots.items():
-        assert any(line.split()[:2] == [name, info.serializer] and line.split()[-1] == info.sha256
+        assert any(line.split()[:2] == [name, info.serializer] and line.split()[-2:] == [info.algorithm, info.digest]
                    for line in out.splitlines()), name
     total = sum(a.nbytes for a in params_at(3000).values())
     assert f"arrays in slot 'main': 4 arrays, {total} B ({total} bytes): float32 x2, int64 x2" in out
@@ -202,7 +202,7 @@ def test_info_json(capsys, logdir):
     rc, out, _ = cli(capsys, "info", path, "--json")
     assert rc == 0
     doc = json.loads(out)
-    assert doc["has_manifest"] and doc["format_version"] == 1 and doc["size"] == os.path.getsize(path)
+    assert doc["has_manifest"] and doc["format_version"] == 2 and doc["size"] == os.path.getsize(path)
     main = doc["slots"]["main"]
     expected = params_at(1000)
     assert [a["name"] for a in main["arrays"]] == list(expected)

@@ -122,17 +122,14 @@ def test_checkpoint_manager_option_and_per_save_override(tmp_path, codec):
 
 def _corrupt_member(path, member, offset_from_end):
     """Flip a byte inside a member and re-hash it in the manifest, so only the codec's own checks can notice."""
-    import hashlib
-    from ckpt.manifest import slot_digest
+    from helpers import rehash
     with zipfile.ZipFile(path) as z:
         items = {n: z.read(n) for n in z.namelist()}
     data = bytearray(items[member])
     data[len(data) - offset_from_end] ^= 0x40
     items[member] = bytes(data)
     manifest = json.loads(items["__ckpt__/manifest.json"])
-    manifest["members"][member]["sha256"] = hashlib.sha256(data).hexdigest()
-    for s in manifest["slots"].values():
-        s["sha256"] = slot_digest([manifest["members"][m]["sha256"] for m in s["members"]])
+    rehash(manifest, {member: bytes(data)})
     items["__ckpt__/manifest.json"] = json.dumps(manifest).encode()
     with zipfile.ZipFile(path, "w") as z:
         for n, b in items.items():

@@ -64,7 +64,9 @@ def test_find_lists_every_checkpoint_with_light_entries(tree):
     assert e.recipe.cls == "recipe_models.plain.Linear" and e.recipe.kwargs["seed"] == 300
     assert e.id == e.recipe.id and e.hash == e.recipe.hash and e.parent is None
     with ckpt.varfile.open_reader(e.path) as reader:
-        assert e.sha256 == reader.slots["main"].sha256 and e.created_at == reader.created_at
+        main = reader.slots["main"]
+        assert e.digest == main.digest and len(e.digest) == 64 and e.algorithm == main.algorithm
+        assert e.sha256 == main.sha256 and e.created_at == reader.created_at
     assert e.size == os.path.getsize(e.path)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 import ckpt
-from helpers import MANIFEST, assert_arrays_identical, assert_dicts_identical, data_offsets, read_manifest
+from helpers import MANIFEST, assert_arrays_identical, content_digest, assert_dicts_identical, data_offsets, read_manifest
 
 ALIGN = 64
 
@@ -146,12 +145,12 @@ def test_manifest_tells_the_truth(tmp_path, mixed):
     path = tmp_path / "pack.npz"
     _pack_with_everything(path, mixed)
     doc = read_manifest(path)
-    assert doc["format"] == "ckpt.pack" and doc["version"] == 1
+    assert doc["format"] == "ckpt.pack" and doc["version"] == 2  # 2: BLAKE3 digests (the default)
     with zipfile.ZipFile(path) as zf:
         contents = {n: zf.read(n) for n in zf.namelist() if n != MANIFEST}
     assert set(doc["members"]) == set(contents)
     for name, data in contents.items():
-        assert doc["members"][name] == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        assert doc["members"][name] == {"size": len(data), "blake3": content_digest(data, "blake3")}
     assert set(doc["slots"]) == {"main", "cfg", "obj", "ema"}
     assert doc["slots"]["main"]["members"][:2] == ["names.npy", "0.npy"]
     assert all(m.startswith("cfg/") for m in doc["slots"]["cfg"]["members"])

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -40,6 +39,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+import helpers
 import numpy as np
 import pytest
 
@@ -229,15 +229,8 @@ def cd_offset() -> int:
     return struct.unpack_from("<I", data, len(data) - 22 + 16)[0]
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def slot_digest(hashes: list[str]) -> str:
-    h = hashlib.sha256()
-    for x in hashes:
-        h.update(bytes.fromhex(x))
-    return h.hexdigest()
+    return helpers.slot_digest(hashes, "blake3")  # the base pack is written with the default digest
 
 
 def repack(replace: dict[str, bytes] | None = None, edit: Callable[[dict], None] | None = None,
@@ -250,12 +243,8 @@ def repack(replace: dict[str, bytes] | None = None, edit: Callable[[dict], None]
     parts, manifest_text = _base_parts()
     members = dict(parts)
     doc = json.loads(manifest_text)
-    for name, data in (replace or {}).items():
-        members[name] = data
-        doc["members"][name] = {"size": len(data), "sha256": sha(data)}
-    for slot in doc["slots"].values():
-        slot["sha256"] = slot_digest([doc["members"][m]["sha256"] for m in slot["members"]])
-        slot["size"] = sum(doc["members"][m]["size"] for m in slot["members"])
+    members.update(replace or {})
+    helpers.rehash(doc, replace or {})
     if edit is not None:
         edit(doc)
     mbytes = manifest if manifest is not None else json.dumps(doc).encode("utf-8")
@@ -475,25 +464,32 @@ CASES = [
     C("manifest-json-deep-nesting", lambda: repack(manifest=b"[" * 200000 + b"]" * 200000)),
     C("manifest-over-limit-patched", lambda: base(), limits={"MAX_MANIFEST_BYTES": 512}, match="limit"),
     C("manifest-over-64MiB", _huge_manifest, match="limit", big=True),
-    C("manifest-version-2", lambda: repack(edit=_set(("version",), 2)), match="Upgrade"),
+    C("manifest-version-3", lambda: repack(edit=_set(("version",), 3)), match="Upgrade"),
+    C("manifest-blake3-in-version-1", lambda: repack(edit=_set(("version",), 1)), match="version 1"),
     C("manifest-version-is-string", lambda: repack(edit=_set(("version",), "1"))),
     C("manifest-wrong-format-name", lambda: repack(edit=_set(("format",), "zip"))),
     *[_manifest_missing(k) for k in ("format", "version", "created_at", "updated_at", "metadata", "members",
                                      "slots")],
     C("manifest-bad-timestamp", lambda: repack(edit=_set(("created_at",), "yesterday"))),
-    C("manifest-sha256-wrong-length",
-      lambda: repack(edit=lambda d: d["members"]["0.npy"].update(sha256=d["members"]["0.npy"]["sha256"][:-1]))),
-    C("manifest-sha256-uppercase",
-      lambda: repack(edit=lambda d: d["members"]["0.npy"].update(sha256=d["members"]["0.npy"]["sha256"].upper()))),
-    C("manifest-sha512-instead-of-sha256",
-      lambda: repack(edit=lambda d: d["members"]["0.npy"].update(sha512=d["members"]["0.npy"].pop("sha256") * 2))),
+    C("manifest-blake3-wrong-length",
+      lambda: repack(edit=lambda d: d["members"]["0.npy"].update(blake3=d["members"]["0.npy"]["blake3"][:-1]))),
+    C("manifest-blake3-uppercase",
+      lambda: repack(edit=lambda d: d["members"]["0.npy"].update(blake3=d["members"]["0.npy"]["blake3"].upper()))),
+    C("manifest-sha512-instead-of-blake3",
+      lambda: repack(edit=lambda d: d["members"]["0.npy"].update(sha512=d["members"]["0.npy"].pop("blake3") * 2))),
+    C("manifest-member-without-digest", lambda: repack(edit=lambda d: d["members"]["0.npy"].pop("blake3")),
+      match="no digest"),
+    C("manifest-member-two-digests", match="blake3 and sha256", build=lambda: repack(
+        edit=lambda d: d["members"]["0.npy"].update(sha256=helpers.content_digest(dict(_base_parts()[0])["0.npy"])))),
+    C("manifest-slot-two-digests", lambda: repack(edit=_set(("slots", "main", "sha256"), "0" * 64)),
+      match="blake3 and sha256"),
     C("manifest-member-size-differs", lambda: repack(edit=_set(("members", "0.npy", "size"), 225))),
     C("manifest-member-size-negative", lambda: repack(edit=_set(("members", "0.npy", "size"), -1))),
     C("manifest-member-missing-from-archive",
       lambda: repack(edit=_set(("members", "2.npy"), {"size": 128, "sha256": "0" * 64}))),
     C("manifest-slot-member-missing",
       lambda: repack(edit=lambda d: d["slots"]["main"]["members"].append("2.npy"))),
-    C("manifest-slot-sha256-mismatch", lambda: repack(edit=_set(("slots", "main", "sha256"), "0" * 64))),
+    C("manifest-slot-blake3-mismatch", lambda: repack(edit=_set(("slots", "main", "blake3"), "0" * 64))),
     C("manifest-slot-unknown-serializer", lambda: repack(edit=_set(("slots", "main", "serializer"), "exec"))),
     C("manifest-slot-dependencies-malformed",
       lambda: repack(edit=_set(("slots", "main", "dependencies"), {"numpy": "2.0"}))),
@@ -505,10 +501,10 @@ CASES = [
     C("manifest-tree-refers-to-missing-array", apis=("ckpt.load", "Pack"),  # restoring by name needs no tree
       build=lambda: repack(edit=lambda d: d["slots"]["main"]["info"].update(kind="tree", tree={"list": [0, 1, 7]}))),
     C("manifest-main-slot-without-members", lambda: repack(edit=lambda d: d["slots"]["main"].update(
-        members=[], sha256=slot_digest([]), size=0))),
+        members=[], blake3=slot_digest([]), size=0))),
     C("manifest-json-slot-two-members", apis=EXTRA_APIS, build=lambda: repack(edit=lambda d: d["slots"][
-        "config"].update(members=["config/data.json", "0.npy"], sha256=slot_digest(
-            [d["members"]["config/data.json"]["sha256"], d["members"]["0.npy"]["sha256"]])))),
+        "config"].update(members=["config/data.json", "0.npy"], blake3=slot_digest(
+            [d["members"]["config/data.json"]["blake3"], d["members"]["0.npy"]["blake3"]])))),
     C("json-slot-not-json", lambda: repack({"config/data.json": b'{"lr": '}), apis=EXTRA_APIS),
     C("json-slot-over-limit-patched", lambda: base(), apis=EXTRA_APIS, limits={"MAX_JSON_BYTES": 8},
       match="limit"),

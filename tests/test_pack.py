@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-import hashlib
 import io
 import os
 import re
@@ -18,6 +17,7 @@ from ckpt.errors import ReadOnlyPackError, SlotExistsError, SlotNotFoundError
 from helpers import (
     assert_arrays_identical,
     assert_dicts_identical,
+    content_digest,
     member_names,
     read_manifest,
     slot_digest,
@@ -115,12 +115,12 @@ def test_slots_info_describes_each_slot(tmp_path, arrays):
     assert set(infos) == {"main", "cfg", "blob"}
 
     with zipfile.ZipFile(path) as zf:
-        digests = {n: hashlib.sha256(zf.read(n)).hexdigest() for n in zf.namelist()}
+        digests = {n: content_digest(zf.read(n), "blake3") for n in zf.namelist()}
         sizes = {i.filename: i.file_size for i in zf.infolist()}
     for name, info in infos.items():
         assert info.members and all(m in digests for m in info.members), name
-        assert re.fullmatch(r"[0-9a-f]{64}", info.sha256)
-        assert info.sha256 == slot_digest([digests[m] for m in info.members]), name
+        assert info.algorithm == "blake3" and info.sha256 is None and re.fullmatch(r"[0-9a-f]{64}", info.digest)
+        assert info.digest == slot_digest([digests[m] for m in info.members], "blake3"), name
         assert info.size == sum(sizes[m] for m in info.members)
         for pkg in ("python", "numpy", "ckpt"):
             assert set(info.dependencies[pkg]) == {"version", "requires"}
@@ -128,14 +128,14 @@ def test_slots_info_describes_each_slot(tmp_path, arrays):
     assert infos["blob"].size == 5
 
 
-def test_manifest_info_times_are_utc_and_format_is_1(tmp_path):
+def test_manifest_info_times_are_utc_and_format_is_2(tmp_path):
     before = dt.datetime.now(dt.timezone.utc)
     path = tmp_path / "pack.npz"
     with ckpt.Pack(path) as pack:
         pack.dump("cfg", {"a": 1})
         info = pack.manifest_info
     after = dt.datetime.now(dt.timezone.utc)
-    assert info.format_version == 1
+    assert info.format_version == 2  # BLAKE3 digests (1: sha256 only)
     assert info.metadata == {}
     for stamp in (info.created_at, info.updated_at):
         assert stamp.tzinfo is not None and stamp.utcoffset() == dt.timedelta(0)
@@ -330,7 +330,7 @@ def test_identical_data_in_two_slots_is_stored_once(tmp_path, copy):
     assert len(member_names(path)) == members_one
     assert path.stat().st_size - size_one < 4096, "the second copy must not store the arrays again"
     assert set(infos["ema"].members) <= set(infos["main"].members)
-    assert infos["ema"].sha256 == infos["main"].sha256
+    assert infos["ema"].digest == infos["main"].digest
 
 
 def test_identical_arrays_inside_main_keep_the_objax_layout(tmp_path):

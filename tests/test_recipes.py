@@ -361,7 +361,7 @@ def test_plain_class_round_trip_record_save_build(tmp_path):
     assert built.config == {"n_in": 4}
     assert ckpt.recipe_of(built) == ckpt.recipe_of(m)  # the saved model itself: same id, parent, hash
     assert ckpt.recipe_of(twin).id != ckpt.recipe_of(m).id and ckpt.recipe_of(twin).hash == ckpt.recipe_of(m).hash
-    fine_tuned = ckpt.recipe_of(built).with_parent(ckpt.find(str(tmp_path))[0].sha256)
+    fine_tuned = ckpt.recipe_of(built).with_parent(ckpt.find(str(tmp_path))[0].digest)
     ck.save(built.state(), idx=200, recipe=fine_tuned)
     assert ckpt.find(str(tmp_path), ckpt.Selector(where="parent != None"))[0].idx == 200
 

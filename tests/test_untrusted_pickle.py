@@ -10,7 +10,6 @@ recomputed, written with the standard library's zipfile) and the recorded
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import content_digest, rehash
 
 import ckpt
 from ckpt.errors import (
@@ -43,18 +43,11 @@ HARMLESS = {"note": "a harmless pickled value", "pair": (1, 2), "pad": "x" * 400
 
 
 # -- building hostile files ------------------------------------------------------------------------
-def slot_digest(member_hashes):
-    h = hashlib.sha256()
-    for hx in member_hashes:
-        h.update(bytes.fromhex(hx))
-    return h.hexdigest()
-
-
 def rewrite_pack(src, dst, *, replace=None, edit_manifest=None, update_hashes=True):
     """Rewrite the pack ``src`` to ``dst`` with zipfile, replacing member contents.
 
     With ``update_hashes`` the manifest is made consistent again (member size and
-    sha256, slot digest and size), as an attacker who controls the whole file would;
+    digest, slot digest and size), as an attacker who controls the whole file would;
     without it the manifest is left as it was (a file damaged or tampered after writing).
     """
     with zipfile.ZipFile(src) as zin:
@@ -63,12 +56,8 @@ def rewrite_pack(src, dst, *, replace=None, edit_manifest=None, update_hashes=Tr
     for name, data in (replace or {}).items():
         assert name in contents, (name, sorted(contents))
         contents[name] = data
-        if update_hashes:
-            doc["members"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     if update_hashes:
-        for slot in doc["slots"].values():
-            slot["sha256"] = slot_digest([doc["members"][m]["sha256"] for m in slot["members"]])
-            slot["size"] = sum(doc["members"][m]["size"] for m in slot["members"])
+        rehash(doc, replace or {})
     if edit_manifest is not None:
         edit_manifest(doc)
     tmp = str(dst) + ".building"
@@ -516,11 +505,11 @@ def test_tampered_pickle_member_raises_checksum_error_even_when_trusted(tmp_path
         with pytest.raises(ChecksumError) as info:
             load()
         assert info.value.member == member
-        assert info.value.found == hashlib.sha256(payload).hexdigest()
+        assert info.value.found == content_digest(payload, "blake3")
     with ckpt.Pack(path) as p, pytest.raises(ChecksumError):
         p.verify()
     report = ckpt.inspect(path)["slots"]["main"]
-    assert report["globals"] is None and "sha256" in report["error"]
+    assert report["globals"] is None and "blake3" in report["error"]
     assert_not_run(sentinel)
 
     # Control: the same bytes with the hashes made consistent do run when trusted.
