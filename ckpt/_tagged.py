@@ -49,22 +49,6 @@ def encodable(obj: Any, _depth: int = 0) -> bool:
     return False
 
 
-def is_plain(obj: Any, _depth: int = 0) -> bool:
-    """True if ``obj`` is already JSON that needs no tag (so it is written as it was before tags)."""
-    if _depth > MAX_DEPTH:
-        return False
-    t = type(obj)
-    if obj is None or t in (bool, int, str):
-        return True
-    if t is float:
-        return math.isfinite(obj)
-    if t is list:
-        return all(is_plain(x, _depth + 1) for x in obj)
-    if t is dict:
-        return TAG not in obj and all(type(k) is str and is_plain(v, _depth + 1) for k, v in obj.items())
-    return False
-
-
 def tag(kind: str, payload: Any) -> dict[str, Any]:
     """The tagged object of one value: ``{"$ckpt": kind, "v": payload}``."""
     return {TAG: kind, "v": payload}
