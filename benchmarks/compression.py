@@ -171,10 +171,10 @@ def run(model: dict[str, np.ndarray], size: int, repeat: int, tmp: str) -> list[
         saves, loads, growths, ok, file_bytes = [], [], [], True, 0
         for r in range(repeat):
             path = os.path.join(tmp, f"m{r}" + ("" if "orbax" in label else ".npz"))
-            s, _, grew = timed(lambda: save(path, model), raw)
+            s, _, grew = timed(lambda save=save, path=path: save(path, model), raw)
             file_bytes = _measure.size_of(path)
             _measure.warm(path)
-            t, back, _ = timed(lambda: load(path), raw)
+            t, back, _ = timed(lambda load=load, path=path: load(path), raw)
             ok = ok and same(back, model)
             del back
             saves.append(s)

@@ -8,7 +8,9 @@ from typing import Callable
 
 crc32: Callable[..., int]  # crc32(data, value=0) -> int, like zlib.crc32
 try:
-    from isal.isal_zlib import crc32
+    from isal import isal_zlib
+
+    crc32 = isal_zlib.crc32
     IMPLEMENTATION = "isal"
 except ImportError:  # optional: ckpt[zstd] and ckpt[lz4] install it
     crc32 = zlib.crc32

@@ -318,7 +318,7 @@ def crash_states(rec: Recording, few: bool = False) -> list[CrashState]:
                     if p[0] == "replace":
                         tags.add("rename done, directory not fsynced" + (" (rename on disk)" if c else
                                                                          " (rename lost)"))
-                for ino, (kind, _) in data.items():
+                for kind, _ in data.values():
                     if kind != "synced":
                         tags.add("data not synced")
                         tags.add(f"data {kind.split(' (')[0]}")
