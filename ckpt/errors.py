@@ -29,6 +29,8 @@ __all__ = [
     "LockedError",
     "UnknownMetricError",
     "CorruptCheckpointWarning",
+    "MissingDependencyError",
+    "StorageError",
 ]
 
 
@@ -145,6 +147,24 @@ class DependencyError(CkptError, RuntimeError):
     ):
         super().__init__(message, file=file, slot=slot)
         self.mismatches = list(mismatches)
+
+
+class MissingDependencyError(CkptError, ImportError):
+    """An optional package that a file or a URL needs is not installed (ml_dtypes for bfloat16,
+    zstandard for zstd members, fsspec/s3fs for URLs). The file is not damaged: install the
+    package named in ``package`` (``extra`` is the ckpt extra that brings it) and read it again."""
+
+    def __init__(self, message: str, *, package: str, extra: Optional[str] = None,
+                 file: Optional[str] = None, slot: Optional[str] = None):
+        super().__init__(message, file=file, slot=slot)
+        self.package = package
+        self.extra = extra
+
+
+class StorageError(CkptError, OSError):
+    """The storage behind a path or URL refused or failed an operation (missing bucket, bad
+    credentials, unreachable endpoint, a store without the guarantees ckpt needs). ``file`` names
+    the path or URL."""
 
 
 class CheckpointNotFoundError(CkptError, FileNotFoundError):
