@@ -13,6 +13,7 @@ import ast
 import functools
 import io
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
@@ -24,7 +25,7 @@ from .errors import FormatError
 MAGIC = b"\x93NUMPY"
 #: What numpy raises for a malformed dtype description (it parses comma strings with ast.literal_eval).
 _DTYPE_ERRORS = (TypeError, ValueError, KeyError, IndexError, SyntaxError, OverflowError, RecursionError,
-                 MemoryError)
+                 MemoryError, DeprecationWarning)  # a deprecated alias ('<a8') is never written: refused
 
 
 def is_extension_dtype(dtype: np.dtype) -> bool:
@@ -151,7 +152,9 @@ def parse_header(head: bytes, member_size: int, *, where: str) -> NpyHeader:
     if not isinstance(d["fortran_order"], bool):
         raise FormatError(f"{where}: .npy header fortran_order is not a bool")
     try:
-        dtype = np.lib.format.descr_to_dtype(d["descr"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            dtype = np.lib.format.descr_to_dtype(d["descr"])
     except _DTYPE_ERRORS as e:
         raise FormatError(f"{where}: .npy header has an invalid dtype {d['descr']!r:.200} "
                           f"({type(e).__name__}: {str(e)[:200]})") from None

@@ -419,6 +419,7 @@ CASES = [
     C("npy-object-field-in-struct-dtype",
       lambda: repack({"0.npy": npy(w_header("(12,)", "[('a', '|O')]"), W_DATA)}), match="object"),
     C("npy-unknown-descr", lambda: repack({"0.npy": npy(w_header("(3, 4)", "'<f9'"), W_DATA)})),
+    C("npy-deprecated-descr-alias", lambda: repack({"0.npy": npy(w_header("(3, 4)", "'<a8'"), W_DATA)})),
     C("npy-descr-subarray-too-big",
       lambda: repack({"0.npy": npy(w_header("(1,)", "[('a', '<f8', (1000000, 1000000))]"), W_DATA)})),
     C("npy-header-over-64KiB", lambda: repack({"0.npy": npy(w_header("(3, 4)") + " " * 70000, W_DATA,
