@@ -1,0 +1,125 @@
+"""The format promise (docs/FORMAT.md section 7): files written by earlier ckpt read back bit-exactly.
+
+tests/data/golden/ holds files written by tests/data/make_golden.py with the code of the day; these
+tests read them with today's code. Never regenerate them to make a failure go away.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+import ckpt
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GOLDEN = os.path.join(HERE, "data", "golden")
+sys.path.insert(0, os.path.join(HERE, "data"))
+import make_golden  # noqa: E402
+
+EXPECTED = make_golden.expected()
+
+
+def assert_same(found, want, where="value"):
+    """Equal values of exactly the same types; arrays equal in dtype, shape and every byte."""
+    assert type(found) is type(want), f"{where}: {type(found).__name__} != {type(want).__name__}"
+    if isinstance(want, np.ndarray):
+        assert found.dtype == want.dtype, f"{where}: dtype {found.dtype} != {want.dtype}"
+        assert found.shape == want.shape, f"{where}: shape {found.shape} != {want.shape}"
+        assert np.ascontiguousarray(found).tobytes() == np.ascontiguousarray(want).tobytes(), where
+    elif isinstance(want, dict):
+        assert list(found) == list(want), f"{where}: keys {list(found)} != {list(want)}"
+        for k in want:
+            assert_same(found[k], want[k], f"{where}[{k!r}]")
+    elif isinstance(want, (list, tuple)):
+        assert len(found) == len(want), where
+        for i, (f, w) in enumerate(zip(found, want)):
+            assert_same(f, w, f"{where}[{i}]")
+    elif isinstance(want, float) and math.isnan(want):
+        assert math.isnan(found), where
+    else:
+        assert found == want, f"{where}: {found!r} != {want!r}"
+
+
+def test_every_golden_file_is_covered():
+    assert sorted(os.listdir(GOLDEN)) == sorted(EXPECTED)
+    for name in EXPECTED:  # small enough to keep in the repository
+        assert os.path.getsize(os.path.join(GOLDEN, name)) < 64 * 1024, name
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_golden_values_read_back_bit_exact(name):
+    with ckpt.Pack(os.path.join(GOLDEN, name)) as pack:
+        assert sorted(pack) == sorted(EXPECTED[name])
+        pack.verify()
+        for slot, want in EXPECTED[name].items():
+            assert_same(pack.load(slot, trusted=True), want, f"{name} slot {slot!r}")
+
+
+@pytest.mark.parametrize("name,version,algorithm", [
+    ("v2-blake3-kinds.npz", 2, "blake3"), ("v1-sha256-kinds.npz", 1, "sha256"),
+    ("v2-zstd-checkpoint.npz", 2, "blake3"), ("v2-lz4.npz", 2, "blake3"),
+])
+def test_golden_manifests_keep_their_version_digests_and_kinds(name, version, algorithm):
+    with ckpt.Pack(os.path.join(GOLDEN, name)) as pack:
+        assert pack.manifest_info.format_version == version
+        for slot, info in pack.slots_info.items():
+            assert info.algorithm == algorithm, slot
+        kinds = {s: i.serializer for s, i in pack.slots_info.items()}
+    if "kinds" in name:
+        assert kinds == {"main": "arrays", "cfg": "json", "tagged": "json", "blob": "raw", "tree": "arrays",
+                         "obj": "pickle"}
+        with ckpt.Pack(os.path.join(GOLDEN, name)) as pack:
+            assert pack.metadata == make_golden.METADATA
+            # The pickle slot imports a global: untrusted loads still refuse it.
+            with pytest.raises(ckpt.UntrustedPickleError):
+                pack.load("obj")
+
+
+def test_golden_compressed_members_are_really_compressed():
+    for name, codec in (("v2-zstd-checkpoint.npz", "zstd"), ("v2-lz4.npz", "lz4")):
+        with ckpt.Pack(os.path.join(GOLDEN, name)) as pack:
+            view = pack.arrays("main")
+            assert view.stored("w")[0] == f"{codec}+shuffle"
+            assert view.stored("small")[0] is None
+
+
+def test_golden_checkpoint_keeps_index_and_metrics(tmp_path):
+    """A Checkpoint directory holding the old file restores it and ranks it by its recorded metrics."""
+    os.makedirs(tmp_path / "ckpt")
+    shutil.copyfile(os.path.join(GOLDEN, "v2-zstd-checkpoint.npz"), tmp_path / "ckpt" / "0000000042.npz")
+    ck = ckpt.Checkpoint(str(tmp_path), verbose=False)
+    target = {k: np.zeros_like(v) for k, v in make_golden.compressible().items()}
+    idx, _ = ck.restore(target)
+    assert idx == 42
+    assert_same(target, make_golden.compressible())
+    assert ck.load_extras(42, names=["cfg"])["cfg"]["lr"] == 0.001
+    with ckpt.Pack(str(tmp_path / "ckpt" / "0000000042.npz")) as pack:
+        assert pack.metadata["ckpt"] == {"idx": 42, "metrics": make_golden.METRICS}
+
+
+def test_golden_packs_stay_plain_npz_files():
+    """numpy reads the main arrays of an old pack (extension dtypes as void of the same bytes)."""
+    want = make_golden.arrays()
+    with np.load(os.path.join(GOLDEN, "v2-blake3-kinds.npz")) as z:
+        names = list(z["names"])
+        for i, n in enumerate(names):
+            arr = z[str(i)]
+            assert arr.shape == want[n].shape
+            assert arr.tobytes() == want[n].tobytes(), n
+    assert sorted(names) == sorted(want)
+
+
+def test_golden_manifest_bytes_are_what_the_spec_says():
+    with zipfile.ZipFile(os.path.join(GOLDEN, "v2-blake3-kinds.npz")) as z:
+        doc = json.loads(z.read("__ckpt__/manifest.json"))
+    assert doc["format"] == "ckpt.pack" and doc["version"] == 2
+    assert doc["created_at"] == "2027-01-15T08:00:00.000000Z"  # SOURCE_DATE_EPOCH of the script
+    assert doc["slots"]["cfg"]["members"] == ["cfg/data.json"]
+    assert doc["slots"]["obj"]["members"] == ["obj/data.pkl", "obj/0.npy"]
