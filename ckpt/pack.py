@@ -28,7 +28,7 @@ def check_slot_name(name: str) -> str:
     """Any non-empty text names a slot; it becomes an escaped member prefix (docs/FORMAT.md 2.1)."""
     problem = slot_name_problem(name)
     if problem is not None:
-        raise ValueError(f"invalid slot name {name!r}: it {problem}")
+        raise ValueError(f"invalid slot name {name!r:.120}: it {problem}")
     return name
 
 

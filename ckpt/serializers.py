@@ -8,18 +8,19 @@ unless the caller trusts the file.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 
 from . import _codec, _json, _limits, _module_pickle, _npy, _pickle_policy as _policy, _snapshot, _tagged, collections as _coll
 from ._members import Buffer, Encoded, MemberSource
 from ._pickle_scan import PickleScan, scan, scan_globals, top_level_packages
-from .errors import FormatError, UntrustedPickleError
+from .errors import FormatError, UntrustedPickleError, attach
 
 __all__ = ["Buffer", "Encoded", "MemberSource", "Trusted", "ArraysView", "choose", "is_jsonable"]
 Trusted = Union[bool, Sequence[str]]
@@ -203,6 +204,20 @@ def _check_names_shape(shape: tuple[int, ...], dtype: np.dtype, count: int, wher
                           f"limit of {_limits.MAX_NAME_BYTES}", file=file)
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _about_slot(method: _F) -> _F:
+    """Errors a view's method raises name the view's file and slot (the parsers below know neither)."""
+
+    @functools.wraps(method)
+    def wrapper(self: "ArraysView", *args: Any, **kwargs: Any) -> Any:
+        with attach(self.file, self.slot):
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 class ArraysView:
     """Lazy, verified access to the arrays of one stored slot.
 
@@ -279,6 +294,7 @@ class ArraysView:
         where = f"{self.where} array {name!r} (member {member!r})" if name else f"{self.where} member {member!r}"
         return data, _codec.parse_header(data[:_limits.MAX_NPY_HEADER_BYTES + 8], where=where), where, dtype
 
+    @_about_slot
     def verify(self, names: Iterable[str]) -> None:
         """Check the hashes of these arrays up front, in parallel where the file is mapped."""
         if self._verify_members is not None:
@@ -297,6 +313,7 @@ class ArraysView:
                 return self._read_head(member)  # a long (or broken) header: read all the limit allows
         return head
 
+    @_about_slot
     def header(self, name: str) -> _npy.NpyHeader:
         """Shape and dtype of one array, from its .npy header (not yet verified by hash)."""
         if name not in self._headers:
@@ -317,10 +334,12 @@ class ArraysView:
             self._headers[name] = h
         return self._headers[name]
 
+    @_about_slot
     def shape_dtype(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
         h = self.header(name)
         return h.shape, h.dtype
 
+    @_about_slot
     def stored(self, name: str) -> tuple[Optional[str], int]:
         """How one array is stored: its encoding (None for plain .npy, else e.g. "zstd+shuffle")
         and its member's size in bytes."""
@@ -333,6 +352,7 @@ class ArraysView:
             encoding = str(rec.get("encoding")) if isinstance(rec, dict) and rec.get("encoding") else "ckz"
         return encoding, self._size(member)
 
+    @_about_slot
     def read_all(self, names: Optional[Iterable[str]] = None) -> dict[str, np.ndarray]:
         """Every array (or those ``names``), verified, each in its own writable memory (read and
         hashed two at a time)."""
@@ -362,6 +382,7 @@ class ArraysView:
                 raise FormatError(f"{self.where}: array {n!r} header changed between reads", file=self.file, slot=self.slot)
         return _unshared(out, self._index)
 
+    @_about_slot
     def read(self, name: str, *, copy: bool = True) -> np.ndarray:
         """One array, verified: in its own writable memory, or with ``copy=False`` a read-only
         view of the memory-mapped file where possible (no copy until the caller assigns it)."""
@@ -373,6 +394,7 @@ class ArraysView:
             raise FormatError(f"{self.where}: array {name!r} header changed between reads", file=self.file, slot=self.slot)
         return arr
 
+    @_about_slot
     def as_value(self) -> Any:
         """The slot's value as it was dumped: an array, a scalar, a dict, or a nested tree."""
         kind = self.info.get("kind", "dict")
