@@ -123,3 +123,58 @@ def test_golden_manifest_bytes_are_what_the_spec_says():
     assert doc["created_at"] == "2027-01-15T08:00:00.000000Z"  # SOURCE_DATE_EPOCH of the script
     assert doc["slots"]["cfg"]["members"] == ["cfg/data.json"]
     assert doc["slots"]["obj"]["members"] == ["obj/data.pkl", "obj/0.npy"]
+
+
+def _with_manifest_edit(src: str, dst, edit) -> None:
+    with zipfile.ZipFile(src) as z:
+        entries = [(i, z.read(i.filename)) for i in z.infolist()]
+    doc = json.loads(dict((i.filename, d) for i, d in entries)["__ckpt__/manifest.json"])
+    edit(doc)
+    with zipfile.ZipFile(dst, "w") as z:
+        for info, data in entries:
+            z.writestr(info, json.dumps(doc).encode() if info.filename == "__ckpt__/manifest.json" else data)
+
+
+def _add_unknown_keys(doc):
+    doc["future_top_level"] = {"x": 1}
+    doc["metadata"]["ckpt_future"] = [1]
+    for member in doc["members"].values():
+        member["future_member_key"] = "crc64:..."
+    for slot in doc["slots"].values():
+        slot["future_slot_key"] = True
+        slot["info"]["future_info_key"] = {"nested": None}
+    for rec in doc["slots"]["main"]["info"]["arrays"]:
+        rec["future_array_key"] = 3
+
+
+@pytest.mark.parametrize("name", ["v2-blake3-kinds.npz", "v1-sha256-kinds.npz", "v2-zstd-checkpoint.npz"])
+def test_readers_ignore_unknown_keys_in_manifest_slot_member_and_info(tmp_path, name):
+    """FORMAT section 7: a key a reader does not know is ignored, wherever it is (the version says
+    what a reader must understand)."""
+    path = tmp_path / name
+    _with_manifest_edit(os.path.join(GOLDEN, name), path, _add_unknown_keys)
+    with ckpt.Pack(str(path)) as pack:
+        pack.verify()
+        for slot, want in EXPECTED[name].items():
+            assert_same(pack.load(slot, trusted=True), want, f"{name} slot {slot!r}")
+
+
+def test_an_unknown_slot_kind_refuses_only_its_slot(tmp_path):
+    """A slot of a kind this reader does not know (a newer ckpt's, or a user's not registered here)
+    leaves the file readable: the other slots load, that one raises UnknownSlotKindError."""
+    path = tmp_path / "k.npz"
+    _with_manifest_edit(os.path.join(GOLDEN, "v2-blake3-kinds.npz"), path,
+                        lambda d: d["slots"]["blob"].update(serializer="shardref"))
+    with ckpt.Pack(str(path)) as pack:
+        pack.verify()
+        assert_same(pack.load("cfg"), EXPECTED["v2-blake3-kinds.npz"]["cfg"])
+        with pytest.raises(ckpt.UnknownSlotKindError, match="'shardref'") as info:
+            pack.load("blob")
+    assert info.value.kind == "shardref" and info.value.slot == "blob" and info.value.file == str(path)
+
+
+def test_a_newer_version_is_refused_by_its_number(tmp_path):
+    path = tmp_path / "v3.npz"
+    _with_manifest_edit(os.path.join(GOLDEN, "v2-blake3-kinds.npz"), path, lambda d: d.update(version=3))
+    with pytest.raises(ckpt.FormatError, match="version 3.*Upgrade ckpt"):
+        ckpt.Pack(str(path))

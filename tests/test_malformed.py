@@ -676,6 +676,7 @@ def test_malformed_file_is_refused(case: Case, api: str, case_files, tmp_path, m
         raise AssertionError(f"{case.id}: {api} raised a raw {type(exc).__name__}, not a CkptError: {exc}") from exc
     assert isinstance(exc, case.expect), f"expected {case.expect.__name__}, got {type(exc).__name__}: {exc}"
     assert os.path.basename(path) in str(exc), f"the message does not name the file: {exc}"
+    assert exc.file is not None and os.path.basename(path) in exc.file, f"{type(exc).__name__}.file is {exc.file!r}"
     if case.match is not None:
         assert case.match in str(exc), f"{case.match!r} not in {exc}"
     assert peak < MEMORY_LIMIT, f"refusing took {peak / MiB:.0f} MiB of traced memory"
