@@ -1,4 +1,4 @@
-"""Slot names: any non-empty string, mapped to a safe member prefix (docs/FORMAT.md section 2.1).
+"""Slot names: any non-empty string, mapped to a safe member prefix (docs/FORMAT.md section 2.3).
 
 A slot is "identified by an arbitrary string" (``"object 1"``, ``"model/encoder"``, ``"模型"``), but
 its members live in a zip where ``/`` separates folders and ``..`` climbs out of them. The prefix

@@ -163,7 +163,7 @@ def _check_info(slot: str, serializer: str, info: dict[str, Any], file: Optional
 
 
 def slot_name_problem(name: Any) -> Optional[str]:
-    """Why ``name`` is not a valid slot name (FORMAT section 2.1), or None; writers and readers share it."""
+    """Why ``name`` is not a valid slot name (FORMAT section 2.3), or None; writers and readers share it."""
     return _slotnames.problem(name)
 
 

@@ -25,7 +25,7 @@ __all__ = ["Pack", "DEFAULT_SLOT", "check_slot_name"]
 
 
 def check_slot_name(name: str) -> str:
-    """Any non-empty text names a slot; it becomes an escaped member prefix (docs/FORMAT.md 2.1)."""
+    """Any non-empty text names a slot; it becomes an escaped member prefix (docs/FORMAT.md 2.3)."""
     problem = slot_name_problem(name)
     if problem is not None:
         raise ValueError(f"invalid slot name {name!r:.120}: it {problem}")

@@ -1,4 +1,4 @@
-"""Slots are identified by an arbitrary string (MLIO), mapped to safe member names (docs/FORMAT.md 2.1)."""
+"""Slots are identified by an arbitrary string (MLIO), mapped to safe member names (docs/FORMAT.md 2.3)."""
 
 from __future__ import annotations
 
