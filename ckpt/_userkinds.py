@@ -60,8 +60,8 @@ def register_serializer(type_or_predicate: TypeOrPredicate, *, name: str, dump: 
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"the dump of serializer {name!r} returned {type(data).__name__}; it must return bytes")
         blob = bytes(data)
-        return Encoded(name, [MemberSource("data.bin", len(blob), lambda: [blob])], info={},
-                       needed=set(packages), informational={"numpy"})
+        # The versions of ``requires`` are added by slotkinds.encode, as for every kind.
+        return Encoded(name, [MemberSource("data.bin", len(blob), lambda: [blob])], info={}, informational={"numpy"})
 
     def decode(stored: _kinds.StoredSlot) -> Any:
         return load(bytes(stored.read(stored.only_member())))

@@ -26,7 +26,6 @@ from .errors import FormatError
 
 MANIFEST_MEMBER = "__ckpt__/manifest.json"
 FORMAT_NAME = "ckpt.pack"
-SERIALIZERS = ("arrays", "json", "raw", "pickle")  #: the built-in slot kinds (ckpt.slotkinds registers them)
 #: What a ``serializer`` value may be: a built-in kind, or a registered one (``mylib.sparse``); a reader
 #: opens a file naming a kind it does not know, and refuses only to load that slot.
 KIND_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")

@@ -79,6 +79,7 @@ def pickled() -> Any:
     return collections.OrderedDict([("a", np.arange(4, dtype=np.int64)), ("b", [1, 2])])
 
 
+SOURCE_DATE_EPOCH = "1800000000"
 METADATA = {"user": {"note": "golden", "n": 3}}
 METRICS = {"val_loss": 0.25, "acc": 0.875}
 
@@ -108,26 +109,40 @@ def _pack(path: str) -> None:
         pack.set_metadata(METADATA)
 
 
-def main() -> None:
-    os.environ.setdefault("SOURCE_DATE_EPOCH", "1800000000")
+def write(out: str) -> None:
+    """Write every golden file into ``out`` (tests call this to compare today's writer with the files)."""
     import ckpt
+    from ckpt import _digest
 
-    os.makedirs(OUT, exist_ok=True)
-    ckpt.set_digest("blake3")
-    _pack(os.path.join(OUT, "v2-blake3-kinds.npz"))
-    ckpt.set_digest("sha256")
-    _pack(os.path.join(OUT, "v1-sha256-kinds.npz"))
-    ckpt.set_digest("blake3")
-    with tempfile.TemporaryDirectory() as tmp:
-        ck = ckpt.Checkpoint(tmp, verbose=False)
-        path = ck.save(compressible(), 42, extras={"cfg": extras()["cfg"]}, metrics=METRICS, compression="zstd")
-        shutil.copyfile(path, os.path.join(OUT, "v2-zstd-checkpoint.npz"))
-    with ckpt.Pack(os.path.join(OUT, "v2-lz4.npz")) as pack:
-        pack.dump("main", compressible(), compression="lz4")
+    os.makedirs(out, exist_ok=True)
+    before = _digest.default()
+    try:
+        ckpt.set_digest("blake3")
+        _pack(os.path.join(out, "v2-blake3-kinds.npz"))
+        ckpt.set_digest("sha256")
+        _pack(os.path.join(out, "v1-sha256-kinds.npz"))
+        ckpt.set_digest("blake3")
+        with tempfile.TemporaryDirectory() as tmp:
+            ck = ckpt.Checkpoint(tmp, verbose=False)
+            path = ck.save(compressible(), 42, extras={"cfg": extras()["cfg"]}, metrics=METRICS,
+                           compression="zstd")
+            shutil.copyfile(path, os.path.join(out, "v2-zstd-checkpoint.npz"))
+        with ckpt.Pack(os.path.join(out, "v2-lz4.npz")) as pack:
+            pack.dump("main", compressible(), compression="lz4")
+    finally:
+        ckpt.set_digest(before)
     main_arrays = arrays()
-    np.savez(os.path.join(OUT, "plain-savez.npz"), x=main_arrays["float32"], y=main_arrays["int64"])
-    np.savez_compressed(os.path.join(OUT, "plain-savez-compressed.npz"), x=main_arrays["float32"],
+    np.savez(os.path.join(out, "plain-savez.npz"), x=main_arrays["float32"], y=main_arrays["int64"])
+    np.savez_compressed(os.path.join(out, "plain-savez-compressed.npz"), x=main_arrays["float32"],
                         y=main_arrays["uint8"])
+
+
+def main() -> None:
+    os.environ.setdefault("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH)
+    if os.path.isdir(OUT) and os.listdir(OUT):
+        sys.exit(f"{OUT} exists: golden files are written once per format version and never regenerated "
+                 "(see this script's docstring); add new files under new names instead")
+    write(OUT)
     for name in sorted(os.listdir(OUT)):
         sys.stdout.write(f"{name}: {os.path.getsize(os.path.join(OUT, name))} bytes\n")
 
