@@ -42,6 +42,9 @@ def register_serializer(type_or_predicate: TypeOrPredicate, *, name: str, dump: 
     installed versions are recorded (same major version needed, same minor for 0.x) and checked at
     load like ckpt's own. Kinds registered later win over earlier ones for a value both claim;
     values no user kind claims keep the built-in choice (arrays, json, raw, pickle).
+
+    ``load`` receives bytes read from a file, which anyone may have written (their digest only says
+    they are what the writer wrote): it should be safe on untrusted input, e.g. never unpickle.
     """
     if not isinstance(name, str) or "." not in name.strip("."):
         raise ValueError(f"serializer name {name!r} must contain a dot, e.g. 'mylib.sparse' (bare names are "
