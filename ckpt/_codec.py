@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from . import _crc, _json, _limits, _npy
-from .errors import ChecksumError, FormatError, MissingDependencyError
+from .errors import ChecksumError, FormatError, InternalError, MissingDependencyError
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -345,7 +345,7 @@ class Encoder:
                 self._fill()
                 owner, fut = self._queue.popleft()
             if owner != index:
-                raise RuntimeError(f"internal error: compressed member {owner} queued before {index}")
+                raise InternalError(f"internal error: compressed member {owner} queued before {index}")
             yield from fut.result()
 
 
