@@ -121,3 +121,20 @@ def test_writer_and_reader_refuse_the_same_names(tmp_path, name):
     with pytest.raises(ckpt.FormatError, match="slot name") as info:
         ckpt.Pack(str(bad))
     assert info.value.file == str(bad)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=20).filter(lambda n: problem(n) is None and n != "main"),
+                min_size=1, max_size=4, unique=True))
+def test_random_names_round_trip_through_a_file(tmp_path_factory, names):
+    path = tmp_path_factory.mktemp("names") / "p.npz"
+    with ckpt.Pack(path) as pack:
+        pack.dump("main", {"x": np.ones(1)})
+        for i, n in enumerate(names):
+            pack.dump(n, {"i": i, "name": n})
+    with ckpt.Pack(path) as pack:
+        pack.verify()
+        assert sorted(pack) == sorted(["main", *names])
+        assert [pack.load(n) for n in names] == [{"i": i, "name": n} for i, n in enumerate(names)]
+    for member in _members(path):
+        _assert_safe(member)
