@@ -99,3 +99,12 @@ from .recipes import Recipe, recipe_of, recorded
 from .selector import Selector
 
 __all__ += ["recorded", "recipe_of", "Recipe", "build", "find", "Entry", "Selector"]
+
+# Slot kinds: the registry every kind of slot goes through, and users' own serializers.
+from . import slotkinds
+from ._userkinds import register_serializer, unregister_serializer
+from .errors import MissingDependencyError, UnknownSlotKindError
+from .slotkinds import with_deps
+
+__all__ += ["slotkinds", "register_serializer", "unregister_serializer", "with_deps", "MissingDependencyError",
+            "UnknownSlotKindError"]

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from . import _crc, _json, _limits, _npy
-from .errors import ChecksumError, FormatError
+from .errors import ChecksumError, FormatError, InternalError, MissingDependencyError
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -125,7 +125,9 @@ def _codec_functions(codec: str, level: Optional[int]) -> tuple[Callable[[Any], 
         try:
             import zstandard
         except ImportError:
-            raise ImportError("compression='zstd' needs the zstandard package: pip install 'ckpt[zstd]'") from None
+            raise MissingDependencyError("zstd compression (writing, or reading zstd members) needs the zstandard "
+                                         "package, which is not installed: pip install 'ckpt[zstd]'",
+                                         package="zstandard", extra="zstd") from None
 
         def compress(data: Any) -> bytes:
             return _zstd_compressor(level).compress(data)
@@ -149,7 +151,9 @@ def _codec_functions(codec: str, level: Optional[int]) -> tuple[Callable[[Any], 
         try:
             import lz4.block
         except ImportError:
-            raise ImportError("compression='lz4' needs the lz4 package: pip install 'ckpt[lz4]'") from None
+            raise MissingDependencyError("lz4 compression (writing, or reading lz4 members) needs the lz4 "
+                                         "package, which is not installed: pip install 'ckpt[lz4]'",
+                                         package="lz4", extra="lz4") from None
         accel = 1 if level is None else max(1, int(level))
 
         def compress_lz4(data: Any) -> bytes:
@@ -341,7 +345,7 @@ class Encoder:
                 self._fill()
                 owner, fut = self._queue.popleft()
             if owner != index:
-                raise RuntimeError(f"internal error: compressed member {owner} queued before {index}")
+                raise InternalError(f"internal error: compressed member {owner} queued before {index}")
             yield from fut.result()
 
 

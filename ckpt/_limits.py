@@ -60,8 +60,8 @@ MAX_MEMBER_BYTES = 1 << 40
 #: Largest JSON slot accepted, in bytes.
 MAX_JSON_BYTES = 256 * 1024 * 1024
 
-#: Longest slot name accepted.
-MAX_SLOT_NAME = 128
+#: Longest slot name accepted, in characters (escaped, at most 12 bytes each: a member prefix under 4 KiB).
+MAX_SLOT_NAME = 256
 
 #: Size of the chunks streamed while writing, hashing and copying members.
 CHUNK_BYTES = 16 * 1024 * 1024

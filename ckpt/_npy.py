@@ -20,7 +20,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 
 from . import _limits
-from .errors import FormatError
+from .errors import FormatError, MissingDependencyError
 
 MAGIC = b"\x93NUMPY"
 #: What numpy raises for a malformed dtype description (it parses comma strings with ast.literal_eval).
@@ -57,9 +57,9 @@ def dtype_from_name(name: str, *, where: str = "") -> np.dtype:
         try:
             import ml_dtypes
         except ImportError:
-            raise FormatError(
-                f"{where}: arrays of dtype {name!r} need the ml_dtypes package (pip install ml_dtypes)"
-            ) from None
+            raise MissingDependencyError(
+                f"{where}: arrays of dtype {name!r:.200} need the ml_dtypes package, which is not installed "
+                "(pip install ml_dtypes); the file is not damaged", package="ml_dtypes") from None
         found = getattr(ml_dtypes, name, None) if name.isidentifier() else None
         try:
             dt = np.dtype(found) if isinstance(found, type) else None

@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import mmap
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterable, Mapping, Optional
 
 import numpy as np
 
-from . import _crc, _digest, _json, _limits, _npy, _zip, deps as _deps, manifest as _manifest, serializers as _ser
-from ._pickle_scan import scan, scan_globals
-from .errors import ChecksumError, FormatError, NotAPackError, SlotKindError, SlotNotFoundError
+from . import _crc, _digest, _json, _limits, _zip, deps as _deps, manifest as _manifest
+from ._members import Encoded
+from ._slotnames import DEFAULT_SLOT, member_prefix
+from .errors import ChecksumError, FormatError, InternalError, NotAPackError, SlotNotFoundError
 from .manifest import MANIFEST_MEMBER, SlotInfo
-
-DEFAULT_SLOT = "main"
 
 _MAGICS = [
     (b"\x80", "a pickle stream (pickle protocol 2 or later)"),
@@ -236,7 +234,7 @@ class PackReader:
 
     def _view(self, m: _Member) -> memoryview:
         if self.mm is None:
-            raise FormatError(f"{self.label}: internal error: no mapping", file=self.label)
+            raise InternalError(f"{self.label}: internal error: a mapped read without a mapping", file=self.label)
         return memoryview(self.mm)[m.zip.data_offset:m.zip.data_offset + m.zip.size]
 
     def verify_members(self, names: Iterable[str], *, slot: Optional[str] = None) -> None:
@@ -300,77 +298,23 @@ class PackReader:
             out.extend(_deps.find_mismatches(self.slot(s).dependencies, f"slot {s!r}"))
         return out
 
-    def arrays(self, slot: str, *, verify: bool = True) -> _ser.ArraysView:
-        info = self.slot(slot)
-        if info.serializer != "arrays":
-            raise SlotKindError(f"{self.label}: slot {slot!r} holds {info.serializer} data, not arrays",
-                                file=self.label, slot=slot)
-        def read(member: str, copy: bool = True) -> Any:
-            return self.read_member(member, verify=verify, slot=slot, copy=copy)
+    # What a slot's members mean is its kind's business (ckpt.slotkinds); these forward to it for
+    # the callers that hold a reader.
+    def arrays(self, slot: str, *, verify: bool = True) -> Any:
+        from . import slotkinds
 
-        return _ser.ArraysView(
-            info.members, info.info,
-            read_member=read,
-            read_head=self.read_head,
-            member_size=self.member_size,
-            where=f"{self.label} slot {slot!r}",
-            verify_members=(lambda names: self.verify_members(names, slot=slot)) if verify else None,
-            read_many=lambda names: self.read_members(names, verify=verify, slot=slot),
-        )
+        return slotkinds.arrays(self, slot, verify=verify)
 
-    def load(self, slot: str, *, trusted: _ser.Trusted = False, verify: bool = True) -> Any:
-        """The value stored in a slot (dependencies are the caller's to check first)."""
-        info = self.slot(slot)
-        where = f"{self.label} slot {slot!r}"
-        if info.serializer == "arrays":
-            return self.arrays(slot, verify=verify).as_value()
-        if info.serializer == "pickle":
-            return self._load_pickle(slot, info, trusted=trusted, verify=verify)
-        if len(info.members) != 1:
-            raise FormatError(f"{where}: a {info.serializer} slot must have exactly one member", file=self.label)
-        zm = self.zip.members[info.members[0]]
-        if info.serializer == "json" and zm.method != _zip.STORED:
-            _json.check_expansion(zm.size, zm.compressed_size, what=f"{where} JSON member", file=self.label)
-        data = self.read_member(info.members[0], verify=verify, slot=slot)
-        if info.serializer == "json":
-            return _ser.decode_json(data, where, info.info, stored_bytes=zm.compressed_size)
-        return bytes(data)
+    def load(self, slot: str, *, trusted: Any = False, verify: bool = True) -> Any:
+        """The value stored in a slot, decoded by its kind (dependencies are the caller's to check first)."""
+        from . import slotkinds
+
+        return slotkinds.load(self, slot, trusted=trusted, verify=verify)
 
     def pickle_globals(self, slot: str) -> list[str]:
-        """The globals a pickle slot would import, read from its opcodes (verified first; nothing runs)."""
-        info = self.slot(slot)
-        if info.serializer != "pickle" or not info.members:
-            return []
-        data = self.read_member(info.members[0], slot=slot)
-        return scan_globals(bytes(data), where=f"{self.label} slot {slot!r}")
+        from . import slotkinds
 
-    def _load_pickle(self, slot: str, info: SlotInfo, *, trusted: _ser.Trusted, verify: bool) -> Any:
-        where = f"{self.label} slot {slot!r}"
-        if not info.members:
-            raise FormatError(f"{where}: a pickle slot needs its pickle member", file=self.label)
-        data = bytes(self.read_member(info.members[0], verify=verify, slot=slot, copy=False))
-        _ser.check_trusted(trusted, scan(data, where=where), where, file=self.label, slot=slot)
-        # Everything is verified before anything is unpickled.
-        arrays = []
-        records = info.info.get("arrays", [])
-        for i, member in enumerate(info.members[1:]):
-            buf = self.read_member(member, verify=verify, slot=slot)
-            header = _npy.parse_header(bytes(buf[:_limits.MAX_NPY_HEADER_BYTES]), len(buf),
-                                       where=f"{where} member {member!r}")
-            rec = records[i] if i < len(records) and isinstance(records[i], dict) else {}
-            true = _npy.dtype_from_name(rec["dtype"], where=where) if isinstance(rec.get("dtype"), str) else None
-            arrays.append(_npy.array_from_buffer(buf, header, dtype=true))
-
-        def load_array(i: int, kind: str) -> Any:
-            if not 0 <= i < len(arrays):
-                raise FormatError(f"{where}: the pickle refers to array {i}; the slot holds {len(arrays)}",
-                                  file=self.label, slot=slot)
-            arr = arrays[i]
-            if kind == "jax" and sys.modules.get("jax") is not None:
-                return sys.modules["jax"].numpy.array(arr)
-            return arr
-
-        return _ser.decode_pickle(data, trusted, where, load_array=load_array, file=self.label, slot=slot)
+        return slotkinds.pickle_globals(self, slot)
 
 
 def _reserve(size: int) -> np.ndarray:
@@ -415,14 +359,10 @@ def _unique(name: str, taken: set[str]) -> str:
     return f"__ckpt__/moved/{i}/{name}"
 
 
-def member_prefix(slot: str) -> str:
-    return "" if slot == DEFAULT_SLOT else f"{slot}/"
-
-
 def write_pack(
     f: BinaryIO,
     *,
-    new: Mapping[str, _ser.Encoded],
+    new: Mapping[str, Encoded],
     source: Optional[PackReader] = None,
     keep: Iterable[str] = (),
     metadata: Optional[Mapping[str, Any]] = None,
@@ -499,6 +439,7 @@ def write_pack(
                 by_identity[src.identity] = name
             names.append(name)
         deps = _deps.describe(enc.needed, enc.strictness, enc.informational)  # type: ignore[arg-type]
+        deps.update(enc.dependencies)
         slots[slot_name] = SlotInfo(enc.serializer, names, sum(out_members[n]["size"] for n in names),
                                     _manifest.slot_digest(digests(names), algorithm), now, deps, enc.info,
                                     algorithm)

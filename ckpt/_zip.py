@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator, NoReturn, Optional, Union
 
 from . import _crc, _digest, _limits, _writeback
-from .errors import ChecksumError, FormatError
+from .errors import ChecksumError, FormatError, InternalError
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -137,7 +137,7 @@ class ZipWriter:
         data descriptor when ``f`` cannot seek).
         """
         if name in self._names:
-            raise FormatError(f"internal error: member {name!r} written twice")
+            raise InternalError(f"internal error: member {name!r} written twice")
         encoded = name.encode("utf-8")
         flags = _FLAG_UTF8 if not encoded.isascii() else 0
         zip64 = size >= _U32
@@ -169,7 +169,7 @@ class ZipWriter:
             for chunk in chunks:
                 view = memoryview(chunk).cast("B")
                 if written + len(view) > size:
-                    raise FormatError(f"internal error: member {name!r} longer than its "
+                    raise InternalError(f"internal error: member {name!r} longer than its "
                                       f"{'declared' if exact else 'bound of'} {size} bytes")
                 if len(view) >= _OVERLAP_MIN or hashing:
                     # The digest runs behind on the helper (BLAKE3: on every core) while this thread CRCs,
@@ -187,7 +187,7 @@ class ZipWriter:
             while hashing:
                 hashing.popleft().result()
         if exact and written != size:
-            raise FormatError(f"internal error: member {name!r} is {written} bytes, declared {size}")
+            raise InternalError(f"internal error: member {name!r} is {written} bytes, declared {size}")
         size = written
         if self._seekable:
             end = self._f.tell()
@@ -217,7 +217,7 @@ class ZipWriter:
         parts = [memoryview(c).cast("B") for c in chunks]
         written = sum(len(p) for p in parts)
         if written != size:
-            raise FormatError(f"internal error: member {name!r} is {written} bytes, declared {size}")
+            raise InternalError(f"internal error: member {name!r} is {written} bytes, declared {size}")
         crc = 0
         h = _digest.new(algorithm)
         for part in parts:
@@ -242,7 +242,7 @@ class ZipWriter:
     def rollback(self, member: Member) -> None:
         """Drop the last member written (used to deduplicate content after the fact)."""
         if not self._seekable or not self.members or self.members[-1] is not member:
-            raise FormatError("internal error: can only roll back the last member of a seekable file")
+            raise InternalError("internal error: can only roll back the last member of a seekable file")
         self.members.pop()
         self._names.discard(member.name)
         self._f.seek(self._base + member.header_offset)

@@ -17,7 +17,7 @@ from typing import Any, Optional, Union
 from . import aliases as _aliases, collections as _coll, deps as _deps
 from ._packfile import DEFAULT_SLOT, PackReader
 from .checkpoint import Checkpoint
-from .errors import CheckpointNotFoundError, RecipeNotFoundError, UntrustedClassError
+from .errors import CheckpointNotFoundError, RecipeNotFoundError, UntrustedClassError, attach
 from .recipes import Recipe, Trusted, adopt
 from .varfile import open_reader, prepare_restore
 
@@ -65,7 +65,8 @@ def recipe_in(reader: PackReader) -> Recipe:
     if doc is None:
         raise RecipeNotFoundError(f"{reader.label}: records no recipe (it was saved without recipe=); build the model "
                                   "yourself and restore into it", file=reader.label)
-    return Recipe.from_dict(doc, f"{reader.label}: recipe")
+    with attach(reader.label):
+        return Recipe.from_dict(doc, f"{reader.label}: recipe")
 
 
 def build(path_or_logdir: Union[str, "os.PathLike[str]"], idx: Optional[int] = None, *, trusted: Trusted = None,

@@ -81,6 +81,42 @@ def describe(
     return out
 
 
+def user_descriptors(deps: Mapping[str, object]) -> dict[str, dict[str, str]]:
+    """The user's own descriptors for a slot, as recorded: ``{"mylib": "1.2"}`` needs mylib of the same
+    major version (same minor for 0.x) to read it; ``{"mylib": {"version": "1.2", "requires": ">=1.1"}}``
+    says so exactly, and ``"requires": ""`` records the entry without checking it."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    from . import _limits
+
+    if len(deps) > _limits.MAX_DEPENDENCIES // 2:
+        raise ValueError(f"{len(deps)} dependency descriptors for one slot; at most {_limits.MAX_DEPENDENCIES // 2}")
+    out: dict[str, dict[str, str]] = {}
+    for name, desc in deps.items():
+        if not isinstance(name, str) or not 0 < len(name) <= 100:
+            raise TypeError(f"dependency names are strings of 1-100 characters, not {name!r:.120}")
+        if isinstance(desc, str):
+            version, requires = desc, _specifier(desc, "major")
+        elif isinstance(desc, Mapping) and isinstance(desc.get("version"), str) and isinstance(
+                desc.get("requires", ""), str) and set(desc) <= {"version", "requires"}:
+            version = desc["version"]
+            requires = desc["requires"] if "requires" in desc else _specifier(version, "major")
+        else:
+            raise TypeError(f"dependency {name!r}: expected a version string or {{'version': str, 'requires': str}}, "
+                            f"found {desc!r:.120}")
+        if not 0 < len(version) <= 100:
+            raise ValueError(f"dependency {name!r}: version {version!r:.120} must be 1-100 characters")
+        if len(requires) > _limits.MAX_REQUIRES_CHARS or requires.count(",") >= _limits.MAX_REQUIRES_CLAUSES:
+            raise ValueError(f"dependency {name!r}: requires {requires!r:.80} is over the limits of "
+                             f"{_limits.MAX_REQUIRES_CHARS} characters and {_limits.MAX_REQUIRES_CLAUSES} clauses")
+        try:
+            SpecifierSet(requires)
+        except InvalidSpecifier:
+            raise ValueError(f"dependency {name!r}: requires {requires!r} is not a PEP 440 specifier") from None
+        out[name] = {"version": version, "requires": requires}
+    return out
+
+
 @dataclass(frozen=True)
 class Mismatch:
     package: str

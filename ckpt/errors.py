@@ -8,8 +8,9 @@ says what was expected, what was found, and where it helps, how to fix it.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 __all__ = [
     "CkptError",
@@ -31,6 +32,8 @@ __all__ = [
     "CorruptCheckpointWarning",
     "MissingDependencyError",
     "StorageError",
+    "UnknownSlotKindError",
+    "InternalError",
 ]
 
 
@@ -45,6 +48,20 @@ class CkptError(Exception):
 
     def __str__(self) -> str:  # KeyError subclasses would otherwise repr() the message
         return self.message
+
+
+@contextlib.contextmanager
+def attach(file: Optional[str], slot: Optional[str] = None) -> Iterator[None]:
+    """Give every ckpt error raised inside the block the file (and slot) it concerns, where the
+    code that raised it (a parser of bytes, which knows no file) left them unset."""
+    try:
+        yield
+    except CkptError as e:
+        if e.file is None:
+            e.file = file
+        if e.slot is None:
+            e.slot = slot
+        raise
 
 
 class FormatError(CkptError, ValueError):
@@ -80,6 +97,22 @@ class SlotNotFoundError(CkptError, KeyError):
 
 class SlotKindError(CkptError, TypeError):
     """A slot holds another kind of data than the call needs (e.g. JSON where arrays are restored)."""
+
+
+class UnknownSlotKindError(SlotKindError):
+    """A slot was written by a slot kind (serializer) this process has not registered.
+
+    The file is not damaged and nothing was imported: register the kind named in ``kind``
+    (``ckpt.register_serializer(..., name=kind, ...)``) in the reading process and load again.
+    """
+
+    def __init__(self, message: str, *, kind: str, file: Optional[str] = None, slot: Optional[str] = None):
+        super().__init__(message, file=file, slot=slot)
+        self.kind = kind
+
+
+class InternalError(CkptError, RuntimeError):
+    """An invariant of ckpt's own code failed (a bug to report), not a problem of the file or the call."""
 
 
 class SlotExistsError(CkptError, ValueError):

@@ -21,12 +21,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from . import _digest, _json, _limits
+from . import _digest, _json, _limits, _slotnames
 from .errors import FormatError
 
 MANIFEST_MEMBER = "__ckpt__/manifest.json"
 FORMAT_NAME = "ckpt.pack"
-SERIALIZERS = ("arrays", "json", "raw", "pickle")
+#: What a ``serializer`` value may be: a built-in kind, or a registered one (``mylib.sparse``); a reader
+#: opens a file naming a kind it does not know, and refuses only to load that slot.
+KIND_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -160,15 +162,8 @@ def _check_info(slot: str, serializer: str, info: dict[str, Any], file: Optional
 
 
 def slot_name_problem(name: Any) -> Optional[str]:
-    """Why ``name`` is not a valid slot name (FORMAT section 2), or None; writers and readers share it."""
-    if not isinstance(name, str):
-        return "is not a string"
-    ok = (0 < len(name) <= _limits.MAX_SLOT_NAME and name.isascii() and name[0].isalnum()
-          and all(c.isalnum() or c in "_.-" for c in name))
-    if ok:
-        return None
-    return (f"must be 1-{_limits.MAX_SLOT_NAME} ASCII letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit")
+    """Why ``name`` is not a valid slot name (FORMAT section 2.3), or None; writers and readers share it."""
+    return _slotnames.problem(name)
 
 
 def _check_dependencies(slot: str, deps: Any, file: Optional[str]) -> None:
@@ -241,7 +236,8 @@ def decode(data: bytes, file: Optional[str], zip_members: Mapping[str, int], *,
         _require(problem is None, file, f"slot name {name!r:.80} {problem}")
         _require(isinstance(s, dict), file, f"slot {name!r} is not an object")
         ser = s.get("serializer")
-        _require(ser in SERIALIZERS, file, f"slot {name!r} has unknown serializer {ser!r}")
+        _require(isinstance(ser, str) and KIND_NAME.fullmatch(ser) is not None, file,
+                 f"slot {name!r} serializer {ser!r:.80} is not a slot kind name")
         mem = s.get("members")
         _require(isinstance(mem, list) and all(isinstance(x, str) and x in members for x in mem), file,
                  f"slot {name!r} lists members missing from the member table")

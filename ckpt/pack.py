@@ -13,7 +13,7 @@ import os
 import tempfile
 from typing import Any, BinaryIO, Iterator, Mapping, Optional, Union
 
-from . import _io, _packfile, deps as _deps, manifest as _manifest, serializers as _ser
+from . import _io, _packfile, deps as _deps, manifest as _manifest, serializers as _ser, slotkinds as _kinds
 from ._packfile import DEFAULT_SLOT
 from .errors import ReadOnlyPackError, SlotExistsError, SlotNotFoundError
 from .manifest import ManifestInfo, SlotInfo, slot_name_problem
@@ -25,10 +25,10 @@ __all__ = ["Pack", "DEFAULT_SLOT", "check_slot_name"]
 
 
 def check_slot_name(name: str) -> str:
-    """Slot names become member path prefixes, so they are kept to a safe alphabet."""
+    """Any non-empty text names a slot; it becomes an escaped member prefix (docs/FORMAT.md 2.3)."""
     problem = slot_name_problem(name)
     if problem is not None:
-        raise ValueError(f"invalid slot name {name!r}: it {problem}")
+        raise ValueError(f"invalid slot name {name!r:.120}: it {problem}")
     return name
 
 
@@ -177,13 +177,13 @@ class Pack:
         r.slot(slot)
         mode = _deps.check_mode(deps) if deps is not None else self._deps
         _deps.report(r.dependency_mismatches([slot]), mode, self.label)
-        return r.load(slot, trusted=trusted, verify=self._verify if verify is None else verify)
+        return _kinds.load(r, slot, trusted=trusted, verify=self._verify if verify is None else verify)
 
     def arrays(self, slot: str = DEFAULT_SLOT) -> _ser.ArraysView:
         """Lazy access to an arrays slot: names, shapes and dtypes first, one verified array at a time."""
         r = self._readable_reader()
         _deps.report(r.dependency_mismatches([slot]), self._deps, self.label)
-        return r.arrays(slot, verify=self._verify)
+        return _kinds.arrays(r, slot, verify=self._verify)
 
     def verify(self) -> None:
         """Check every slot's members against their digest (blake3 or sha256; CRC for files without a manifest)."""
@@ -192,8 +192,14 @@ class Pack:
             r.verify_slot(slot)
 
     # -- changing ----------------------------------------------------------
-    def dump(self, slot: str, obj: Any, *, serializer: Optional[str] = None, compression: Any = None) -> None:
+    def dump(self, slot: str, obj: Any, *, serializer: Optional[str] = None, compression: Any = None,
+             deps: Optional[Mapping[str, Any]] = None) -> None:
         """Store ``obj`` in a new slot (raises SlotExistsError if it exists; ``remove`` it first).
+
+        ``slot`` is any non-empty text (``"model/encoder"``, ``"object 1"``). ``serializer`` names a
+        slot kind (built in, or registered with :func:`ckpt.register_serializer`); by default the
+        value's type chooses. ``deps`` adds your own dependency descriptors (``{"mylib": "1.2"}``),
+        checked at load like the package versions ckpt records.
 
         ``compression`` ("zstd", "lz4" or (codec, level)) compresses the arrays of an
         arrays slot that a sample shows will shrink (docs/FORMAT.md section 2.2).
@@ -203,7 +209,8 @@ class Pack:
         if slot in self:
             raise SlotExistsError(f"{self.label}: slot {slot!r} already exists; remove() it before dumping again",
                                   file=self.label, slot=slot)
-        encoded = _ser.encode(obj, serializer, _packfile.member_prefix(slot), compression=compression)
+        encoded = _kinds.encode(obj if deps is None else _kinds.with_deps(obj, deps), serializer,
+                                compression=compression)
         self._rewrite(new={slot: encoded}, drop=())
 
     def remove(self, slot: str) -> None:

@@ -8,43 +8,22 @@ unless the caller trusts the file.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 
 from . import _codec, _json, _limits, _module_pickle, _npy, _pickle_policy as _policy, _snapshot, _tagged, collections as _coll
+from ._members import Buffer, Encoded, MemberSource
 from ._pickle_scan import PickleScan, scan, scan_globals, top_level_packages
-from .errors import FormatError, UntrustedPickleError
+from .errors import FormatError, UntrustedPickleError, attach
 
-Buffer = Union[bytes, bytearray, memoryview]
+__all__ = ["Buffer", "Encoded", "MemberSource", "Trusted", "ArraysView", "choose", "is_jsonable"]
 Trusted = Union[bool, Sequence[str]]
-
-
-@dataclass
-class MemberSource:
-    """One member to write: its name inside the slot, exact size, and a producer of its bytes."""
-
-    suffix: str
-    size: int
-    chunks: Callable[[], Iterable[Buffer]]
-    identity: Optional[int] = None  # id() of the source object, to store one object once
-    exact: bool = True  # False: ``size`` is an upper bound (compressed members)
-
-
-@dataclass
-class Encoded:
-    """A value turned into members plus what the manifest records about it."""
-
-    serializer: str
-    members: list[MemberSource]
-    info: dict[str, Any] = field(default_factory=dict)
-    needed: set[str] = field(default_factory=set)
-    informational: set[str] = field(default_factory=set)
-    strictness: str = "major"
 
 
 # -- choosing -------------------------------------------------------------
@@ -94,24 +73,6 @@ def snapshot_leaf(leaf: Any, buffers: Optional[_snapshot.Snapshot] = None) -> An
         if start is not None:
             start()
     return leaf
-
-
-def encode(obj: Any, serializer: Optional[str], prefix: str, *, snapshot: bool = False,
-           compression: Any = None, buffers: Optional[_snapshot.Snapshot] = None) -> Encoded:
-    """Members and manifest info for ``obj``. With ``snapshot``, the result does not change when
-    ``obj`` is mutated afterwards (for saves that write in the background; arrays are copied into
-    ``buffers`` when given). ``compression`` ("zstd", "lz4", (codec, level)) applies to arrays slots."""
-    name = serializer or choose(obj)
-    if name == "arrays":
-        return encode_arrays(obj, prefix, snapshot=snapshot, compression=_codec.Compression.parse(compression),
-                             buffers=buffers)
-    if name == "json":
-        return encode_json(obj, prefix)
-    if name == "raw":
-        return encode_raw(obj, prefix)
-    if name == "pickle":
-        return encode_pickle(obj, prefix, snapshot=snapshot, buffers=buffers)
-    raise ValueError(f"unknown serializer {name!r}; choose one of arrays, json, raw, pickle")
 
 
 # -- arrays ---------------------------------------------------------------
@@ -176,7 +137,7 @@ def _names_array(names: list[str]) -> np.ndarray:
     return np.array(names, dtype=f"<U{max([1, *map(len, names)])}")
 
 
-def encode_arrays(obj: Any, prefix: str, *, snapshot: bool = False,
+def encode_arrays(obj: Any, *, snapshot: bool = False,
                   compression: Optional[_codec.Compression] = None,
                   buffers: Optional[_snapshot.Snapshot] = None) -> Encoded:
     flat = _coll.flatten(obj)
@@ -229,16 +190,32 @@ def _unshared(arrays: dict[str, np.ndarray], members: Mapping[str, str]) -> dict
     return arrays
 
 
-def _check_names_shape(shape: tuple[int, ...], dtype: np.dtype, count: int, where: str) -> None:
+def _check_names_shape(shape: tuple[int, ...], dtype: np.dtype, count: int, where: str,
+                       file: Optional[str] = None) -> None:
     """A names member is ``count`` unicode names, each at most MAX_NAME_BYTES characters (checked from
     the header, before the names are read or converted: a huge names member costs memory)."""
     if len(shape) != 1 or dtype.kind != "U":
-        raise FormatError(f"{where}: names member is not a 1-D unicode array (found {dtype} with shape {shape})")
+        raise FormatError(f"{where}: names member is not a 1-D unicode array (found {dtype} with shape {shape})",
+                          file=file)
     if shape[0] != count:
-        raise FormatError(f"{where}: {shape[0]} names for {count} array members")
+        raise FormatError(f"{where}: {shape[0]} names for {count} array members", file=file)
     if dtype.itemsize > 4 * _limits.MAX_NAME_BYTES:
         raise FormatError(f"{where}: names member holds names of up to {dtype.itemsize // 4} characters, over the "
-                          f"limit of {_limits.MAX_NAME_BYTES}")
+                          f"limit of {_limits.MAX_NAME_BYTES}", file=file)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _about_slot(method: _F) -> _F:
+    """Errors a view's method raises name the view's file and slot (the parsers below know neither)."""
+
+    @functools.wraps(method)
+    def wrapper(self: "ArraysView", *args: Any, **kwargs: Any) -> Any:
+        with attach(self.file, self.slot):
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class ArraysView:
@@ -250,7 +227,9 @@ class ArraysView:
     def __init__(self, members: list[str], info: dict[str, Any], read_member: Callable[..., Any],
                  read_head: Callable[..., bytes], member_size: Callable[[str], int], where: str,
                  verify_members: Optional[Callable[[list[str]], None]] = None,
-                 read_many: Optional[Callable[[list[str]], dict[str, Any]]] = None):
+                 read_many: Optional[Callable[[list[str]], dict[str, Any]]] = None, *,
+                 file: Optional[str] = None, slot: Optional[str] = None):
+        self.file, self.slot = file, slot
         self._read_member = read_member
         self._read_many = read_many
         self._verify_members = verify_members
@@ -261,29 +240,29 @@ class ArraysView:
         layout = info.get("layout", "objax")
         if layout == "objax":
             if not members:
-                raise FormatError(f"{where}: arrays slot has no names.npy member")
+                raise FormatError(f"{where}: arrays slot has no names.npy member", file=self.file, slot=self.slot)
             if not members[0].endswith(".ckz"):
                 # Checked from the header, before the member is read (or inflated).
                 head = _npy.parse_header(read_head(members[0]), member_size(members[0]),
                                          where=f"{where} member {members[0]!r}")
-                _check_names_shape(head.shape, head.dtype, len(members) - 1, where)
-            names_arr = self._array(members[0], expect_names=True)
-            _check_names_shape(names_arr.shape, names_arr.dtype, len(members) - 1, where)
+                _check_names_shape(head.shape, head.dtype, len(members) - 1, where, file)
+            names_arr = self._array(members[0])
+            _check_names_shape(names_arr.shape, names_arr.dtype, len(members) - 1, where, file)
             codes = np.frombuffer(names_arr.astype("<U").tobytes(), dtype="<u4")
             if codes.size and (int(codes.max()) > 0x10FFFF or bool(((codes >= 0xD800) & (codes < 0xE000)).any())):
-                raise FormatError(f"{where}: names member holds code points that are not Unicode characters")
+                raise FormatError(f"{where}: names member holds code points that are not Unicode characters", file=self.file, slot=self.slot)
             self.names = [str(n) for n in names_arr]
             self._members = list(members[1:])
         elif layout == "named":
             self.names = [str(a["name"]) for a in info.get("arrays", [])]
             self._members = list(members)
         else:
-            raise FormatError(f"{where}: unknown arrays layout {layout!r}")
+            raise FormatError(f"{where}: unknown arrays layout {layout!r}", file=self.file, slot=self.slot)
         if len(self.names) != len(self._members):
-            raise FormatError(f"{where}: {len(self.names)} names for {len(self._members)} array members")
+            raise FormatError(f"{where}: {len(self.names)} names for {len(self._members)} array members", file=self.file, slot=self.slot)
         if len(set(self.names)) != len(self.names):
             dup = sorted(n for n, c in Counter(self.names).items() if c > 1)
-            raise FormatError(f"{where}: duplicate array names {dup[:10]}")
+            raise FormatError(f"{where}: duplicate array names {dup[:10]}", file=self.file, slot=self.slot)
         recorded = info.get("arrays")
         self._dtypes: dict[str, Optional[np.dtype]] = {}
         if isinstance(recorded, list) and len(recorded) == len(self.names):
@@ -295,7 +274,7 @@ class ArraysView:
         self._headers: dict[str, _npy.NpyHeader] = {}
         self._raw_headers: dict[str, tuple[bytes, _npy.NpyHeader]] = {}
 
-    def _array(self, member: str, *, expect_names: bool = False, dtype: Optional[np.dtype] = None,
+    def _array(self, member: str, *, dtype: Optional[np.dtype] = None,
                copy: bool = True, known: Optional[tuple[bytes, _npy.NpyHeader]] = None,
                data: Any = None) -> np.ndarray:
         if data is None:
@@ -315,6 +294,7 @@ class ArraysView:
         where = f"{self.where} array {name!r} (member {member!r})" if name else f"{self.where} member {member!r}"
         return data, _codec.parse_header(data[:_limits.MAX_NPY_HEADER_BYTES + 8], where=where), where, dtype
 
+    @_about_slot
     def verify(self, names: Iterable[str]) -> None:
         """Check the hashes of these arrays up front, in parallel where the file is mapped."""
         if self._verify_members is not None:
@@ -333,6 +313,7 @@ class ArraysView:
                 return self._read_head(member)  # a long (or broken) header: read all the limit allows
         return head
 
+    @_about_slot
     def header(self, name: str) -> _npy.NpyHeader:
         """Shape and dtype of one array, from its .npy header (not yet verified by hash)."""
         if name not in self._headers:
@@ -348,15 +329,17 @@ class ArraysView:
             true = self._dtypes.get(name)
             if true is not None and true != h.dtype:
                 if true.itemsize != h.dtype.itemsize or h.dtype.kind != "V":
-                    raise FormatError(f"{self.where}: array {name!r} is recorded as {true} but stored as {h.dtype}")
+                    raise FormatError(f"{self.where}: array {name!r} is recorded as {true} but stored as {h.dtype}", file=self.file, slot=self.slot)
                 h = _npy.NpyHeader(true, h.shape, h.fortran_order, h.header_len)
             self._headers[name] = h
         return self._headers[name]
 
+    @_about_slot
     def shape_dtype(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
         h = self.header(name)
         return h.shape, h.dtype
 
+    @_about_slot
     def stored(self, name: str) -> tuple[Optional[str], int]:
         """How one array is stored: its encoding (None for plain .npy, else e.g. "zstd+shuffle")
         and its member's size in bytes."""
@@ -369,6 +352,7 @@ class ArraysView:
             encoding = str(rec.get("encoding")) if isinstance(rec, dict) and rec.get("encoding") else "ckz"
         return encoding, self._size(member)
 
+    @_about_slot
     def read_all(self, names: Optional[Iterable[str]] = None) -> dict[str, np.ndarray]:
         """Every array (or those ``names``), verified, each in its own writable memory (read and
         hashed two at a time)."""
@@ -395,9 +379,10 @@ class ArraysView:
             else:
                 out[n] = self.read(n)
             if out[n].shape != h.shape:
-                raise FormatError(f"{self.where}: array {n!r} header changed between reads")
+                raise FormatError(f"{self.where}: array {n!r} header changed between reads", file=self.file, slot=self.slot)
         return _unshared(out, self._index)
 
+    @_about_slot
     def read(self, name: str, *, copy: bool = True) -> np.ndarray:
         """One array, verified: in its own writable memory, or with ``copy=False`` a read-only
         view of the memory-mapped file where possible (no copy until the caller assigns it)."""
@@ -406,9 +391,10 @@ class ArraysView:
         h = self.header(name)
         arr = self._array(self._index[name], dtype=h.dtype, copy=copy, known=self._raw_headers.get(name))
         if arr.shape != h.shape:
-            raise FormatError(f"{self.where}: array {name!r} header changed between reads")
+            raise FormatError(f"{self.where}: array {name!r} header changed between reads", file=self.file, slot=self.slot)
         return arr
 
+    @_about_slot
     def as_value(self) -> Any:
         """The slot's value as it was dumped: an array, a scalar, a dict, or a nested tree."""
         kind = self.info.get("kind", "dict")
@@ -426,7 +412,7 @@ class ArraysView:
 
 
 # -- json / raw -----------------------------------------------------------
-def encode_json(obj: Any, prefix: str) -> Encoded:
+def encode_json(obj: Any) -> Encoded:
     """Plain JSON when it holds ``obj`` exactly; else tagged JSON (``info["encoding"] == "tagged"``)."""
     info: dict[str, Any] = {}
     if is_jsonable(obj):
@@ -443,26 +429,27 @@ def encode_json(obj: Any, prefix: str) -> Encoded:
 
 
 def decode_json(data: Any, where: str, info: Optional[Mapping[str, Any]] = None, *,
-                stored_bytes: Optional[int] = None) -> Any:
+                stored_bytes: Optional[int] = None, file: Optional[str] = None) -> Any:
     """A JSON slot's value; ``stored_bytes`` (its size in the file) bounds how many values it may hold."""
     if len(data) > _limits.MAX_JSON_BYTES:
-        raise FormatError(f"{where}: JSON slot of {len(data)} bytes is over the limit of {_limits.MAX_JSON_BYTES}")
-    doc = _json.parse(data, stored_bytes=stored_bytes, what=f"{where}: JSON slot")
+        raise FormatError(f"{where}: JSON slot of {len(data)} bytes is over the limit of {_limits.MAX_JSON_BYTES}",
+                          file=file)
+    doc = _json.parse(data, stored_bytes=stored_bytes, what=f"{where}: JSON slot", file=file)
     encoding = (info or {}).get("encoding")
     if encoding is None:
         return doc
     if encoding == "tagged":
         return _tagged.decode(doc, where)
-    raise FormatError(f"{where}: unknown JSON encoding {encoding!r:.40} (this ckpt knows 'tagged')")
+    raise FormatError(f"{where}: unknown JSON encoding {encoding!r:.40} (this ckpt knows 'tagged')", file=file)
 
 
-def encode_raw(obj: Any, prefix: str) -> Encoded:
+def encode_raw(obj: Any) -> Encoded:
     data = bytes(obj)
     return Encoded("raw", [MemberSource("data.bin", len(data), lambda: [data])], informational={"numpy"})
 
 
 # -- pickle ---------------------------------------------------------------
-def encode_pickle(obj: Any, prefix: str, *, snapshot: bool = False,
+def encode_pickle(obj: Any, *, snapshot: bool = False,
                   buffers: Optional[_snapshot.Snapshot] = None) -> Encoded:
     """A pickle member holding structure only, then one .npy member per array it referenced."""
     data, arrays = _module_pickle.dumps(obj)
@@ -535,7 +522,8 @@ def decode_pickle(data: Any, trusted: Trusted, where: str, *, load_array: Option
     trust = check_trusted(trusted, found, where, file=file, slot=slot)
 
     def no_arrays(i: int, kind: str) -> Any:
-        raise FormatError(f"{where}: the pickle refers to array {i}, which the slot does not hold")
+        raise FormatError(f"{where}: the pickle refers to array {i}, which the slot does not hold", file=file,
+                          slot=slot)
 
     try:
         return _module_pickle.loads(raw, load_array or no_arrays, trust, where, frozenset(found.called))

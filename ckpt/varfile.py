@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, Callable, Mapping, Optional, Union
 
 import numpy as np
 
-from . import _io, _packfile, _snapshot, collections as _coll, deps as _deps, serializers as _ser
+from . import _io, _packfile, _snapshot, collections as _coll, deps as _deps, serializers as _ser, slotkinds as _kinds
 from ._packfile import DEFAULT_SLOT, PackReader
 
 PathOrFile = Union[str, "os.PathLike[str]", BinaryIO]
@@ -31,8 +31,8 @@ def encode_slots(slots: Mapping[str, Any], serializers: Optional[Mapping[str, st
     copies writable arrays into ``buffers`` (reused from an earlier snapshot) when given."""
     serializers = serializers or {}
     return {
-        name: _ser.encode(value, serializers.get(name), _packfile.member_prefix(name), snapshot=snapshot,
-                          compression=compression, buffers=buffers)
+        name: _kinds.encode(value, serializers.get(name), snapshot=snapshot, compression=compression,
+                            buffers=buffers)
         for name, value in slots.items()
     }
 

@@ -45,7 +45,7 @@ import pytest
 
 import ckpt
 from ckpt import _limits
-from ckpt.errors import ChecksumError, CkptError, FormatError, NotAPackError
+from ckpt.errors import ChecksumError, CkptError, FormatError, NotAPackError, SlotKindError
 
 MANIFEST = "__ckpt__/manifest.json"
 W = np.arange(12, dtype=np.float64).reshape(3, 4)
@@ -491,7 +491,16 @@ CASES = [
     C("manifest-slot-member-missing",
       lambda: repack(edit=lambda d: d["slots"]["main"]["members"].append("2.npy"))),
     C("manifest-slot-blake3-mismatch", lambda: repack(edit=_set(("slots", "main", "blake3"), "0" * 64))),
-    C("manifest-slot-unknown-serializer", lambda: repack(edit=_set(("slots", "main", "serializer"), "exec"))),
+    # A kind this process has not registered is not damage: the slot is refused by name, nothing imported.
+    C("manifest-slot-unknown-serializer", lambda: repack(edit=_set(("slots", "main", "serializer"), "exec")),
+      SlotKindError, apis=("ckpt.load", "Pack", "load_var_collection"), match="'exec'"),
+    C("manifest-slot-unknown-serializer-checkpoint",
+      lambda: repack(edit=_set(("slots", "main", "serializer"), "mylib.kind")), apis=("Checkpoint.restore",),
+      match="not a checkpoint"),
+    C("manifest-slot-serializer-not-a-kind-name",
+      lambda: repack(edit=_set(("slots", "main", "serializer"), "../x")), match="not a slot kind name"),
+    C("manifest-slot-serializer-not-a-string",
+      lambda: repack(edit=_set(("slots", "main", "serializer"), 7)), match="not a slot kind name"),
     C("manifest-slot-dependencies-malformed",
       lambda: repack(edit=_set(("slots", "main", "dependencies"), {"numpy": "2.0"}))),
     C("manifest-slot-info-not-object", lambda: repack(edit=_set(("slots", "main", "info"), [1]))),
@@ -668,6 +677,7 @@ def test_malformed_file_is_refused(case: Case, api: str, case_files, tmp_path, m
         raise AssertionError(f"{case.id}: {api} raised a raw {type(exc).__name__}, not a CkptError: {exc}") from exc
     assert isinstance(exc, case.expect), f"expected {case.expect.__name__}, got {type(exc).__name__}: {exc}"
     assert os.path.basename(path) in str(exc), f"the message does not name the file: {exc}"
+    assert exc.file is not None and os.path.basename(path) in exc.file, f"{type(exc).__name__}.file is {exc.file!r}"
     if case.match is not None:
         assert case.match in str(exc), f"{case.match!r} not in {exc}"
     assert peak < MEMORY_LIMIT, f"refusing took {peak / MiB:.0f} MiB of traced memory"
