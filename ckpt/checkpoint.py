@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, TypeVar
 from . import _codec, _io, _snapshot, collections as _coll, deps as _deps, retention as _ret, serializers as _ser
 from . import aliases as _aliases, recipes as _recipes
 from ._packfile import DEFAULT_SLOT
+from .incremental import _refs as _incr_refs, _saver as _incr
 from .errors import (
     CheckpointNotFoundError,
     CkptError,
@@ -97,7 +98,8 @@ class Checkpoint:
                  keep_every: Optional[int] = None, keep_best: Optional[int] = None, metric: Optional[str] = None,
                  mode: str = "min", max_bytes: Optional[int] = None,
                  deps: str = "warn", verify: bool = True, lock_timeout: Optional[float] = None,
-                 async_save: bool = False, compression: Any = None):
+                 async_save: bool = False, compression: Any = None, incremental: bool = False,
+                 incremental_min_bytes: int = _incr.DEFAULT_MIN_BYTES):
         if keep_ckpts is not None and (isinstance(keep_ckpts, bool) or not isinstance(keep_ckpts, int)
                                        or keep_ckpts < 1):
             raise ValueError(f"keep_ckpts must be an integer >= 1 (the newest checkpoint is always kept), "
@@ -124,6 +126,10 @@ class Checkpoint:
         # Background saves copy writable numpy arrays into these, reused from one save to the next.
         self._snapshot_buffers = _snapshot.SnapshotBuffers()
         self._pattern = _format_regex(self.FILE_FORMAT)
+        # incremental=True: large arrays go to shared objects, written once per content (ckpt.incremental).
+        self.incremental: Optional[_incr.IncrementalSaver] = (
+            _incr.IncrementalSaver(self.directory, min_bytes=incremental_min_bytes) if incremental else None)
+        self._references = _incr_refs.References()
         if makedir:
             try:
                 _io.makedirs(self.directory)
@@ -272,21 +278,27 @@ class Checkpoint:
                 snap.done()
             raise
         path = self.path(idx)
+        plan = self.incremental.plan(slots, encoded) if self.incremental is not None else None
         if snap is None:
-            self._commit(idx, path, encoded, metadata)
+            self._commit(idx, path, encoded, metadata, plan)
             return path
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-save")
             _live_managers.add(self)
-        self._pending = self._executor.submit(self._commit_snapshot, snap, idx, path, encoded, metadata)
+        self._pending = self._executor.submit(self._commit_snapshot, snap, idx, path, encoded, metadata, plan)
         self._pending_idx = idx
         return path
 
-    def _commit(self, idx: int, path: str, encoded: Mapping[str, Any], metadata: Optional[Mapping[str, Any]]) -> None:
-        """Write, fsync, rename, then rotate: under the directory lock, in the caller's or the save thread."""
+    def _commit(self, idx: int, path: str, encoded: Mapping[str, Any], metadata: Optional[Mapping[str, Any]],
+                plan: Optional[_incr.SavePlan] = None) -> None:
+        """Write, fsync, rename, then rotate: under the directory lock, in the caller's or the save thread.
+
+        An incremental save writes its new shared objects (durably) before the checkpoint file."""
         with self._lock():
             self._clean_stale_temps()
             try:
+                if plan is not None and self.incremental is not None:
+                    encoded = self.incremental.store(plan, encoded)
                 write_encoded(path, encoded, metadata=metadata)
             except CkptError:
                 raise
@@ -295,13 +307,15 @@ class Checkpoint:
                     f"could not write checkpoint {idx} to {path}: {e.strerror or e}; the earlier checkpoints are "
                     "intact", errno=e.errno, file=path) from e
             self._log("saved checkpoint %s", path)
+            if plan is not None and self.incremental is not None:
+                self.incremental.committed(plan)
             self._rotate(idx)
 
     def _commit_snapshot(self, snap: _snapshot.Snapshot, idx: int, path: str, encoded: Mapping[str, Any],
-                         metadata: Optional[Mapping[str, Any]]) -> None:
+                         metadata: Optional[Mapping[str, Any]], plan: Optional[_incr.SavePlan] = None) -> None:
         """A background commit; its snapshot's buffers become reusable once it is over."""
         try:
-            self._commit(idx, path, encoded, metadata)
+            self._commit(idx, path, encoded, metadata, plan)
         finally:
             snap.done()
 
@@ -367,7 +381,19 @@ class Checkpoint:
             removed.append(idx)
             with self._meta_lock:
                 self._meta_cache.pop(path, None)
+        if not dry_run:  # shared objects no kept checkpoint refers to (incremental saves)
+            self.collect_objects()
         return removed
+
+    def collect_objects(self, *, dry_run: bool = False) -> list[str]:
+        """Delete the shared objects that no committed checkpoint refers to; returns their keys.
+
+        Runs after every rotation (under the writer lock); references are read again from the
+        committed files, so there is no state to go stale. With a checkpoint whose manifest
+        cannot be read, nothing is deleted (see :func:`ckpt.incremental._refs.collect`).
+        """
+        return _incr_refs.collect(self.directory, [self.path(i) for i in self.indices()], self._references,
+                                  dry_run=dry_run)
 
     def plan_prune(self, just_written: Optional[int] = None, *, strict_metric: bool = True,
                    protected: Iterable[int] = ()) -> _ret.Plan:

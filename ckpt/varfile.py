@@ -78,7 +78,8 @@ class open_reader:
             path = os.fspath(self._file)
             self._handle = open(path, "rb")
             try:
-                return PackReader(self._handle, path, mmap=self._mmap)
+                return PackReader(self._handle, path, mmap=self._mmap,
+                                  objects_dir=os.path.dirname(os.path.abspath(path)))
             except BaseException:
                 self._handle.close()
                 raise
