@@ -76,7 +76,8 @@ class Pack:
         if os.path.exists(self._path) and os.path.getsize(self._path) > 0:
             self._handle = open(self._path, "rb")
             try:
-                self._reader = _packfile.PackReader(self._handle, self.label)
+                self._reader = _packfile.PackReader(self._handle, self.label,
+                                                    objects_dir=os.path.dirname(os.path.abspath(self._path)))
             except BaseException:
                 self._handle.close()
                 self._handle = None
