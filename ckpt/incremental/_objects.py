@@ -11,6 +11,7 @@ that refers to the new objects is committed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from typing import Any, Iterable, Optional
@@ -110,10 +111,8 @@ class ObjectStore:
                 _io.ops.replace(tmp, final)
                 self._touched.add(folder)
         except BaseException:
-            try:
+            with contextlib.suppress(OSError):  # keep the original error; readers ignore temp names
                 os.unlink(tmp)
-            except OSError:
-                pass
             raise
         return digest, size, written
 
@@ -200,7 +199,7 @@ def read_object(directory: Optional[str], algorithm: str, digest: str, member: s
         raise FormatError(f"{label}: member {member!r} of {size} bytes is over the limit", file=label, slot=slot)
     with open_object(directory, algorithm, digest, member, size, label=label, slot=slot) as f:
         buf = np.empty(size, dtype=np.uint8) if keep else np.empty(min(size, _READ_SLICE), dtype=np.uint8)
-        view = memoryview(buf)
+        view = memoryview(buf.data)
         hasher = _digest.new(algorithm, label) if verify else None
         done = 0
         while done < size:
