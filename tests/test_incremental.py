@@ -279,3 +279,52 @@ def test_incremental_min_bytes_is_checked_and_small_arrays_stay_inline(tmp_path)
     path = ck.save({"w": np.ones(1000)}, idx=0)
     assert not any(m.get("object") for m in manifest(path)["members"].values())
     assert manifest(path)["version"] == 2 and objects(ck) == {}
+
+
+def _rewrite(path: str, edit) -> None:
+    """Rewrite ``path`` with its manifest changed by ``edit(doc)`` (members kept as they are)."""
+    with zipfile.ZipFile(path) as z:
+        entries = {n: z.read(n) for n in z.namelist()}
+    doc = json.loads(entries["__ckpt__/manifest.json"])
+    edit(doc)
+    entries["__ckpt__/manifest.json"] = json.dumps(doc).encode()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for n, data in entries.items():
+            z.writestr(n, data)
+
+
+def _object_name(doc: dict) -> str:
+    return next(n for n, m in doc["members"].items() if m.get("object"))
+
+
+def _inline_name(doc: dict) -> str:
+    return next(n for n in doc["slots"]["main"]["members"][1:] if not doc["members"][n].get("object"))
+
+
+def _fake(doc: dict, name: str, slot: str) -> None:
+    doc["members"][name] = {"size": 10, "blake3": "0" * 64, "object": True}
+    doc["slots"][slot]["members"].append(name)
+
+
+HOSTILE = {
+    "object-not-true": (lambda d: d["members"][_object_name(d)].update(object=1), "expected true"),
+    "object-in-version-2": (lambda d: d.update(version=2), "format version 2 does not have"),
+    "object-also-in-archive": (lambda d: d["members"][_inline_name(d)].update(object=True), "also in the archive"),
+    "object-in-a-json-slot": (lambda d: _fake(d, "meta/x.npy", "meta"), "only arrays slots"),
+    "object-not-an-array-member": (lambda d: _fake(d, "x.txt", "main"), "not an array member"),
+    "object-digest-is-a-path": (lambda d: d["members"][_object_name(d)].update(blake3="../../../etc/passwd"),
+                                "not 64 lowercase hex"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_object_records_are_refused_naming_the_file(tmp_path, frozen, case):
+    edit, match = HOSTILE[case]
+    ck = ckpt.Checkpoint(str(tmp_path), incremental=True)
+    path = ck.save(model(0, frozen), idx=0, extras={"meta": {"s": 0}})
+    _rewrite(path, edit)
+    with pytest.raises(FormatError, match=match) as e:
+        ckpt.Pack(path).verify()
+    assert path in str(e.value)
+    with pytest.raises(FormatError):
+        ck.load(0)
