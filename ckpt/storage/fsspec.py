@@ -43,6 +43,7 @@ T = TypeVar("T")
 _TEMP_RE = re.compile(r"^\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
 _HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
 _MEMORY_LOCK = threading.RLock()  # memory:// is process-wide: its moves and checks are exact under this
+_MEMORY_GENERATION: dict[str, int] = {}  # path -> commits so far: memory:// times are too coarse for a token
 
 __all__ = ["FsspecStorage", "import_fsspec"]
 
@@ -94,6 +95,11 @@ class FsspecStorage(Storage):
         parts = check_key(key)
         return "/".join([self.root, *parts]) if parts else self.root
 
+    def _object(self, key: str) -> str:
+        if key == "":
+            raise ValueError(f"{self.url}: an object key must not be empty (that names the folder itself)")
+        return self.path(key)
+
     def label(self, key: str) -> str:
         return f"{self.url}/{key}" if key else self.url
 
@@ -110,7 +116,7 @@ class FsspecStorage(Storage):
 
     # -- reading -----------------------------------------------------------
     def open_read(self, key: str) -> BinaryIO:
-        path = self.path(key)
+        path = self._object(key)
         try:
             if self.fs.isdir(path):
                 raise IsADirectoryError(21, "Is a directory", self.label(key))
@@ -119,7 +125,7 @@ class FsspecStorage(Storage):
             raise FileNotFoundError(2, "No such file or directory", self.label(key)) from None
 
     def read_ranges(self, key: str, ranges: Any) -> list[bytes]:
-        path = self.path(key)
+        path = self._object(key)
         if not ranges:
             return []
         if hasattr(self.fs, "cat_ranges"):
@@ -133,11 +139,13 @@ class FsspecStorage(Storage):
         mtime = _mtime_ns(info)
         etag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("ino")
         token = f"{etag}:{size}" if etag is not None else f"{mtime}:{size}"
+        if self._exact:
+            token += f":{_MEMORY_GENERATION.get(self.path(key), 0)}"
         return ObjectInfo(key, size, mtime, token)
 
     def stat(self, key: str) -> Optional[ObjectInfo]:
         try:
-            info = self.fs.info(self.path(key))
+            info = self.fs.info(self._object(key))
         except (FileNotFoundError, NotADirectoryError):
             return None
         if info.get("type") != "file":
@@ -177,8 +185,7 @@ class FsspecStorage(Storage):
         return f"{head}/{temp}" if head else temp
 
     def commit(self, key: str, write: Callable[[BinaryIO], T], *, exclusive: bool = False) -> T:
-        check_key(key)
-        target = self.path(key)
+        target = self._object(key)
         tmp = self.path(self._temp_key(key))
         try:
             with self.fs.open(tmp, "wb") as f:
@@ -188,6 +195,8 @@ class FsspecStorage(Storage):
                 if exclusive and self.fs.exists(target):
                     raise FileExistsError(17, "File exists", self.label(key))
                 self.fs.mv(tmp, target)
+                if self._exact:
+                    _MEMORY_GENERATION[target] = _MEMORY_GENERATION.get(target, 0) + 1
         except BaseException:
             try:
                 if self.fs.exists(tmp):
@@ -200,7 +209,7 @@ class FsspecStorage(Storage):
     def delete(self, keys: Iterable[str]) -> None:
         for key in keys:
             try:
-                self.fs.rm(self.path(key))
+                self.fs.rm(self._object(key))
             except FileNotFoundError:
                 pass
 

@@ -186,15 +186,21 @@ class LocalStorage(Storage):
         """``key`` as the user would name it, for messages."""
         return os.path.join(self.url, *check_key(key)) if key else self.url
 
+    def _object(self, key: str) -> str:
+        """The OS path of the object ``key`` (ValueError for the root itself)."""
+        if key == "":
+            raise ValueError(f"{self.url}: an object key must not be empty (that names the folder itself)")
+        return self.path(key)
+
     def local_path(self, key: str) -> Optional[str]:
         return self.path(key)
 
     def open_read(self, key: str) -> BinaryIO:
-        return open(self.path(key), "rb")
+        return open(self._object(key), "rb")
 
     def stat(self, key: str) -> Optional[ObjectInfo]:
         try:
-            st = os.stat(self.path(key))
+            st = os.stat(self._object(key))
         except (FileNotFoundError, NotADirectoryError):
             return None
         if not _is_regular(st):
@@ -233,12 +239,12 @@ class LocalStorage(Storage):
         return out
 
     def commit(self, key: str, write: Callable[[BinaryIO], T], *, exclusive: bool = False) -> T:
-        return atomic_write(self.path(key), write, exclusive=exclusive)
+        return atomic_write(self._object(key), write, exclusive=exclusive)
 
     def delete(self, keys: Iterable[str]) -> None:
         directories = set()
         for key in keys:
-            path = self.path(key)
+            path = self._object(key)
             try:
                 _ops().unlink(path)
             except FileNotFoundError:
