@@ -100,8 +100,8 @@ class open_reader:
             except BaseException:
                 self._handle.close()
                 raise
-        label = getattr(self._file, "name", None)
-        return PackReader(self._file, label if isinstance(label, str) else repr(self._file), mmap=self._mmap)
+        name = getattr(self._file, "name", None)
+        return PackReader(self._file, name if isinstance(name, str) else repr(self._file), mmap=self._mmap)
 
     def __exit__(self, *exc: Any) -> None:
         if self._handle is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import zipfile
 
-import numpy as np
 import pytest
 
 objax = pytest.importorskip("objax")

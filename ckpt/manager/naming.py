@@ -12,7 +12,7 @@ import re
 import threading
 from typing import Any, Iterator, Optional
 
-from .. import _snapshot, retention as _ret
+from .. import _snapshot, deps as _deps, retention as _ret
 from ..errors import CheckpointNotFoundError, LockedError, SaveError
 from ..storage import ObjectInfo, Storage
 
@@ -48,7 +48,7 @@ class Naming:
     logdir: str
     verbose: bool
     verify: bool
-    deps: str
+    deps: _deps.DepsMode
     lock_timeout: Optional[float]
     retention: _ret.RetentionPolicy
     _root: Storage

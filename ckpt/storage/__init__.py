@@ -99,3 +99,17 @@ def open_file(location: Union[str, "os.PathLike[str]"],
     if parent.endswith("://"):  # memory://file.npz: the file sits at the root
         parent = parent + ""
     return open_storage(parent, storage_options), name
+
+
+def kind_of(location: Union[str, "os.PathLike[str]"], storage_options: Optional[dict[str, Any]] = None
+            ) -> Optional[str]:
+    """``"file"``, ``"dir"`` or None (nothing there) for a path or URL the user gave."""
+    if not is_url(location):
+        if storage_options:
+            raise ValueError(f"storage_options apply to a URL, not to the local path {os.fspath(location)!r}")
+        path = os.fspath(location)
+        return "file" if os.path.isfile(path) else "dir" if os.path.isdir(path) else None
+    parent, name = split_location(location)
+    if name and not parent.endswith("://") and open_storage(parent, storage_options).stat(name) is not None:
+        return "file"
+    return "dir" if open_storage(location, storage_options).isdir() else None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-from typing import BinaryIO, Callable, Iterable, Optional, Sequence, TypeVar
+from typing import Any, BinaryIO, Callable, Iterable, Optional, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -113,7 +113,7 @@ class Storage(abc.ABC):
         after ``timeout`` seconds; None waits forever)."""
 
     @abc.abstractmethod
-    def cleanup(self, prefix: str, target: Callable[[str], bool]) -> None:
+    def cleanup(self, prefix: str, target: Callable[[str], Any]) -> None:
         """Remove leftovers (temp files, uploads) of writers that are gone, for final keys under
         ``prefix`` that ``target`` accepts. Never touches committed objects."""
 

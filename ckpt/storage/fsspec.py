@@ -22,6 +22,7 @@ lease (``lock_ttl``, 60 s).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -252,9 +253,8 @@ class FsspecStorage(Storage):
             return {}  # a torn or foreign lock object: treated as expired below
 
     def _try_lock(self, key: str, owner: str) -> bool:
-        lease = self._lease(owner)
         try:
-            self.commit(key, lambda f: f.write(lease), exclusive=True)
+            self.commit(key, functools.partial(_write_all, self._lease(owner)), exclusive=True)
             return True
         except FileExistsError:
             pass
@@ -281,8 +281,7 @@ class FsspecStorage(Storage):
                 if self._read_lock(key).get("owner") != owner:
                     log.warning("%s: the writer lock was taken over while held", self.label(key))
                     return
-                lease = self._lease(owner)
-                self.commit(key, lambda f: f.write(lease))
+                self.commit(key, functools.partial(_write_all, self._lease(owner)))
             except OSError as e:
                 log.warning("%s: could not refresh the writer lock: %s", self.label(key), e)
 
@@ -314,6 +313,10 @@ class FsspecStorage(Storage):
 
     def __repr__(self) -> str:
         return f"FsspecStorage({self.url!r})"
+
+
+def _write_all(data: bytes, f: BinaryIO) -> int:
+    return f.write(data)
 
 
 def _mtime_ns(info: dict[str, Any]) -> int:
