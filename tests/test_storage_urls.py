@@ -220,3 +220,73 @@ def test_an_unknown_scheme_is_a_clear_error(tmp_path):
     with pytest.raises((MissingDependencyError, StorageError, ValueError)) as info:
         ckpt.Checkpoint("nosuchscheme://bucket/run")
     assert "nosuchscheme" in str(info.value)
+
+
+@pytest.fixture
+def memory_store():
+    pytest.importorskip("fsspec")
+    from ckpt.storage.fsspec import FsspecStorage
+
+    store = FsspecStorage(f"memory://locks-{uuid.uuid4().hex}", lock_ttl=0.3)
+    store.makedirs()
+    yield store
+    store.fs.rm(store.path(""), recursive=True)
+
+
+def _plant_lock(store, owner, expires):
+    import json
+    import time
+
+    doc = json.dumps({"owner": owner, "expires": time.time() + expires}).encode()
+    store.commit(".lock", lambda f: f.write(doc))
+
+
+def test_an_expired_lock_object_of_another_host_is_taken_over(memory_store):
+    _plant_lock(memory_store, "deadbeef-123-1-00000000", expires=-5)
+    with memory_store.lock(".lock", timeout=5):
+        pass
+
+
+def test_a_live_lease_of_another_host_is_respected(memory_store):
+    from ckpt.errors import LockedError
+
+    _plant_lock(memory_store, "deadbeef-123-1-00000000", expires=60)
+    with pytest.raises(LockedError):
+        with memory_store.lock(".lock", timeout=0.3):
+            pass
+
+
+def test_a_dead_process_on_this_host_loses_its_lock_at_once(memory_store):
+    import subprocess
+
+    from ckpt.storage import fsspec as backend
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    _plant_lock(memory_store, f"{backend._HOST}-{p.pid}-1-00000000", expires=60)
+    with memory_store.lock(".lock", timeout=5):
+        pass
+
+
+def test_a_held_lock_is_refreshed_past_its_lease(memory_store):
+    import time
+
+    from ckpt.errors import LockedError
+
+    with memory_store.lock(".lock"):
+        time.sleep(1.0)  # three leases of 0.3 s: the holder's heartbeat keeps it
+        with pytest.raises(LockedError):
+            with memory_store.lock(".lock", timeout=0.2):
+                pass
+    with memory_store.lock(".lock", timeout=5):
+        pass
+
+
+def test_a_file_at_the_root_of_a_scheme(tmp_path):
+    pytest.importorskip("fsspec")
+    name = f"memory://root-{uuid.uuid4().hex}.npz"
+    ckpt.dump({"a": 1}, name)
+    store, key = open_file(name)
+    assert store.url == "memory://" and store.label(key) == name
+    assert ckpt.load(name) == {"a": 1}
+    store.delete([key])

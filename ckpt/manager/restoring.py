@@ -37,9 +37,9 @@ class Restoring(Background):
         """Whether files are written or read by a subclass's SAVE_FN/LOAD_FN (not inspected as packs)."""
         return getattr(type(self), "SAVE_FN", None) is not None or type(self).LOAD_FN is not None
 
-    def _restore_with_fn(self, resolved: int, vc: Any, extras: dict[str, Any], renamer: _coll.Renamer) -> str:
+    def _restore_with_fn(self, load_fn: Callable[..., Any], resolved: int, vc: Any, extras: dict[str, Any],
+                         renamer: _coll.Renamer) -> str:
         """Restore ``vc`` through ``LOAD_FN``; its failures count as a damaged file for the fallback."""
-        load_fn = type(self).LOAD_FN
         if extras:
             raise ValueError(f"{type(self).__name__}.LOAD_FN restores the variables only; extras cannot be read "
                              "through it")
@@ -47,8 +47,6 @@ class Restoring(Background):
         self._log("restoring from %s through %s.LOAD_FN", path, type(self).__name__)
         with self.storage.open_read(self.key(resolved)) as f:
             try:
-                if load_fn is None:
-                    raise ValueError("no LOAD_FN")  # not reached: restore() checked
                 if renamer is None:
                     load_fn(f, vc)
                 else:
@@ -86,8 +84,9 @@ class Restoring(Background):
         extras = extras if extras is not None else {}
 
         def restore_one(resolved: int) -> str:
-            if type(self).LOAD_FN is not None:
-                return self._restore_with_fn(resolved, vc, extras, renamer)
+            load_fn = type(self).LOAD_FN
+            if load_fn is not None:
+                return self._restore_with_fn(load_fn, resolved, vc, extras, renamer)
             return self._restore_one(resolved, vc, extras, renamer=renamer, strict=strict, trusted=trusted)
 
         found = self._on_checkpoint(idx, restore_one, default_restored=False, missing_ok=True)

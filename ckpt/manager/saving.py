@@ -12,7 +12,7 @@ from typing import Any, BinaryIO, Callable, ClassVar, Mapping, Optional
 
 from .. import collections as _coll, recipes as _recipes, retention as _ret
 from .._packfile import DEFAULT_SLOT
-from ..errors import CkptError, SaveError
+from ..errors import CheckpointNotFoundError, CkptError, SaveError
 from ..pack import check_slot_name
 from ..varfile import encode_slots, write_encoded
 from .naming import check_idx
@@ -64,8 +64,9 @@ class Saving(Pruning):
         """
         idx = check_idx(idx)
         self._last_read = None
-        if type(self).SAVE_FN is not None:
-            return self._save_with_fn(vc, idx, {"extras": extras, "metadata": metadata, "metrics": metrics,
+        save_fn = type(self).SAVE_FN
+        if save_fn is not None:
+            return self._save_with_fn(save_fn, vc, idx, {"extras": extras, "metadata": metadata, "metrics": metrics,
                                                 "module": module, "recipe": recipe})
         metadata = self._manifest_metadata(idx, metadata, metrics)
         if recipe is not None:
@@ -88,7 +89,8 @@ class Saving(Pruning):
             slots["module"] = module
             serializers["module"] = "pickle"
         if not self.storage.isdir():
-            raise FileNotFoundError(f"checkpoint directory {self.directory} does not exist (makedir=False)")
+            raise CheckpointNotFoundError(f"checkpoint directory {self.directory} does not exist (makedir=False)",
+                                          file=self.directory)
         background = self.async_save if block is None else not block
         self._finish_pending(raise_error=True)  # one snapshot in flight at most; surfaces earlier errors
         snap = self._snapshot_buffers.snapshot() if background else None
@@ -126,18 +128,17 @@ class Saving(Pruning):
             self._log("saved checkpoint %s", path)
             self._rotate(idx)
 
-    def _save_with_fn(self, vc: Any, idx: int, unsupported: Mapping[str, Any]) -> str:
+    def _save_with_fn(self, save_fn: Callable[[BinaryIO, Any], Any], vc: Any, idx: int,
+                      unsupported: Mapping[str, Any]) -> str:
         """A save through a subclass's ``SAVE_FN``: only ``vc``, synchronously, still atomic and rotated."""
-        save_fn = type(self).SAVE_FN
         given = sorted(k for k, v in unsupported.items() if v is not None)
         if given:
             raise ValueError(f"{type(self).__name__}.SAVE_FN writes the variables only; {', '.join(given)} cannot be "
                              "saved through it (remove SAVE_FN to use ckpt's own format)")
-        if save_fn is None:
-            raise ValueError("no SAVE_FN")  # not reached: save() checked
         self._finish_pending(raise_error=True)
         if not self.storage.isdir():
-            raise FileNotFoundError(f"checkpoint directory {self.directory} does not exist (makedir=False)")
+            raise CheckpointNotFoundError(f"checkpoint directory {self.directory} does not exist (makedir=False)",
+                                          file=self.directory)
         self._commit_with(idx, lambda: self.storage.commit(self.key(idx), lambda f: save_fn(f, vc)))
         return self.path(idx)
 

@@ -72,7 +72,8 @@ class FsspecStorage(Storage):
 
     def __init__(self, url: str, storage_options: Optional[dict[str, Any]] = None, *, fs: Any = None,
                  root: Optional[str] = None, lock_ttl: float = 60.0, stale_after: float = 86400.0):
-        self.url = url.rstrip("/") if url.rstrip("/") else url
+        scheme, sep, rest = url.partition("://")
+        self.url = scheme + sep + rest.rstrip("/")  # "memory://" stays itself
         self.storage_options = dict(storage_options or {})
         if fs is None:
             fsspec = import_fsspec(url)
@@ -88,6 +89,7 @@ class FsspecStorage(Storage):
         self.root = str(root if root is not None else "").rstrip("/")
         self.lock_ttl = lock_ttl
         self.stale_after = stale_after
+        self._made: set[str] = set()  # folders makedirs() made: object stores have none to look at
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         self._exact = protocol == "memory"
 
@@ -102,7 +104,9 @@ class FsspecStorage(Storage):
         return self.path(key)
 
     def label(self, key: str) -> str:
-        return f"{self.url}/{key}" if key else self.url
+        if not key:
+            return self.url
+        return f"{self.url}{key}" if self.url.endswith("://") else f"{self.url}/{key}"
 
     def _key_of(self, path: str) -> str:
         path = path.rstrip("/")
@@ -155,7 +159,7 @@ class FsspecStorage(Storage):
 
     def isdir(self, prefix: str = "") -> bool:
         try:
-            return bool(self.fs.isdir(self.path(prefix)))
+            return self.path(prefix) in self._made or bool(self.fs.isdir(self.path(prefix)))
         except FileNotFoundError:
             return False
 
@@ -216,6 +220,7 @@ class FsspecStorage(Storage):
 
     def makedirs(self, prefix: str = "") -> None:
         self.fs.makedirs(self.path(prefix), exist_ok=True)
+        self._made.add(self.path(prefix))
 
     @contextlib.contextmanager
     def lock(self, key: str, timeout: Optional[float] = None) -> Iterator[None]:
@@ -255,16 +260,26 @@ class FsspecStorage(Storage):
     def _try_lock(self, key: str, owner: str) -> bool:
         try:
             self.commit(key, functools.partial(_write_all, self._lease(owner)), exclusive=True)
-            return True
+            if self._exact:
+                return True
+            # Elsewhere the exclusive create is a check then a move: a writer that raced us may have
+            # moved its lock over ours. Whoever reads back its own owner holds the lock.
+            return self._read_lock(key).get("owner") == owner
         except FileExistsError:
             pass
+        except FileNotFoundError:
+            return False
         try:
             doc = self._read_lock(key)
+            info = self.stat(key)
         except FileNotFoundError:
             return False  # released meanwhile: try again
         holder = str(doc.get("owner", ""))
         expires = doc.get("expires")
-        gone = not isinstance(expires, (int, float)) or expires < time.time()
+        if not isinstance(expires, (int, float)):  # torn or foreign: held until a lease has passed
+            age = time.time() - (info.mtime_ns / 1e9 if info is not None and info.mtime_ns else 0.0)
+            expires = time.time() + 1.0 if age < self.lock_ttl else 0.0
+        gone = expires < time.time()
         host, _, rest = holder.partition("-")
         pid = rest.partition("-")[0]
         if not gone and host == _HOST and pid.isdigit() and not pid_alive(int(pid)):
