@@ -64,11 +64,11 @@ class _Member:
 class PackReader:
     """Read-only view of one pack (or plain npz) file, positioned at ``f``'s current offset."""
 
-    def __init__(self, f: BinaryIO, label: str, *, mmap: bool = False, objects_dir: Optional[str] = None):
+    def __init__(self, f: BinaryIO, label: str, *, mmap: bool = False, objects_at: Optional[_objects.Where] = None):
         self.f = f
         self.label = label
         #: The checkpoint directory holding this file's shared objects (None: opened without a path).
-        self.objects_dir = objects_dir
+        self.objects_at = objects_at
         start = f.tell()
         head = f.read(8)
         f.seek(start)
@@ -154,13 +154,13 @@ class PackReader:
 
     def _object(self, name: str, *, verify: bool, slot: Optional[str], keep: bool = True) -> Any:
         m = self.members[name]
-        return _objects.read_object(self.objects_dir, m.algorithm, m.digest or "", name, m.zip.size,
+        return _objects.read_object(self.objects_at, m.algorithm, m.digest or "", name, m.zip.size,
                                     label=self.label, slot=slot, verify=verify and m.digest is not None, keep=keep)
 
     def read_head(self, name: str, n: int = _limits.MAX_NPY_HEADER_BYTES) -> bytes:
         if self.members[name].shared:
             m = self.members[name]
-            return _objects.object_head(self.objects_dir, m.algorithm, m.digest or "", name, m.zip.size, n,
+            return _objects.object_head(self.objects_at, m.algorithm, m.digest or "", name, m.zip.size, n,
                                         label=self.label)
         zm = self.members[name].zip
         if zm.method == _zip.STORED:
@@ -302,7 +302,7 @@ class PackReader:
     def member_chunks(self, name: str) -> Iterable[bytes]:
         m = self.members[name]
         if m.shared:  # a rewrite or export copies the object's bytes in: the new file stands alone
-            return _objects.object_chunks(self.objects_dir, m.algorithm, m.digest or "", name, m.zip.size,
+            return _objects.object_chunks(self.objects_at, m.algorithm, m.digest or "", name, m.zip.size,
                                           label=self.label)
         return self.zip.chunks(m.zip, check_crc=False)
 

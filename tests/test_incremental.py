@@ -24,7 +24,7 @@ FROZEN = 256 * 1024  # float32 elements: 1 MiB
 
 
 def objects(ck: ckpt.Checkpoint) -> dict[str, int]:
-    return ckpt.incremental.ObjectStore(ck.directory).listing()
+    return ckpt.incremental.ObjectStore(ck.storage).listing()
 
 
 def needed(ck: ckpt.Checkpoint) -> set[str]:
@@ -106,7 +106,7 @@ def test_objects_of_a_crashed_save_are_collected_and_a_plain_manager_collects_to
     ck = ckpt.Checkpoint(str(tmp_path), incremental=True, keep_ckpts=2)
     for step in range(3):
         ck.save(model(step, frozen), idx=step)
-    store = ckpt.incremental.ObjectStore(ck.directory)
+    store = ckpt.incremental.ObjectStore(ck.storage)
     orphan, _, _ = store.put("blake3", ".npy", [b"\x93NUMPY orphan of a killed save"])
     assert f"objects/blake3/{orphan}.npy" in objects(ck)
     plain = ckpt.Checkpoint(str(tmp_path), keep_ckpts=1)  # not incremental: its rotation still collects
@@ -122,7 +122,7 @@ def test_collection_deletes_nothing_while_a_checkpoint_cannot_be_read(tmp_path, 
     with open(ck.path(1), "r+b") as f:  # its zip directory cut off: what it refers to is unknown
         f.truncate(100)
     before = set(objects(ck))
-    ckpt.incremental.ObjectStore(ck.directory).put("blake3", ".npy", [b"orphan"])
+    ckpt.incremental.ObjectStore(ck.storage).put("blake3", ".npy", [b"orphan"])
     with caplog.at_level(logging.WARNING, logger="ckpt"):
         assert ck.collect_objects() == []
     assert before <= set(objects(ck)) and "cannot be read" in caplog.text

@@ -42,7 +42,7 @@ def test_sigkill_during_incremental_saves_never_loses_a_checkpoint_or_an_object_
 
     logdir, committed = str(tmp_path / "run"), str(tmp_path / "committed.log")
     ck = ckpt.Checkpoint(logdir, keep_ckpts=crash_saver.KEEP, verbose=False)
-    store = ckpt.incremental.ObjectStore(ck.directory)
+    store = ckpt.incremental.ObjectStore(ck.storage)
     prev_latest, orphans_seen = 0, 0
     for kill in range(1, KILLS + 1):
         proc, first_step = _start_saver(logdir, committed, "--incremental")

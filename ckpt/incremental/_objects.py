@@ -4,9 +4,11 @@ An object is exactly the bytes the member would have had inside a checkpoint (a 
 file, header included, or a ``.ckz`` member), at ``<ckpt dir>/objects/<algorithm>/<digest><ext>``.
 Its name is its content, so an object is written once, never changed, and checked on every
 read against the digest of the manifest that refers to it (docs/FORMAT.md section 2.3).
-Writes follow the durability protocol of :mod:`ckpt._io`: temp file beside the target, fsync,
-rename; the folder is fsynced once per save (:meth:`ObjectStore.sync`), before the checkpoint
-that refers to the new objects is committed.
+Everything goes through the checkpoint directory's :class:`~ckpt.storage.Storage`. On a local
+folder an object is written while it is hashed, in one pass (temp file beside the target, fsync,
+rename, through :data:`ckpt._io.ops`), and the folder is fsynced once per save
+(:meth:`ObjectStore.sync`), before the checkpoint that refers to the new objects is committed. On
+other storages the bytes are hashed first and committed under their name (``Storage.commit``).
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 import numpy as np
 
 from .. import _digest, _io, _limits
 from ..errors import ChecksumError, FormatError, SaveError
+from ..storage import Storage, local as _local
 
 OBJECTS_DIR = "objects"
 EXTENSIONS = (".npy", ".ckz")
@@ -48,44 +52,70 @@ def parse_object_name(algorithm: str, name: str) -> Optional[tuple[str, str]]:
     return (m.group("digest"), m.group("ext")) if m else None
 
 
+@dataclass(frozen=True)
+class Where:
+    """Where a checkpoint's shared objects are: its storage, and the key of the checkpoint file."""
+
+    storage: Storage
+    checkpoint: str
+
+    @property
+    def prefix(self) -> str:
+        folder = self.checkpoint.rpartition("/")[0]
+        return folder + "/" if folder else ""
+
+    def key(self, algorithm: str, digest: str, ext: str) -> str:
+        return self.prefix + object_key(algorithm, digest, ext)
+
+
 class ObjectStore:
-    """The ``objects`` folder of one checkpoint directory."""
+    """The ``objects`` folder of one checkpoint directory (``storage`` is rooted at that directory)."""
 
-    def __init__(self, directory: str):
-        self.directory = directory  # the checkpoint directory (``<logdir>/ckpt``)
-        self.root = os.path.join(directory, OBJECTS_DIR)
+    def __init__(self, storage: Storage):
+        self.storage = storage
         self._touched: set[str] = set()
-
-    def path(self, algorithm: str, digest: str, ext: str) -> str:
-        return os.path.join(self.directory, *object_key(algorithm, digest, ext).split("/"))
 
     def has(self, algorithm: str, digest: str, ext: str, size: int) -> bool:
         """Whether a committed object of this content exists (by name and size: a cheap stat)."""
         try:
-            return os.stat(self.path(algorithm, digest, ext)).st_size == size
+            info = self.storage.stat(object_key(algorithm, digest, ext))
         except OSError:
             return False
+        return info is not None and info.size == size
 
     def is_empty(self) -> bool:
         return not self.listing()
-
-    def _folder(self, algorithm: str) -> str:
-        folder = os.path.join(self.root, algorithm)
-        if not os.path.isdir(folder):
-            _io.makedirs(folder)
-        return folder
 
     def put(self, algorithm: str, ext: str, chunks: Iterable[Any], *,
             expect: Optional[str] = None) -> tuple[str, int, bool]:
         """Write an object from its bytes, hashing them on the way; returns ``(digest, size, written)``.
 
-        The temp file is renamed to the digest's name only once it is durable; when that object
-        exists already, the temp file is dropped instead (same name, same bytes). ``expect``: the
-        digest the caller computed earlier; bytes that hash otherwise (an array changed while it
-        was saved) raise :class:`~ckpt.errors.SaveError` and write nothing.
+        Nothing is written when an object of that digest exists already (same name, same bytes).
+        ``expect``: the digest the caller computed earlier; bytes that hash otherwise (an array
+        changed while it was saved) raise :class:`~ckpt.errors.SaveError` and commit nothing.
         """
-        folder = self._folder(algorithm)
-        tmp = _io.temp_path_for(os.path.join(folder, "object" + ext))
+        folder = f"{OBJECTS_DIR}/{algorithm}"
+        local = self.storage.local_path(folder)
+        if local is not None:
+            return self._put_local(local, algorithm, ext, chunks, expect)
+        data = b"".join(bytes(memoryview(c).cast("B")) for c in chunks)  # object stores: hash, then commit
+        digest = _digest.hexdigest(algorithm, data)
+        self._check(expect, digest)
+        if self.has(algorithm, digest, ext, len(data)):
+            return digest, len(data), False
+        self.storage.commit(object_key(algorithm, digest, ext), lambda f: f.write(data))
+        return digest, len(data), True
+
+    def _check(self, expect: Optional[str], digest: str) -> None:
+        if expect is not None and digest != expect:
+            raise SaveError(f"{self.storage.url}: an array changed while it was being saved (hashed as {expect} "
+                            f"just before, {digest} now); nothing was committed", file=self.storage.url)
+
+    def _put_local(self, folder: str, algorithm: str, ext: str, chunks: Iterable[Any],
+                   expect: Optional[str]) -> tuple[str, int, bool]:
+        if not os.path.isdir(folder):
+            _local.makedirs(folder)
+        tmp = _local.temp_path_for(os.path.join(folder, "object" + ext))
         hasher = _digest.new(algorithm)
         size = 0
         try:
@@ -100,15 +130,12 @@ class ObjectStore:
             finally:
                 f.close()
             digest = hasher.hexdigest()
-            if expect is not None and digest != expect:
-                raise SaveError(f"{self.root}: an array changed while it was being saved ({algorithm} {digest}, "
-                                f"hashed as {expect} just before); nothing was committed", file=self.root)
-            final = self.path(algorithm, digest, ext)
+            self._check(expect, digest)
             written = not self.has(algorithm, digest, ext, size)
             if not written:
                 _io.ops.unlink(tmp)
             else:
-                _io.ops.replace(tmp, final)
+                _io.ops.replace(tmp, os.path.join(folder, digest + ext))
                 self._touched.add(folder)
         except BaseException:
             with contextlib.suppress(OSError):  # keep the original error; readers ignore temp names
@@ -125,79 +152,59 @@ class ObjectStore:
     def listing(self) -> dict[str, int]:
         """Every committed object: key -> size (temp files are not objects)."""
         out: dict[str, int] = {}
-        try:
-            algorithms = os.listdir(self.root)
-        except OSError:
-            return out
-        for algorithm in algorithms:
-            try:
-                entries = list(os.scandir(os.path.join(self.root, algorithm)))
-            except OSError:
-                continue
-            for e in entries:
-                parsed = parse_object_name(algorithm, e.name)
-                if parsed is not None:
-                    try:
-                        out[object_key(algorithm, *parsed)] = e.stat().st_size
-                    except OSError:
-                        continue
+        for algorithm in _digest.ALGORITHMS:
+            for info in self.storage.list(f"{OBJECTS_DIR}/{algorithm}"):
+                if parse_object_name(algorithm, info.key.rpartition("/")[2]) is not None:
+                    out[info.key] = info.size
         return out
 
     def remove_stale_temps(self) -> None:
         for algorithm in _digest.ALGORITHMS:
-            _io.remove_stale_temps(os.path.join(self.root, algorithm), lambda name: name.startswith("object."))
+            self.storage.cleanup(f"{OBJECTS_DIR}/{algorithm}", lambda name: str(name).startswith("object."))
 
     def delete(self, keys: Iterable[str]) -> list[str]:
-        """Remove committed objects; returns the keys removed. Durable when this returns."""
-        removed, folders = [], set()
-        for key in keys:
-            path = os.path.join(self.directory, *key.split("/"))
-            try:
-                _io.ops.unlink(path)
-            except FileNotFoundError:
-                continue
-            removed.append(key)
-            folders.add(os.path.dirname(path))
-        for folder in sorted(folders):
-            _io.ops.fsync_dir(folder)
-        return removed
+        """Remove committed objects; returns the keys asked for. Durable when this returns."""
+        keys = list(keys)
+        if keys:
+            self.storage.delete(keys)
+        return keys
 
 
-def open_object(directory: Optional[str], algorithm: str, digest: str, member: str, size: int, *,
+def open_object(where: Optional[Where], algorithm: str, digest: str, member: str, size: int, *,
                 label: str, slot: Optional[str]) -> Any:
     """The open file of a member stored as a shared object, after its size is checked."""
-    where = f"{label}: slot {slot!r} member {member!r}" if slot else f"{label}: member {member!r}"
-    if directory is None:
-        raise MissingObjectError(f"{where} is a shared object of an incremental checkpoint, and this file was not "
-                                 "opened by path inside its checkpoint directory; open it there, or write a "
-                                 "standalone copy with ckpt.export_standalone / `ckpt export --to npz`",
+    at = f"{label}: slot {slot!r} member {member!r}" if slot else f"{label}: member {member!r}"
+    if where is None:
+        raise MissingObjectError(f"{at} is a shared object of an incremental checkpoint, and this file was not "
+                                 "opened by its location inside its checkpoint directory; open it there, or write "
+                                 "a standalone copy with ckpt.export_standalone / `ckpt export --to npz`",
                                  file=label, slot=slot)
-    path = os.path.join(directory, *object_key(algorithm, digest, ext_of(member)).split("/"))
+    key = where.key(algorithm, digest, ext_of(member))
+    shown = where.storage.label(key) if hasattr(where.storage, "label") else key
     try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        if not os.path.exists(label):
-            raise  # the checkpoint itself is gone: rotated away while being read
-        raise MissingObjectError(f"{where} refers to the shared object {path}, which is missing (deleted by hand, "
-                                 "or the checkpoint was copied without its objects folder)", file=label,
-                                 slot=slot) from None
+        info = where.storage.stat(key)
+        f = where.storage.open_read(key) if info is not None else None
     except OSError as e:
-        raise MissingObjectError(f"{where}: cannot open its shared object {path}: {e.strerror or e}", file=label,
+        raise MissingObjectError(f"{at}: cannot open its shared object {shown}: {e.strerror or e}", file=label,
                                  slot=slot) from e
-    found = os.fstat(f.fileno()).st_size
-    if found != size:
+    if f is None or info is None:
+        if where.storage.stat(where.checkpoint) is None:
+            raise FileNotFoundError(f"{label} was removed while being read")  # rotated away meanwhile
+        raise MissingObjectError(f"{at} refers to the shared object {shown}, which is missing (deleted by hand, "
+                                 "or the checkpoint was copied without its objects folder)", file=label, slot=slot)
+    if info.size != size:
         f.close()
-        raise ChecksumError(f"{where}: its shared object {path} is {found} bytes, the manifest records {size}",
+        raise ChecksumError(f"{at}: its shared object {shown} is {info.size} bytes, the manifest records {size}",
                             file=label, slot=slot, member=member)
     return f
 
 
-def read_object(directory: Optional[str], algorithm: str, digest: str, member: str, size: int, *, label: str,
+def read_object(where: Optional[Where], algorithm: str, digest: str, member: str, size: int, *, label: str,
                 slot: Optional[str], verify: bool, keep: bool = True) -> Any:
     """A shared object's bytes in a new writable buffer (checked against ``digest`` with ``verify``)."""
     if size > _limits.MAX_MEMBER_BYTES:
         raise FormatError(f"{label}: member {member!r} of {size} bytes is over the limit", file=label, slot=slot)
-    with open_object(directory, algorithm, digest, member, size, label=label, slot=slot) as f:
+    with open_object(where, algorithm, digest, member, size, label=label, slot=slot) as f:
         buf = np.empty(size, dtype=np.uint8) if keep else np.empty(min(size, _READ_SLICE), dtype=np.uint8)
         view = memoryview(buf.data)
         hasher = _digest.new(algorithm, label) if verify else None
@@ -221,15 +228,15 @@ def read_object(directory: Optional[str], algorithm: str, digest: str, member: s
     return buf if keep else bytearray()
 
 
-def object_head(directory: Optional[str], algorithm: str, digest: str, member: str, size: int, n: int, *,
+def object_head(where: Optional[Where], algorithm: str, digest: str, member: str, size: int, n: int, *,
                 label: str) -> bytes:
-    with open_object(directory, algorithm, digest, member, size, label=label, slot=None) as f:
+    with open_object(where, algorithm, digest, member, size, label=label, slot=None) as f:
         return f.read(min(n, size))
 
 
-def object_chunks(directory: Optional[str], algorithm: str, digest: str, member: str, size: int, *,
+def object_chunks(where: Optional[Where], algorithm: str, digest: str, member: str, size: int, *,
                   label: str) -> Iterable[bytes]:
-    with open_object(directory, algorithm, digest, member, size, label=label, slot=None) as f:
+    with open_object(where, algorithm, digest, member, size, label=label, slot=None) as f:
         while True:
             chunk = f.read(_READ_SLICE)
             if not chunk:

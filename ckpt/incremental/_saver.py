@@ -28,6 +28,7 @@ import weakref
 from typing import Any, Mapping, Optional
 
 from .. import _digest, collections as _coll, serializers as _ser
+from ..storage import Storage
 from ._objects import ObjectStore, ext_of
 
 log = logging.getLogger("ckpt")
@@ -72,6 +73,12 @@ class _Leaf:
     same: Optional[_Seen]  # the identity fast path applies with this record
 
 
+class PlannedSlots(dict):  # type: ignore[type-arg]
+    """Encoded slots that carry their :class:`SavePlan` to the commit (which may run in the save thread)."""
+
+    plan: "SavePlan"
+
+
 @dataclasses.dataclass
 class SavePlan:
     """The leaves of one save, matched against the previous save on the caller's thread."""
@@ -100,14 +107,20 @@ def _deleted(leaf: Any) -> bool:
 class IncrementalSaver:
     """Turns encoded slots into a checkpoint that refers to shared objects; one per manager."""
 
-    def __init__(self, directory: str, *, min_bytes: int = DEFAULT_MIN_BYTES):
+    def __init__(self, storage: Storage, *, min_bytes: int = DEFAULT_MIN_BYTES):
         if isinstance(min_bytes, bool) or not isinstance(min_bytes, int) or min_bytes < 1:
             raise ValueError(f"incremental_min_bytes must be an integer >= 1, not {min_bytes!r}")
-        self.objects = ObjectStore(directory)
+        self.objects = ObjectStore(storage)
         self.min_bytes = min_bytes
         self.stats = SaveStats()
         self._seen: dict[tuple[str, str], _Seen] = {}
         self._lock = threading.Lock()
+
+    def planned(self, slots: Mapping[str, Any], encoded: Mapping[str, _ser.Encoded]) -> PlannedSlots:
+        """``encoded`` with the plan of :meth:`plan` attached, for the manager's commit."""
+        out = PlannedSlots(encoded)
+        out.plan = self.plan(slots, encoded)
+        return out
 
     def plan(self, slots: Mapping[str, Any], encoded: Mapping[str, _ser.Encoded]) -> SavePlan:
         """Match the original leaves (before any snapshot copy) against the previous save."""
