@@ -328,3 +328,23 @@ def test_hostile_object_records_are_refused_naming_the_file(tmp_path, frozen, ca
     assert path in str(e.value)
     with pytest.raises(FormatError):
         ck.load(0)
+
+
+def test_incremental_saves_through_an_fsspec_url(frozen):
+    """Object stores: objects are hashed, then committed through the storage; reads, retention and
+    collection go through it too."""
+    pytest.importorskip("fsspec")
+    import uuid
+
+    url = f"memory://incr-{uuid.uuid4().hex}"
+    ck = ckpt.Checkpoint(url, incremental=True, keep_ckpts=2)
+    for step in range(4):
+        ck.save(model(step, frozen), idx=step)
+    assert ck.incremental.stats.identical >= FROZEN * 4 and ck.incremental.stats.objects_written == 1
+    assert ck.indices() == [2, 3]
+    got = ck.load(2)
+    assert got["adapter"][0, 0] == 2 and np.array_equal(got["base"], np.asarray(frozen))
+    store = ckpt.incremental.ObjectStore(ck.storage)
+    assert len(store.listing()) == 1 + 2
+    with ckpt.Pack(ck.path(3)) as pack:
+        pack.verify()
