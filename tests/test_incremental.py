@@ -348,3 +348,31 @@ def test_incremental_saves_through_an_fsspec_url(frozen):
     assert len(store.listing()) == 1 + 2
     with ckpt.Pack(ck.path(3)) as pack:
         pack.verify()
+
+
+def test_ckpt_verify_of_a_directory_names_the_checkpoint_whose_shared_object_is_damaged(tmp_path, frozen, capsys):
+    from ckpt._cli import main
+
+    ck = ckpt.Checkpoint(str(tmp_path), incremental=True, keep_ckpts=None)
+    for step in range(3):
+        ck.save(model(step, frozen), idx=step)
+    with open(_object_path(ck, 1, "adapter"), "r+b") as f:
+        f.seek(300)
+        f.write(b"XX")
+    assert main(["verify", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    bad = [line for line in out.splitlines() if line.startswith("BAD")]
+    assert len(bad) == 1 and "0000000001.npz" in bad[0] and "shared object" in bad[0]
+    assert "1 damaged" in out
+
+
+def test_compressed_members_are_shared_objects_too(tmp_path):
+    pytest.importorskip("zstandard")
+    ck = ckpt.Checkpoint(str(tmp_path), incremental=True, compression="zstd", keep_ckpts=2)
+    base = jnp.asarray((np.random.default_rng(0).standard_normal(1 << 18) * 0.02).astype(np.float32))
+    for step in range(3):
+        ck.save({"base": base, "a": jnp.full((1 << 15,), float(step))}, idx=step)
+    assert ck.incremental.stats.identical > 0 and ck.incremental.stats.objects_written == 1
+    assert any(k.endswith(".ckz") for k in objects(ck)) and set(objects(ck)) == needed(ck)
+    got = ck.load(2)
+    assert np.array_equal(got["base"], np.asarray(base)) and got["a"][0] == 2.0
