@@ -172,13 +172,20 @@ def test_damaged_shared_data_is_found_by_verify_and_refused_on_restore(tmp_path,
     assert target["adapter"][0, 0] == 1.0  # the refused restore assigned nothing
 
 
-def test_damaged_shared_base_makes_every_checkpoint_refuse(tmp_path, frozen):
+def _saved_with_damage(tmp_path, frozen, steps: int, step: int, array: str, offset: int, data: bytes
+                       ) -> ckpt.Checkpoint:
+    """A manager with checkpoints 0..steps-1, the shared object of ``array`` in ``step`` overwritten."""
     ck = ckpt.Checkpoint(str(tmp_path), incremental=True, keep_ckpts=None)
-    for step in range(2):
-        ck.save(model(step, frozen), idx=step)
-    with open(_object_path(ck, 1, "base"), "r+b") as f:
-        f.seek(200)
-        f.write(b"\xff\xff")
+    for i in range(steps):
+        ck.save(model(i, frozen), idx=i)
+    with open(_object_path(ck, step, array), "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+    return ck
+
+
+def test_damaged_shared_base_makes_every_checkpoint_refuse(tmp_path, frozen):
+    ck = _saved_with_damage(tmp_path, frozen, 2, 1, "base", 200, b"\xff\xff")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CorruptCheckpointWarning)
         with pytest.raises(FormatError, match="every checkpoint is damaged"):
@@ -353,12 +360,7 @@ def test_incremental_saves_through_an_fsspec_url(frozen):
 def test_ckpt_verify_of_a_directory_names_the_checkpoint_whose_shared_object_is_damaged(tmp_path, frozen, capsys):
     from ckpt._cli import main
 
-    ck = ckpt.Checkpoint(str(tmp_path), incremental=True, keep_ckpts=None)
-    for step in range(3):
-        ck.save(model(step, frozen), idx=step)
-    with open(_object_path(ck, 1, "adapter"), "r+b") as f:
-        f.seek(300)
-        f.write(b"XX")
+    _saved_with_damage(tmp_path, frozen, 3, 1, "adapter", 300, b"XX")
     assert main(["verify", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     bad = [line for line in out.splitlines() if line.startswith("BAD")]
