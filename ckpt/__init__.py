@@ -46,6 +46,7 @@ from ._packfile import DEFAULT_SLOT
 from .averaging import average, ema
 from .checkpoint import Checkpoint
 from .compat import dump, dumps, load, loads
+from .incremental._refs import export_standalone
 from .errors import (
     ChecksumError,
     CkptError,
@@ -80,6 +81,7 @@ __all__ = [
     "load",
     "loads",
     "inspect",
+    "export_standalone",
     "errors",
     "CkptError",
     "FormatError",

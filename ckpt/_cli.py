@@ -286,7 +286,9 @@ def _array_records(reader: PackReader, slot: str) -> list[dict[str, Any]]:
         shape, dtype = view.shape_dtype(name)
         encoding, stored = view.stored(name)
         out.append({"name": name, "shape": list(shape), "dtype": _npy.dtype_name(dtype),
-                    "bytes": math.prod(shape) * dtype.itemsize, "encoding": encoding, "stored": stored})
+                    "bytes": math.prod(shape) * dtype.itemsize, "encoding": encoding, "stored": stored,
+                    # incremental checkpoints: "file" (stored in it) or "shared" (refers to a shared object)
+                    "where": "shared" if reader.is_shared(view.member(name)) else "file"})
     return out
 
 

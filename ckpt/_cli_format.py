@@ -266,8 +266,16 @@ def render_info(doc: dict[str, Any], limit: Optional[int]) -> str:
             headers += ["stored", "encoding"]
             for row, a in zip(rows, shown):
                 row += [a.get("stored", "-"), a.get("encoding") or "raw"]
-        out += ["", f"arrays in slot {name!r}: {array_summary(arrays)}",
-                table(headers, rows, right=[3, 4], indent="  ")]
+        shared = [a for a in arrays if a.get("where") == "shared"]
+        if shared:  # an incremental checkpoint: which arrays this file stores and which it refers to
+            headers.append("where")
+            for row, a in zip(rows, shown):
+                row.append("shared object" if a.get("where") == "shared" else "in this file")
+        out += ["", f"arrays in slot {name!r}: {array_summary(arrays)}"]
+        if shared:
+            out.append(f"  {len(arrays) - len(shared)} arrays stored in this file, {len(shared)} arrays refer to "
+                       f"shared objects ({human_size(sum(a['stored'] for a in shared))}, in objects/ beside it)")
+        out.append(table(headers, rows, right=[3, 4], indent="  "))
         if len(shown) < len(arrays):
             out.append(f"  ... {len(arrays) - len(shown)} more (--all lists every array)")
     dep_rows = []

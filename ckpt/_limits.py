@@ -5,7 +5,7 @@ They bound what a damaged or hostile file can make ckpt read, allocate or decomp
 
 #: The newest pack format version this ckpt reads and writes (2 added BLAKE3 digests; a file whose
 #: digests are all sha256 is still written as version 1, so older readers open it).
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3 added members stored as shared objects (incremental saves)
 
 #: Byte alignment of every member's data offset (and of array data inside .npy members).
 ALIGNMENT = 64

@@ -21,6 +21,7 @@ class MemberSource:
     chunks: Callable[[], Iterable[Buffer]]
     identity: Optional[int] = None  # id() of the source object, to store one object once
     exact: bool = True  # False: ``size`` is an upper bound (compressed members)
+    shared: Optional[tuple[str, str]] = None  # (algorithm, digest) of a shared object holding the bytes
 
 
 @dataclass

@@ -21,6 +21,7 @@ from . import _crc, _digest, _json, _limits, _zip, deps as _deps, manifest as _m
 from ._members import Encoded
 from ._slotnames import DEFAULT_SLOT, member_prefix
 from .errors import ChecksumError, FormatError, InternalError, NotAPackError, SlotNotFoundError
+from .incremental import _objects
 from .manifest import MANIFEST_MEMBER, SlotInfo
 
 _MAGICS = [
@@ -55,14 +56,17 @@ class _Member:
     zip: _zip.Member
     digest: Optional[str]  # None in files without a manifest: their zip CRCs are checked instead
     algorithm: str = "sha256"
+    shared: bool = False  # stored outside the archive as a shared object (docs/FORMAT.md 2.3)
 
 
 class PackReader:
     """Read-only view of one pack (or plain npz) file, positioned at ``f``'s current offset."""
 
-    def __init__(self, f: BinaryIO, label: str, *, mmap: bool = False):
+    def __init__(self, f: BinaryIO, label: str, *, mmap: bool = False, objects_at: Optional[_objects.Where] = None):
         self.f = f
         self.label = label
+        #: The checkpoint directory holding this file's shared objects (None: opened without a path).
+        self.objects_at = objects_at
         start = f.tell()
         head = f.read(8)
         f.seek(start)
@@ -100,7 +104,11 @@ class PackReader:
         self.format_version: int = doc["version"]
         for name, m in doc["members"].items():
             algorithm, digest = _digest.of(m)  # type: ignore[misc]  # decode checked there is exactly one
-            self.members[name] = _Member(self.zip.members[name], digest, algorithm)
+            if m.get("object"):
+                entry = _zip.Member(name, 0, 0, m["size"], m["size"], 0, _zip.STORED)
+                self.members[name] = _Member(entry, digest, algorithm, shared=True)
+            else:
+                self.members[name] = _Member(self.zip.members[name], digest, algorithm)
 
     def _synthesize(self) -> None:
         """Present a manifest-less .npz (numpy's or objax's) as one ``main`` arrays slot."""
@@ -138,7 +146,20 @@ class PackReader:
     def member_size(self, name: str) -> int:
         return self.members[name].zip.size
 
+    def is_shared(self, name: str) -> bool:
+        """Whether member ``name`` is stored outside this file, as a shared object (incremental saves)."""
+        return self.members[name].shared
+
+    def _object(self, name: str, *, verify: bool, slot: Optional[str], keep: bool = True) -> Any:
+        m = self.members[name]
+        return _objects.read_object(self.objects_at, m.algorithm, m.digest or "", name, m.zip.size,
+                                    label=self.label, slot=slot, verify=verify and m.digest is not None, keep=keep)
+
     def read_head(self, name: str, n: int = _limits.MAX_NPY_HEADER_BYTES) -> bytes:
+        if self.members[name].shared:
+            m = self.members[name]
+            return _objects.object_head(self.objects_at, m.algorithm, m.digest or "", name, m.zip.size, n,
+                                        label=self.label)
         zm = self.members[name].zip
         if zm.method == _zip.STORED:
             self.f.seek(self.zip._base + zm.data_offset)
@@ -158,6 +179,8 @@ class PackReader:
         view of the mapping (no copy); otherwise a writable ``bytearray``.
         """
         m = self.members[name]
+        if m.shared:
+            return self._object(name, verify=verify and name not in self._verified, slot=slot)
         if self.mm is not None and m.zip.method == _zip.STORED:
             view = self._view(m)
             if verify and name not in self._verified:
@@ -170,6 +193,8 @@ class PackReader:
     def _stream(self, name: str, *, verify: bool, slot: Optional[str], keep: bool) -> Any:
         """Read a member chunk by chunk (no mapping, or deflated), hashing as it goes; keep the bytes or not."""
         m = self.members[name]
+        if m.shared:
+            return self._object(name, verify=verify, slot=slot, keep=keep)
         # A stored member's size is bounded by the file's own. A deflated one's is only a claim (at most
         # deflate's own ratio times its compressed size): its buffer is reserved once at the declared size
         # as untouched anonymous memory, so memory grows only with what really inflates (a lie costs
@@ -206,7 +231,8 @@ class PackReader:
         except (AttributeError, OSError, ValueError):
             fd = None
         out: dict[str, Any] = {}
-        direct = [n for n in names if fd is not None and self.members[n].zip.method == _zip.STORED]
+        direct = [n for n in names if fd is not None and self.members[n].zip.method == _zip.STORED
+                  and not self.members[n].shared]
         for n in names:
             if n not in direct:
                 out[n] = self.read_member(n, verify=verify, slot=slot)
@@ -246,7 +272,7 @@ class PackReader:
         todo = [n for n in dict.fromkeys(names) if n not in self._verified]
         if self.mm is None or not todo:
             return
-        mapped = [n for n in todo if self.members[n].zip.method == _zip.STORED]
+        mapped = [n for n in todo if self.members[n].zip.method == _zip.STORED and not self.members[n].shared]
         big = sum(self.members[n].zip.size for n in mapped)
         if len(mapped) < 2 or big < (8 << 20):
             for n in mapped:
@@ -272,12 +298,16 @@ class PackReader:
             raise self._corrupt(name, m, slot, found)
 
     def member_chunks(self, name: str) -> Iterable[bytes]:
-        return self.zip.chunks(self.members[name].zip, check_crc=False)
+        m = self.members[name]
+        if m.shared:  # a rewrite or export copies the object's bytes in: the new file stands alone
+            return _objects.object_chunks(self.objects_at, m.algorithm, m.digest or "", name, m.zip.size,
+                                          label=self.label)
+        return self.zip.chunks(m.zip, check_crc=False)
 
     def verify_member(self, name: str, *, slot: Optional[str] = None) -> None:
         """Check one member against its hash (or CRC) without keeping its bytes (a deflated one streams)."""
         m = self.members[name]
-        if self.mm is not None and m.zip.method == _zip.STORED:
+        if self.mm is not None and m.zip.method == _zip.STORED and not m.shared:
             if name not in self._verified:
                 self._check(self._view(m), m, name, slot)
                 self._verified.add(name)
@@ -424,6 +454,11 @@ def write_pack(
         dedup = slot_name != DEFAULT_SLOT
         names = []
         for src in enc.members:
+            if src.shared is not None:  # stored already as a shared object: record the reference only
+                name = prefix + src.suffix
+                out_members[name] = {"size": src.size, src.shared[0]: src.shared[1], "object": True}
+                names.append(name)
+                continue
             if dedup and src.identity is not None and src.identity in by_identity:
                 names.append(by_identity[src.identity])
                 continue

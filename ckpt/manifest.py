@@ -113,7 +113,8 @@ def encode(
     doc = {
         "format": FORMAT_NAME,
         # The oldest version that holds these digests, so older readers open sha256-only files.
-        "version": max([1, *(_VERSION_FOR[a] for a in used)]),
+        "version": max([1, *(_VERSION_FOR[a] for a in used),
+                        *(OBJECTS_VERSION for m in members.values() if m.get("object"))]),
         "created_at": created_at,
         "updated_at": updated_at,
         "metadata": dict(metadata),
@@ -197,6 +198,22 @@ def _digest_field(what: str, record: dict[str, Any], version: int, file: Optiona
     return alg, value
 
 
+#: The format version that introduced members stored as shared objects (``"object": true``).
+OBJECTS_VERSION = 3
+
+
+def _check_object_member(name: str, m: dict[str, Any], version: int, zip_members: Mapping[str, int],
+                         file: Optional[str]) -> None:
+    """A member stored outside the archive as a shared object: ``{"size", <digest>, "object": true}``."""
+    _require(version >= OBJECTS_VERSION, file,
+             f"member {name!r} is a shared object, which format version {version} does not have")
+    _require(m["object"] is True, file, f"member {name!r} has object {m['object']!r:.40}; expected true")
+    _require(name not in zip_members, file, f"member {name!r} is a shared object and also in the archive")
+    _require(name.endswith((".npy", ".ckz")), file,
+             f"member {name!r} is a shared object but not an array member (.npy or .ckz)")
+    _require(_is_int(m.get("size")), file, f"member {name!r} has no valid size")
+
+
 def decode(data: bytes, file: Optional[str], zip_members: Mapping[str, int], *,
            stored_bytes: Optional[int] = None) -> tuple[dict[str, Any], dict[str, SlotInfo]]:
     """Parse and validate a manifest against the zip's members (name -> size).
@@ -222,11 +239,16 @@ def decode(data: bytes, file: Optional[str], zip_members: Mapping[str, int], *,
     _require(isinstance(doc.get("metadata"), dict), file, "metadata is not an object")
     members = doc.get("members")
     _require(isinstance(members, dict), file, "members is not an object")
+    objects: set[str] = set()
     for name, m in members.items():
-        _require(name in zip_members, file, f"member {name!r} is listed but not in the archive")
-        _require(isinstance(m, dict) and _is_int(m.get("size")), file, f"member {name!r} has no valid size")
-        _require(m["size"] == zip_members[name], file,
-                 f"member {name!r} is {zip_members[name]} bytes in the archive, manifest says {m['size']}")
+        if isinstance(m, dict) and "object" in m:  # a reference to a shared object (section 2.3)
+            _check_object_member(name, m, version, zip_members, file)
+            objects.add(name)
+        else:
+            _require(name in zip_members, file, f"member {name!r} is listed but not in the archive")
+            _require(isinstance(m, dict) and _is_int(m.get("size")), file, f"member {name!r} has no valid size")
+            _require(m["size"] == zip_members[name], file,
+                     f"member {name!r} is {zip_members[name]} bytes in the archive, manifest says {m['size']}")
         _digest_field(f"member {name!r}", m, version, file)
     slots_doc = doc.get("slots")
     _require(isinstance(slots_doc, dict), file, "slots is not an object")
@@ -244,6 +266,8 @@ def decode(data: bytes, file: Optional[str], zip_members: Mapping[str, int], *,
         _require(name != "main" or ser != "arrays" or len(set(mem)) == len(mem), file,
                  f"the main arrays slot lists a member more than once ({len(mem)} entries, "
                  f"{len(set(mem))} members); its members must not be shared")
+        _require(ser == "arrays" or not objects.intersection(mem), file,
+                 f"slot {name!r} holds {ser} data; only arrays slots may refer to shared objects")
         alg, sha = _digest_field(f"slot {name!r}", s, version, file)
         _require(sha == slot_digest([_digest.of(members[x])[1] for x in mem], alg, file), file,  # type: ignore[index]
                  f"slot {name!r} {alg} does not match its members' hashes")

@@ -335,6 +335,10 @@ class ArraysView:
         return self._headers[name]
 
     @_about_slot
+    def member(self, name: str) -> str:
+        """The member that holds array ``name``."""
+        return self._index[name]
+
     def shape_dtype(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
         h = self.header(name)
         return h.shape, h.dtype

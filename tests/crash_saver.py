@@ -1,6 +1,6 @@
 """A training-like loop that saves a checkpoint every step; test_crash_kill.py SIGKILLs it.
 
-Usage: ``python crash_saver.py LOGDIR COMMITTED_LOG [--steps N] [--keep K] [--compression zstd]``
+Usage: ``python crash_saver.py LOGDIR COMMITTED_LOG [--steps N] [--keep K] [--compression zstd] [--incremental]``
 
 Resumes at ``latest() + 1`` (like a training job restarting), and for each
 step saves arrays whose content is a deterministic function of the step
@@ -33,8 +33,13 @@ def big_elements(step: int) -> int:
     return (1 + (step * 7919) % 4) * MIB
 
 
-def make_arrays(step: int) -> dict[str, np.ndarray]:
-    """The arrays saved at ``step``: every byte depends on the step, sizes vary with it."""
+#: Saved unchanged at every step by ``--incremental`` runs (a frozen base: one shared object).
+FROZEN = np.arange(1 << 19, dtype=np.uint32) * np.uint32(2246822519)
+
+
+def make_arrays(step: int, incremental: bool = False) -> dict[str, np.ndarray]:
+    """The arrays saved at ``step``: every byte depends on the step, sizes vary with it (and with
+    ``incremental``, a frozen 2 MiB array that never changes)."""
     n = big_elements(step)
     big = np.arange(n, dtype=np.uint32)
     big *= np.uint32(2654435761)
@@ -46,6 +51,7 @@ def make_arrays(step: int) -> dict[str, np.ndarray]:
         "big": big,
         # Trained-like float32 weights (1 MiB): the part a compressed save actually compresses.
         "weights": np.random.default_rng(step).standard_normal(1 << 18, dtype=np.float32) * np.float32(0.02),
+        **({"frozen": FROZEN} if incremental else {}),
     }
 
 
@@ -53,9 +59,9 @@ def expected_meta(step: int) -> dict:
     return {"step": step}
 
 
-def target_for(step: int) -> dict[str, np.ndarray]:
+def target_for(step: int, incremental: bool = False) -> dict[str, np.ndarray]:
     """A zero-filled restore target with the shapes and dtypes saved at ``step``."""
-    return {k: np.zeros_like(v) for k, v in make_arrays(step).items()}
+    return {k: np.zeros_like(v) for k, v in make_arrays(step, incremental).items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,17 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10**6)
     parser.add_argument("--keep", type=int, default=KEEP)
     parser.add_argument("--compression", default=None)
+    parser.add_argument("--incremental", action="store_true")
     args = parser.parse_args(argv)
 
     import ckpt  # after argparse so --help is fast; numpy and ckpt only
 
-    ck = ckpt.Checkpoint(args.logdir, keep_ckpts=args.keep, verbose=False, compression=args.compression)
+    ck = ckpt.Checkpoint(args.logdir, keep_ckpts=args.keep, verbose=False, compression=args.compression,
+                         incremental=args.incremental)
     start = (ck.latest() or 0) + 1
     log_fd = os.open(args.committed, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     print(f"ready {start}", flush=True)
     t0 = time.perf_counter()
     for step in range(start, start + args.steps):
-        arrays = make_arrays(step)
+        arrays = make_arrays(step, args.incremental)
         ck.save(arrays, idx=step, extras={"meta": expected_meta(step)})
         os.write(log_fd, f"{step} {time.perf_counter() - t0:.6f}\n".encode())
         os.fsync(log_fd)

@@ -174,9 +174,10 @@ def test_an_unknown_slot_kind_refuses_only_its_slot(tmp_path):
 
 
 def test_a_newer_version_is_refused_by_its_number(tmp_path):
-    path = tmp_path / "v3.npz"
-    _with_manifest_edit(os.path.join(GOLDEN, "v2-blake3-kinds.npz"), path, lambda d: d.update(version=3))
-    with pytest.raises(ckpt.FormatError, match="version 3.*Upgrade ckpt"):
+    newer = ckpt._limits.FORMAT_VERSION + 1
+    path = tmp_path / f"v{newer}.npz"
+    _with_manifest_edit(os.path.join(GOLDEN, "v2-blake3-kinds.npz"), path, lambda d: d.update(version=newer))
+    with pytest.raises(ckpt.FormatError, match=f"version {newer}.*Upgrade ckpt"):
         ckpt.Pack(str(path))
 
 

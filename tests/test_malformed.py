@@ -465,7 +465,7 @@ CASES = [
     C("manifest-json-deep-nesting", lambda: repack(manifest=b"[" * 200000 + b"]" * 200000)),
     C("manifest-over-limit-patched", lambda: base(), limits={"MAX_MANIFEST_BYTES": 512}, match="limit"),
     C("manifest-over-64MiB", _huge_manifest, match="limit", big=True),
-    C("manifest-version-3", lambda: repack(edit=_set(("version",), 3)), match="Upgrade"),
+    C("manifest-version-4", lambda: repack(edit=_set(("version",), 4)), match="Upgrade"),
     C("manifest-blake3-in-version-1", lambda: repack(edit=_set(("version",), 1)), match="version 1"),
     C("manifest-version-is-string", lambda: repack(edit=_set(("version",), "1"))),
     C("manifest-wrong-format-name", lambda: repack(edit=_set(("format",), "zip"))),
