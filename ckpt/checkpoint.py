@@ -34,6 +34,7 @@ from .errors import (
     SlotNotFoundError,
     UnknownMetricError,
 )
+from .distributed import hooks as _dist
 from .pack import check_slot_name
 from .varfile import PreparedRestore, encode_slots, open_reader, prepare_restore, write_encoded
 
@@ -97,7 +98,7 @@ class Checkpoint:
                  keep_every: Optional[int] = None, keep_best: Optional[int] = None, metric: Optional[str] = None,
                  mode: str = "min", max_bytes: Optional[int] = None,
                  deps: str = "warn", verify: bool = True, lock_timeout: Optional[float] = None,
-                 async_save: bool = False, compression: Any = None):
+                 async_save: bool = False, compression: Any = None, coordination_timeout: Optional[float] = None):
         if keep_ckpts is not None and (isinstance(keep_ckpts, bool) or not isinstance(keep_ckpts, int)
                                        or keep_ckpts < 1):
             raise ValueError(f"keep_ckpts must be an integer >= 1 (the newest checkpoint is always kept), "
@@ -116,6 +117,9 @@ class Checkpoint:
         self.lock_timeout = lock_timeout
         self.async_save = async_save
         self.compression = compression
+        #: Seconds each wait of a multi-process save/restore allows before naming who did not arrive.
+        self.coordination_timeout = _dist.coord.default_timeout() if coordination_timeout is None \
+            else float(coordination_timeout)
         _codec.Compression.parse(compression)  # refuse an unknown codec now, not at the first save
         self._executor: Optional[ThreadPoolExecutor] = None
         self._pending: Optional[Future[None]] = None
@@ -262,6 +266,11 @@ class Checkpoint:
             raise FileNotFoundError(f"checkpoint directory {self.directory} does not exist (makedir=False)")
         background = self.async_save if block is None else not block
         self._finish_pending(raise_error=True)  # one snapshot in flight at most; surfaces earlier errors
+        path = self.path(idx)
+        if _dist.active():  # every process of a jax.distributed job calls save: shards + one commit record
+            job = _dist.writer.prepare(self, idx, path, slots, serializers, metadata, background=background,
+                                       compression=self.compression if compression == "default" else compression)
+            return self._run_commit(idx, path, job, background)
         snap = self._snapshot_buffers.snapshot() if background else None
         try:
             encoded = encode_slots(slots, serializers, snapshot=background,
@@ -271,7 +280,6 @@ class Checkpoint:
             if snap is not None:
                 snap.done()
             raise
-        path = self.path(idx)
         if snap is None:
             self._commit(idx, path, encoded, metadata)
             return path
@@ -286,16 +294,39 @@ class Checkpoint:
         """Write, fsync, rename, then rotate: under the directory lock, in the caller's or the save thread."""
         with self._lock():
             self._clean_stale_temps()
-            try:
-                write_encoded(path, encoded, metadata=metadata)
-            except CkptError:
-                raise
-            except OSError as e:
-                raise SaveError(
-                    f"could not write checkpoint {idx} to {path}: {e.strerror or e}; the earlier checkpoints are "
-                    "intact", errno=e.errno, file=path) from e
-            self._log("saved checkpoint %s", path)
+            self._write_file(idx, path, encoded, metadata)
             self._rotate(idx)
+
+    def _run_commit(self, idx: int, path: str, job: Callable[[], None], background: bool) -> str:
+        if not background:
+            job()
+            return path
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-save")
+            _live_managers.add(self)
+        self._pending = self._executor.submit(job)
+        self._pending_idx = idx
+        return path
+
+    def _commit_record(self, idx: int, path: str, encoded: Mapping[str, Any], metadata: Optional[Mapping[str, Any]],
+                       save_id: str) -> None:
+        """Process 0 of a multi-process save: the commit record, written last, then retention."""
+        with self._lock():
+            self._clean_stale_temps()
+            _dist.commit_record(self, idx, path, encoded, metadata, save_id,
+                                lambda: self._write_file(idx, path, encoded, metadata))
+
+    def _write_file(self, idx: int, path: str, encoded: Mapping[str, Any], metadata: Optional[Mapping[str, Any]]
+                    ) -> None:
+        try:
+            write_encoded(path, encoded, metadata=metadata)
+        except CkptError:
+            raise
+        except OSError as e:
+            raise SaveError(
+                f"could not write checkpoint {idx} to {path}: {e.strerror or e}; the earlier checkpoints are "
+                "intact", errno=e.errno, file=path) from e
+        self._log("saved checkpoint %s", path)
 
     def _commit_snapshot(self, snap: _snapshot.Snapshot, idx: int, path: str, encoded: Mapping[str, Any],
                          metadata: Optional[Mapping[str, Any]]) -> None:
@@ -358,6 +389,7 @@ class Checkpoint:
             path = self.path(idx)
             try:
                 _io.remove(path)
+                _dist.removed(path)
                 self._log("removed old checkpoint %s", path)
             except FileNotFoundError:
                 pass
@@ -452,6 +484,8 @@ class Checkpoint:
                         _check_main(reader, headers=True)
                         for slot in reader.slots:
                             reader.verify_slot(slot)
+                        if _dist.is_record(reader):
+                            _dist.verify(reader)
                     with self._meta_lock:
                         self._verified_cache[path] = key
                 return e.idx
@@ -682,6 +716,8 @@ class Checkpoint:
         path = self.path(resolved)
         self._log("restoring from %s", path)
         with open_reader(path) as reader:
+            if _dist.is_record(reader):
+                return self._restore_record(reader, vc, extras, renamer=renamer, strict=strict, trusted=trusted)
             _check_main(reader)
             names = [DEFAULT_SLOT, *extras]
             try:
@@ -706,6 +742,20 @@ class Checkpoint:
             extras[name] = p.commit()
         extras.update(loaded)
         return path
+
+    def _restore_record(self, reader: Any, vc: Any, extras: dict[str, Any], *, renamer: _coll.Renamer,
+                        strict: bool, trusted: _ser.Trusted) -> str:
+        """restore() of a multi-process checkpoint: sharded slots from the shards, the rest from the record."""
+        sharded = _dist.sharded_slots(reader)
+        _, report = _dist.load(self, reader, DEFAULT_SLOT, vc, strict=strict, cast=False, renamer=renamer)
+        for name, target in extras.items():
+            if name in sharded:
+                extras[name] = _dist.load(self, reader, name, target, strict=strict, cast=False)[0]
+            else:
+                extras[name] = reader.load(name, trusted=trusted, verify=self.verify)
+        if not strict and any(report.values()):
+            log.warning("restored %s partially; skipped %s", reader.label, report)
+        return reader.label
 
     def wait_for_new(self, after: Optional[int] = None, timeout: Optional[float] = None,
                      poll_interval: float = 0.1) -> Optional[int]:
@@ -741,6 +791,9 @@ class Checkpoint:
 
         def read(resolved: int) -> Any:
             with open_reader(self.path(resolved)) as reader:
+                if _dist.is_record(reader):
+                    restored, report = _dist.load(self, reader, DEFAULT_SLOT, template, strict=strict, cast=cast)
+                    return restored if strict or template is None else (restored, report)
                 _check_main(reader)
                 _deps.report(reader.dependency_mismatches([DEFAULT_SLOT]), self.deps, reader.label)
                 if template is None:
@@ -779,8 +832,10 @@ class Checkpoint:
                     # Choosing the newest intact checkpoint as restore() would: its weights are checked
                     # too (a hash pass over them), so extras never come from a step restore() skips.
                     _check_main(reader, headers=True)
-                    if self.verify:
+                    if self.verify and not _dist.is_record(reader):
                         reader.verify_slot(DEFAULT_SLOT)
+                if _dist.is_record(reader):
+                    return _dist.load_extras(self, reader, names, trusted, RESERVED_SLOTS)
                 wanted = list(names) if names is not None else [s for s in reader.slots if s not in RESERVED_SLOTS]
                 for n in wanted:
                     reader.slot(n)
@@ -822,6 +877,8 @@ def _one_line(e: BaseException, path: str = "") -> str:
 def _check_main(reader: Any, *, headers: bool = False) -> None:
     """A checkpoint holds a ``main`` arrays slot (with ``headers``, whose ``.npy`` headers parse:
     a small read per array); else it is damaged."""
+    if _dist.is_record(reader):  # a multi-process checkpoint: its arrays live in the shard files
+        return
     info = reader.slots.get(DEFAULT_SLOT)
     if info is None:
         have = ", ".join(sorted(reader.slots)) or "none"

@@ -1,0 +1,107 @@
+"""Cases run inside the workers of tests/dist_worker.py (every process runs the same function)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import ckpt
+
+SPECS = {"row": P("x", None), "col": P(None, "x"), "rep": P(), "grid": P("a", "b")}
+
+
+def mesh(kind: str) -> Mesh:
+    devs = np.array(jax.devices())
+    if kind == "grid":
+        return Mesh(devs.reshape(2, -1), ("a", "b"))
+    return Mesh(devs, ("x",))
+
+
+def expected(step: int, shape: tuple[int, ...] = (8, 12)) -> dict[str, np.ndarray]:
+    w = (np.arange(np.prod(shape), dtype=np.float32).reshape(shape) + step)
+    return {"w": w, "b": np.arange(shape[1], dtype=np.int32) * step}
+
+
+def state(step: int, spec: str, shape: tuple[int, ...] = (8, 12)) -> dict[str, Any]:
+    sh = NamedSharding(mesh(spec), SPECS[spec])
+    e = expected(step, shape)
+    w = jax.make_array_from_callback(e["w"].shape, sh, lambda idx: e["w"][idx])
+    rep = NamedSharding(mesh(spec), P())
+    b = jax.make_array_from_callback(e["b"].shape, rep, lambda idx: e["b"][idx])
+    return {"params": {"w": w, "b": b}, "step": np.int64(step)}
+
+
+def save(logdir: str, step: int, spec: str, block: bool = True, timeout: float = 20.0, keep: int = 3,
+         shape: Any = (8, 12)) -> dict[str, Any]:
+    ck = ckpt.Checkpoint(logdir, keep_ckpts=keep, coordination_timeout=timeout)
+    st = state(step, spec, tuple(shape))
+    opt = {"mu": st["params"]["w"] * 2}
+    t0 = time.perf_counter()
+    ck.save(st, idx=step, extras={"opt": opt, "config": {"lr": 0.5, "step": step}}, metrics={"loss": 1.0 / (step + 1)},
+            block=block)
+    blocked = time.perf_counter() - t0
+    ck.close()
+    return {"blocked": blocked, "process": jax.process_index()}
+
+
+def restore(logdir: str, spec: str, idx: Any = None, timeout: float = 20.0) -> dict[str, Any]:
+    """Load into ``spec`` sharding; compare each local shard with the expected values."""
+    ck = ckpt.Checkpoint(logdir, coordination_timeout=timeout, makedir=False)
+    sh = NamedSharding(mesh(spec), SPECS[spec])
+    rep = NamedSharding(mesh(spec), P())
+    template = {"params": {"w": jax.ShapeDtypeStruct((8, 12), np.float32, sharding=sh),
+                           "b": jax.ShapeDtypeStruct((12,), np.int32, sharding=rep)},
+                "step": jax.ShapeDtypeStruct((), np.int64)}
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tree = ck.load(idx, template=template)
+    stats = ckpt.distributed.last_restore_stats()
+    step = int(np.asarray(tree["step"]))
+    e = expected(step)
+    ok = all(np.array_equal(np.asarray(s.data), e["w"][s.index]) for s in tree["params"]["w"].addressable_shards)
+    ok = ok and all(np.array_equal(np.asarray(s.data), e["b"][s.index]) for s in tree["params"]["b"].addressable_shards)
+    assert tree["params"]["w"].sharding == sh
+    extras = ck.load_extras(names=["config", "opt"])
+    ok = ok and extras["config"] == {"lr": 0.5, "step": step}
+    ok = ok and np.array_equal(extras["opt"]["mu"], e["w"] * 2)
+    return {"step": step, "ok": bool(ok), "bytes_read": stats["bytes_read"], "warnings": [str(w.message) for w in caught]}
+
+
+def save_disagree(logdir: str, timeout: float = 20.0) -> str:
+    """Process 1 saves a different shape: every process must raise the same PreflightError."""
+    shape = (8, 12) if jax.process_index() == 0 else (8, 16)
+    ck = ckpt.Checkpoint(logdir, coordination_timeout=timeout)
+    st = state(3, "row", shape) if jax.process_index() == 0 else _local_state(shape)
+    ck.save(st, idx=99)
+    return "saved"
+
+
+def _local_state(shape: tuple[int, ...]) -> dict[str, Any]:
+    # A different shape cannot come from one global array; this process builds its own.
+    return state(3, "row", (8, 12)) | {"params": {"w": state(3, "row", (8, 12))["params"]["w"],
+                                                  "b": jax.numpy.zeros((shape[1],), np.int32)}}
+
+
+def save_kill_one(logdir: str, step: int, victim: int = 1, timeout: float = 10.0) -> dict[str, Any]:
+    """The victim SIGKILLs itself while its shard file is being written; the others must fail in time."""
+    if jax.process_index() == victim:
+        def watch() -> None:
+            d = os.path.join(logdir, "ckpt")
+            while True:
+                for name in os.listdir(d) if os.path.isdir(d) else []:
+                    if ".shards-" in name and os.path.isdir(os.path.join(d, name)):
+                        os.kill(os.getpid(), signal.SIGKILL)
+                time.sleep(0.001)
+        threading.Thread(target=watch, daemon=True).start()
+    t0 = time.perf_counter()
+    ck = ckpt.Checkpoint(logdir, keep_ckpts=3, coordination_timeout=timeout)
+    ck.save(state(step, "row", (2048, 1024)), idx=step)
+    return {"elapsed": time.perf_counter() - t0}
