@@ -72,7 +72,7 @@ def restore(logdir: str, spec: str, idx: Any = None, timeout: float = 20.0) -> d
     extras = ck.load_extras(names=["config", "opt"])
     ok = ok and extras["config"] == {"lr": 0.5, "step": step}
     ok = ok and np.array_equal(extras["opt"]["mu"], e["w"] * 2)
-    return {"step": step, "ok": bool(ok), "bytes_read": stats["bytes_read"], "warnings": [str(w.message) for w in caught]}
+    return {"step": step, "ok": bool(ok), "bytes_read": stats["bytes_read"], "chunks_read": stats["chunks_read"], "warnings": [str(w.message) for w in caught]}
 
 
 def save_disagree(logdir: str, timeout: float = 20.0) -> str:

@@ -75,18 +75,18 @@ class Pool:
             stdin.write(json.dumps({"case": case, "kw": kw}) + "\n")
             stdin.flush()
 
-    def run(self, case: str, timeout: float = 90, **kw: Any) -> list[Any]:
+    def run(self, case: str, wait: float = 90, **kw: Any) -> list[Any]:
         """Run one case on every process; returns each one's result (the case's return value)."""
         self.send(case, **kw)
-        results = self._collect(range(self.nproc), timeout)
+        results = self._collect(range(self.nproc), wait)
         bad = [r for r in results if "ok" not in r]
         if bad:
             raise AssertionError(f"case {case} failed: {bad}\n{self.log()}")
         return [r["ok"] for r in results]
 
-    def run_raw(self, case: str, timeout: float = 90, **kw: Any) -> list[Any]:
+    def run_raw(self, case: str, wait: float = 90, **kw: Any) -> list[Any]:
         self.send(case, **kw)
-        return self._collect(range(self.nproc), timeout)
+        return self._collect(range(self.nproc), wait)
 
     def kill(self, p: int) -> None:
         self.procs[p].send_signal(signal.SIGKILL)
@@ -97,3 +97,9 @@ class Pool:
                 proc.kill()
         for proc in self.procs:
             proc.wait(timeout=30)
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    try:
+                        pipe.close()
+                    except (OSError, ValueError):
+                        pass
