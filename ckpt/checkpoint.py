@@ -242,34 +242,38 @@ class Checkpoint:
         """
         idx = _check_idx(idx)
         self._last_read = None
-        metadata = self._manifest_metadata(idx, metadata, metrics)
-        if recipe is not None:
-            metadata["ckpt"]["recipe"] = _recipes.recipe_of(recipe).to_dict()
-        wanted = self.retention.metric
-        if metrics is not None and self.retention.keep_best is not None and wanted not in metrics:
-            log.warning("checkpoint %d: metrics %s have no %r, so keep_best cannot rank it", idx, sorted(metrics),
-                        wanted)
-        if _coll.flatten(vc) is None:
-            raise TypeError(f"cannot checkpoint a {type(vc).__name__}: expected an objax VarCollection, a dict "
-                            "of arrays or a pytree of arrays (use extras= for other values)")
-        slots: dict[str, Any] = {DEFAULT_SLOT: vc}
-        for name, value in (extras or {}).items():
-            check_slot_name(name)
-            if name in RESERVED_SLOTS:
-                raise ValueError(f"extras cannot use the reserved slot name {name!r}")
-            slots[name] = value
-        serializers = {DEFAULT_SLOT: "arrays"}
-        if module is not None:
-            slots["module"] = module
-            serializers["module"] = "pickle"
-        if not os.path.isdir(self.directory):
-            raise FileNotFoundError(f"checkpoint directory {self.directory} does not exist (makedir=False)")
+        try:
+            metadata = self._manifest_metadata(idx, metadata, metrics)
+            if recipe is not None:
+                metadata["ckpt"]["recipe"] = _recipes.recipe_of(recipe).to_dict()
+            wanted = self.retention.metric
+            if metrics is not None and self.retention.keep_best is not None and wanted not in metrics:
+                log.warning("checkpoint %d: metrics %s have no %r, so keep_best cannot rank it", idx, sorted(metrics),
+                            wanted)
+            if _coll.flatten(vc) is None:
+                raise TypeError(f"cannot checkpoint a {type(vc).__name__}: expected an objax VarCollection, a dict "
+                                "of arrays or a pytree of arrays (use extras= for other values)")
+            slots: dict[str, Any] = {DEFAULT_SLOT: vc}
+            for name, value in (extras or {}).items():
+                check_slot_name(name)
+                if name in RESERVED_SLOTS:
+                    raise ValueError(f"extras cannot use the reserved slot name {name!r}")
+                slots[name] = value
+            serializers = {DEFAULT_SLOT: "arrays"}
+            if module is not None:
+                slots["module"] = module
+                serializers["module"] = "pickle"
+            if not os.path.isdir(self.directory):
+                raise FileNotFoundError(f"checkpoint directory {self.directory} does not exist (makedir=False)")
+        except (TypeError, ValueError, OSError) as e:
+            _dist.save_failed(self, idx, e)  # multi-process: raised on every process, not only this one
+            raise
         background = self.async_save if block is None else not block
         self._finish_pending(raise_error=True)  # one snapshot in flight at most; surfaces earlier errors
         path = self.path(idx)
         if _dist.active():  # every process of a jax.distributed job calls save: shards + one commit record
-            job = _dist.writer.prepare(self, idx, path, slots, serializers, metadata, background=background,
-                                       compression=self.compression if compression == "default" else compression)
+            job = _dist.prepare_save(self, idx, path, slots, serializers, metadata, background=background,
+                                     compression=self.compression if compression == "default" else compression)
             return self._run_commit(idx, path, job, background)
         snap = self._snapshot_buffers.snapshot() if background else None
         try:

@@ -105,3 +105,30 @@ def save_kill_one(logdir: str, step: int, victim: int = 1, timeout: float = 10.0
     ck = ckpt.Checkpoint(logdir, keep_ckpts=3, coordination_timeout=timeout)
     ck.save(state(step, "row", (2048, 1024)), idx=step)
     return {"elapsed": time.perf_counter() - t0}
+
+
+def save_bad_input(logdir: str, timeout: float = 20.0) -> str:
+    """Process 1 passes a reserved extras name: both processes must raise (not process 0 hang)."""
+    ck = ckpt.Checkpoint(logdir, coordination_timeout=timeout)
+    extras = {"module": 1} if jax.process_index() == 1 else {"other": 1}
+    ck.save(state(5, "row"), idx=5, extras=extras)
+    return "saved"
+
+
+def save_disk_full(logdir: str, step: int, block: bool = True, timeout: float = 20.0) -> str:
+    """Process 1 may write only 4 KiB per file (RLIMIT_FSIZE: the kernel's EFBIG, like a full disk)."""
+    import resource
+
+    ck = ckpt.Checkpoint(logdir, coordination_timeout=timeout)
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    if jax.process_index() == 1:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, old[1]))
+    try:
+        ck.save(state(step, "row", (256, 64)), idx=step, block=block)
+        ck.wait()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, old_handler)
+        ck._finish_pending(raise_error=False)
+    return "saved"

@@ -12,10 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
-jax = pytest.importorskip("jax")
-if tuple(int(x) for x in jax.__version__.split(".")[:2]) < (0, 10):
-    pytest.skip("multi-process CPU collectives (gloo, jax_num_cpu_devices) are tested on jax >= 0.10 only",
-                allow_module_level=True)
+jax = pytest.importorskip("jax")  # both tox envs: jax 0.9 (objax) and 0.10 run multi-process CPU jobs
 
 import ckpt  # noqa: E402
 from ckpt import distributed as dist  # noqa: E402
@@ -234,3 +231,26 @@ def test_kill_one_process_mid_save(tmp_path):
     finally:
         pool.close()
     assert not [n for n in os.listdir(os.path.join(logdir, "ckpt")) if n.startswith("0000000002")]
+
+
+def test_bad_input_on_one_process_raises_on_all(pool2x2, tmp_path):
+    out = pool2x2.run_raw("save_bad_input", logdir=str(tmp_path))
+    assert out[1].get("error") == "ValueError" and "reserved" in out[1]["message"], out
+    assert out[0].get("error") == "DistributedError" and "process 1" in out[0]["message"], out
+    assert "reserved" in out[0]["message"]
+    assert ckpt.Checkpoint(str(tmp_path), makedir=False).indices() == []
+
+
+@pytest.mark.parametrize("block", [True, False])
+def test_disk_full_on_one_process_raises_on_all(pool2x2, tmp_path, block):
+    logdir = str(tmp_path)
+    pool2x2.run("save", logdir=logdir, step=1, spec="row")
+    out = pool2x2.run_raw("save_disk_full", logdir=logdir, step=2, block=block)
+    assert all(r.get("error") == "DistributedError" for r in out), out
+    assert out[0]["message"] == out[1]["message"] and "process 1" in out[0]["message"], out
+    ck = ckpt.Checkpoint(logdir, makedir=False)
+    assert ck.indices() == [1]
+    assert int(ck.load()["step"]) == 1
+    pool2x2.run("save", logdir=logdir, step=3, spec="row")  # the failed step's shards are cleaned up
+    assert sorted(n.split(".")[0] for n in os.listdir(os.path.join(logdir, "ckpt")) if ".shards-" in n) == [
+        "0000000001", "0000000003"]

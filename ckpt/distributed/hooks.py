@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Optional, TypeVar
 
 from ..errors import CkptError, DistributedError, FormatError
 from . import coord, layout, reader as _reader, record as _record
-from . import writer
+from . import writer as _writer
 
 log = logging.getLogger("ckpt")
 T = TypeVar("T")
@@ -20,6 +20,25 @@ T = TypeVar("T")
 
 def active() -> bool:
     return coord.active()
+
+
+def prepare_save(manager: Any, idx: int, path: str, slots: Mapping[str, Any], serializers: Mapping[str, str],
+                 metadata: Mapping[str, Any], *, compression: Any, background: bool) -> Callable[[], None]:
+    """The blocking part of a multi-process save (snapshot, preflight); returns the commit to run."""
+    return _writer.prepare(manager, idx, path, slots, serializers, metadata, compression=compression,
+                           background=background)
+
+
+def save_failed(manager: Any, idx: int, error: BaseException) -> None:
+    """This process refused a save before it began (bad input): in a multi-process job, tell the
+    others through the save's preflight, so that they raise too instead of waiting for it."""
+    if not coord.active():
+        return
+    c = coord.Coordinator(coord.next_name("save", manager.directory), manager.coordination_timeout)
+    try:
+        c.exchange("preflight", error=f"{type(error).__name__}: {error}", what=f"preflight of checkpoint {idx}")
+    except DistributedError as e:
+        log.debug("%s", e)  # this process raises its own error; the others raise this one
 
 
 def is_record(reader: Any) -> bool:

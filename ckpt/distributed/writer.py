@@ -216,7 +216,7 @@ def _check_cover(a: Mapping[str, Any], slot: str, path: str) -> None:
     if got != total:
         raise SaveError(f"{path}: slot {slot!r} array {a['name']!r}: the processes wrote {got} of its {total} "
                         "elements (some slice has no replica_id 0 copy, or two processes wrote the same one)",
-                        file=path, slot=slot)
+                        file=path)
 
 
 def _check_agree(prints: list[Any], idx: int) -> None:
