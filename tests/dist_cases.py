@@ -39,7 +39,8 @@ def state(step: int, spec: str, shape: tuple[int, ...] = (8, 12)) -> dict[str, A
 
 
 def save(logdir: str, step: int, spec: str, block: bool = True, timeout: float = 20.0, keep: int = 3,
-         shape: Any = (8, 12)) -> dict[str, Any]:
+         shape: Any = (8, 12), piece_bytes: int = 4 << 20) -> dict[str, Any]:
+    ckpt.distributed.writer.PIECE_BYTES = piece_bytes  # a setting: how finely shards are cut
     ck = ckpt.Checkpoint(logdir, keep_ckpts=keep, coordination_timeout=timeout)
     st = state(step, spec, tuple(shape))
     opt = {"mu": st["params"]["w"] * 2}
@@ -51,13 +52,14 @@ def save(logdir: str, step: int, spec: str, block: bool = True, timeout: float =
     return {"blocked": blocked, "process": jax.process_index()}
 
 
-def restore(logdir: str, spec: str, idx: Any = None, timeout: float = 20.0) -> dict[str, Any]:
+def restore(logdir: str, spec: str, idx: Any = None, timeout: float = 20.0, shape: Any = (8, 12)) -> dict[str, Any]:
     """Load into ``spec`` sharding; compare each local shard with the expected values."""
     ck = ckpt.Checkpoint(logdir, coordination_timeout=timeout, makedir=False)
     sh = NamedSharding(mesh(spec), SPECS[spec])
     rep = NamedSharding(mesh(spec), P())
-    template = {"params": {"w": jax.ShapeDtypeStruct((8, 12), np.float32, sharding=sh),
-                           "b": jax.ShapeDtypeStruct((12,), np.int32, sharding=rep)},
+    shape = tuple(shape)
+    template = {"params": {"w": jax.ShapeDtypeStruct(shape, np.float32, sharding=sh),
+                           "b": jax.ShapeDtypeStruct((shape[1],), np.int32, sharding=rep)},
                 "step": jax.ShapeDtypeStruct((), np.int64)}
     import warnings
     with warnings.catch_warnings(record=True) as caught:
@@ -65,7 +67,7 @@ def restore(logdir: str, spec: str, idx: Any = None, timeout: float = 20.0) -> d
         tree = ck.load(idx, template=template)
     stats = ckpt.distributed.last_restore_stats()
     step = int(np.asarray(tree["step"]))
-    e = expected(step)
+    e = expected(step, shape)
     ok = all(np.array_equal(np.asarray(s.data), e["w"][s.index]) for s in tree["params"]["w"].addressable_shards)
     ok = ok and all(np.array_equal(np.asarray(s.data), e["b"][s.index]) for s in tree["params"]["b"].addressable_shards)
     assert tree["params"]["w"].sharding == sh

@@ -24,6 +24,25 @@ from .coord import Coordinator, next_name
 
 log = logging.getLogger("ckpt")
 
+#: Device shards are stored as pieces of at most this many bytes (split along their longest
+#: dimension), so a restore into another sharding reads (and checks the hash of) only the pieces
+#: its own slices overlap.
+PIECE_BYTES = 4 << 20
+
+
+def split_box(box: layout.Box, itemsize: int, limit: Optional[int] = None) -> list[layout.Box]:
+    """``box`` cut in halves along its longest dimension until each piece holds at most ``limit`` bytes."""
+    limit = PIECE_BYTES if limit is None else limit
+    extents = [b - a for a, b in box]
+    if not box or int(np.prod(extents, dtype=np.int64)) * itemsize <= limit or max(extents) < 2:
+        return [box]
+    d = int(np.argmax(extents))
+    mid = box[d][0] + extents[d] // 2
+    lo = [list(x) for x in box]
+    hi = [list(x) for x in box]
+    lo[d][1] = hi[d][0] = mid
+    return split_box(lo, itemsize, limit) + split_box(hi, itemsize, limit)
+
 
 def is_global(leaf: Any) -> bool:
     return _coll.is_jax_array(leaf) and not getattr(leaf, "is_fully_addressable", True)
@@ -67,8 +86,7 @@ class _Slot:
         if flat.tree is not None:
             self.info["tree"] = flat.tree
         self.arrays: list[dict[str, Any]] = []
-        self.chunks: dict[str, Any] = {}   # chunk key -> array (a device shard or a host copy)
-        self.local: list[tuple[int, dict[str, Any]]] = []  # (array number, chunk record)
+        self.pieces: list[tuple[int, str, layout.Box, Any]] = []  # this process's unique slices, by reference
         for i, (aname, leaf) in enumerate(zip(flat.names, flat.leaves)):
             extra = flat.leaf_info(i)
             stored = _coll.storable(leaf)
@@ -89,9 +107,19 @@ class _Slot:
             self.arrays.append(rec)
 
     def _add(self, i: int, aname: str, box: layout.Box, data: Any) -> None:
-        key = layout.chunk_key(aname, box)
-        self.chunks[key] = data
-        self.local.append((i, {"box": box, "key": key}))
+        self.pieces.append((i, aname, box, data))
+
+    def chunks(self) -> tuple[dict[str, Any], list[tuple[int, dict[str, Any]]]]:
+        """Chunk key -> host array view (cut by :func:`split_box`), and each chunk's record."""
+        arrays: dict[str, Any] = {}
+        records = []
+        for i, aname, box, data in self.pieces:
+            host = _coll.to_host(data)
+            for sub in split_box(box, host.dtype.itemsize):
+                key = layout.chunk_key(aname, sub)
+                arrays[key] = host[tuple(slice(a - b0, b - b0) for (a, b), (b0, _) in zip(sub, box))]
+                records.append((i, {"box": sub, "key": key}))
+        return arrays, records
 
     def fingerprint(self) -> list[Any]:
         return [[a["name"], a["shape"], a["dtype"], a["sharding"]] for a in self.arrays]
@@ -163,7 +191,8 @@ class SaveJob:
 
     def _write_shard(self, shard: str) -> dict[str, Any]:
         _io.makedirs(os.path.dirname(shard))
-        slots = {n: s.chunks for n, s in self.sharded.items() if s.chunks}
+        built = {n: s.chunks() for n, s in self.sharded.items()}
+        slots = {n: arrays for n, (arrays, _) in built.items() if arrays}
         meta = {"ckpt": {"shard": {"step": self.idx, "process": self.process, "process_count": self.coord.count,
                                    "save_id": self.save_id}}}
         if slots:
@@ -179,7 +208,7 @@ class SaveJob:
         from .record import file_digest
 
         size, digest = file_digest(shard, algorithm)
-        chunks = {n: [[i, c] for i, c in s.local] for n, s in self.sharded.items()}
+        chunks = {n: [[i, c] for i, c in records] for n, (_, records) in built.items()}
         return {"file": os.path.relpath(shard, os.path.dirname(self.path)), "size": size, "digest": digest,
                 "algorithm": algorithm, "chunks": chunks}
 
