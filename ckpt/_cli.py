@@ -333,6 +333,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         dump_json(doc)
         return 0
     say(render_info(doc, limit=None if args.all else args.max_arrays))
+    if doc.get("sharded"):  # a multi-process checkpoint: its arrays live in the shard files
+        sh = doc["sharded"]
+        say(f"\nmulti-process checkpoint: {sh['process_count']} processes, {len(sh['shards'])} shard files, "
+            f"{human_size(sum(s['size'] for s in sh['shards']))}; arrays: "
+            + ", ".join(f"{a['name']} {a['shape']} {a['dtype']}" for a in sh["arrays"].get("main", [])[:10]))
     say("\n" + _cli_recipes.render_recipe(doc["recipe"], recipe_error))
     return 0
 

@@ -134,3 +134,18 @@ def save_disk_full(logdir: str, step: int, block: bool = True, timeout: float = 
         signal.signal(signal.SIGXFSZ, old_handler)
         ck._finish_pending(raise_error=False)
     return "saved"
+
+
+def restore_in_place(logdir: str, spec: str, timeout: float = 20.0) -> dict[str, Any]:
+    """restore() into a dict of global arrays (and a sharded extra): updated in place, shardings kept."""
+    ck = ckpt.Checkpoint(logdir, coordination_timeout=timeout, makedir=False)
+    target = state(0, spec)["params"]
+    flat = {"w": target["w"], "b": target["b"]}
+    opt = {"mu": jax.numpy.zeros_like(target["w"])}
+    extras: dict[str, Any] = {"opt": opt, "config": None}
+    idx, _ = ck.restore(flat, extras=extras, renamer=lambda n: n.removeprefix("params/"), strict=False)
+    e = expected(idx)
+    checks = [all(np.array_equal(np.asarray(s.data), e["w"][s.index]) for s in flat["w"].addressable_shards),
+              flat["w"].sharding == target["w"].sharding,
+              all(np.array_equal(np.asarray(s.data), 2 * e["w"][s.index]) for s in extras["opt"]["mu"].addressable_shards)]
+    return {"idx": idx, "ok": all(checks), "checks": checks, "config": extras["config"]}

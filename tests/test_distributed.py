@@ -275,3 +275,25 @@ def test_resharded_restore_reads_only_overlapping_pieces(pool2x2, tmp_path):
     w_bytes = 64 * 256 * 4
     assert all(r["ok"] for r in out), out
     assert all(r["bytes_read"] < 0.6 * w_bytes + 4096 for r in out), out
+
+
+def test_cli_ls_info_on_multiprocess_checkpoints(saved, capsys):
+    import json
+
+    logdir, _ = saved
+    assert cli_main(["ls", logdir]) == 0
+    listed = capsys.readouterr().out
+    assert "0000000003" in listed or " 3 " in listed or "3" in listed
+    rec = os.path.join(logdir, "ckpt", "0000000003.npz")
+    assert cli_main(["info", rec, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["sharded"]["process_count"] == 2
+    assert {a["name"] for a in doc["sharded"]["arrays"]["main"]} == {"params/w", "params/b", "step"}
+    assert cli_main(["info", rec]) == 0
+    assert cli_main(["verify", rec]) == 0
+
+
+def test_restore_in_place_keeps_shardings(pool2x2, saved):
+    logdir, _ = saved
+    out = pool2x2.run("restore_in_place", logdir=logdir, spec="col")
+    assert all(r["ok"] and r["idx"] == 3 and r["config"] == {"lr": 0.5, "step": 3} for r in out), out
