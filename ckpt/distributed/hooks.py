@@ -25,6 +25,11 @@ def active() -> bool:
 def prepare_save(manager: Any, idx: int, path: str, slots: Mapping[str, Any], serializers: Mapping[str, str],
                  metadata: Mapping[str, Any], *, compression: Any, background: bool) -> Callable[[], None]:
     """The blocking part of a multi-process save (snapshot, preflight); returns the commit to run."""
+    if "://" in manager.directory and not manager.directory.startswith("file://"):
+        error = ValueError(f"{manager.directory}: multi-process saves write shard files on a local or shared file "
+                           "system path; a URL checkpoint directory is not supported for them yet")
+        save_failed(manager, idx, error)
+        raise error
     return _writer.prepare(manager, idx, path, slots, serializers, metadata, compression=compression,
                            background=background)
 
@@ -104,14 +109,6 @@ def sharded_slots(reader: Any) -> list[str]:
 def verify(reader: Any) -> None:
     """The record's shards: sizes and whole-file digests (FormatError/ChecksumError naming the shard)."""
     _record.read(reader).verify()
-
-
-def commit_record(manager: Any, idx: int, path: str, encoded: Mapping[str, Any], metadata: Any,
-                  save_id: str, write: Callable[[], None]) -> None:
-    """Process 0, under the directory lock: the record last, then retention, then orphan shards."""
-    write()
-    manager._rotate(idx)
-    remove_orphans(manager, keep={layout.stem(path): save_id})
 
 
 def remove_orphans(manager: Any, keep: Mapping[str, str]) -> None:

@@ -233,7 +233,7 @@ class SaveJob:
                   "shards": shards, "slots": slots}
         encoded = dict(self.other or {})
         encoded.update(encode_slots({layout.RECORD_SLOT: record}, {layout.RECORD_SLOT: "json"}))
-        self.manager._commit_record(self.idx, self.path, encoded, self.metadata, self.save_id)
+        self.manager._commit_record(self.idx, encoded, self.metadata, self.save_id)
 
 
 def _check_cover(a: Mapping[str, Any], slot: str, path: str) -> None:
