@@ -149,3 +149,10 @@ def restore_in_place(logdir: str, spec: str, timeout: float = 20.0) -> dict[str,
               flat["w"].sharding == target["w"].sharding,
               all(np.array_equal(np.asarray(s.data), 2 * e["w"][s.index]) for s in extras["opt"]["mu"].addressable_shards)]
     return {"idx": idx, "ok": all(checks), "checks": checks, "config": extras["config"]}
+
+
+def kv_keys() -> list[str]:
+    """The keys ckpt left in the coordination service's store."""
+    from jax._src import distributed
+
+    return sorted(k for k, _ in distributed.global_state.client.key_value_dir_get("ckpt/"))

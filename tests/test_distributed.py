@@ -297,3 +297,15 @@ def test_restore_in_place_keeps_shardings(pool2x2, saved):
     logdir, _ = saved
     out = pool2x2.run("restore_in_place", logdir=logdir, spec="col")
     assert all(r["ok"] and r["idx"] == 3 and r["config"] == {"lr": 0.5, "step": 3} for r in out), out
+
+
+def test_coordination_keys_are_cleaned_up(pool2x2, tmp_path):
+    """Preflight fingerprints (the largest values) do not pile up in the coordination service."""
+    for step in (1, 2):
+        pool2x2.run("save", logdir=str(tmp_path), step=step, spec="row")
+    import hashlib
+
+    token = hashlib.sha256(os.path.join(str(tmp_path), "ckpt").encode()).hexdigest()[:12]
+    keys = [k for k in pool2x2.run("kv_keys")[0] if k.startswith(f"ckpt/save/{token}/")]
+    assert [k for k in keys if "/written/" in k], keys  # the last exchanges of each save stay (small)
+    assert not [k for k in keys if "/preflight/" in k], keys

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 import threading
@@ -17,6 +18,8 @@ import time
 from typing import Any, Optional, Sequence
 
 from ..errors import CoordinationTimeoutError, DistributedError
+
+log = logging.getLogger("ckpt")
 
 #: Seconds every wait allows by default (``Checkpoint(coordination_timeout=...)`` or
 #: ``CKPT_COORDINATION_TIMEOUT`` override it).
@@ -91,6 +94,7 @@ class Coordinator:
         self.timeout = float(timeout)
         self.name = name
         self._seq = 0
+        self._posted: list[str] = []  # this process's keys of earlier exchanges, not yet deleted
 
     def _key(self, tag: str, seq: int, process: int) -> str:
         return f"ckpt/{self.name}/{seq}/{tag}/{process}"
@@ -107,9 +111,10 @@ class Coordinator:
         """
         self._seq += 1
         seq = self._seq
+        key = self._key(tag, seq, self.process)
         if post:
             value = json.dumps({"error": error} if error is not None else {"ok": payload}, separators=(",", ":"))
-            self.client.key_value_set(self._key(tag, seq, self.process), value)
+            self.client.key_value_set(key, value)
         wanted = list(range(self.count)) if from_processes is None else list(from_processes)
         deadline = time.monotonic() + self.timeout
         got: dict[int, Any] = {}
@@ -132,4 +137,19 @@ class Coordinator:
             detail = "; ".join(f"process {p}: {msg}" for p, msg in sorted(errors.items()))
             raise DistributedError(f"{what or tag} failed on {len(errors)} of {self.count} process(es): {detail}",
                                    processes=sorted(errors))
+        if from_processes is None and post:
+            self._forget_earlier()
+        if post:
+            self._posted.append(key)
         return [got[p]["ok"] for p in wanted]
+
+    def _forget_earlier(self) -> None:
+        """Every process posted this exchange, which each does only after reading all of the earlier
+        ones: this process's earlier keys are read by everyone, so delete them (a long run must not
+        fill the coordination service)."""
+        earlier, self._posted = self._posted, []
+        for key in earlier:
+            try:
+                self.client.key_value_delete(key)
+            except Exception as e:  # a leftover key costs memory, not correctness
+                log.debug("could not delete coordination key %s: %s", key, e)
