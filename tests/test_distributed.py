@@ -309,3 +309,20 @@ def test_coordination_keys_are_cleaned_up(pool2x2, tmp_path):
     keys = [k for k in pool2x2.run("kv_keys")[0] if k.startswith(f"ckpt/save/{token}/")]
     assert [k for k in keys if "/written/" in k], keys  # the last exchanges of each save stay (small)
     assert not [k for k in keys if "/preflight/" in k], keys
+
+
+def test_shard_of_another_save_is_refused(pool2x2, tmp_path):
+    """Step 2's shard copied over step 1's (same shapes, so the same size): restore refuses it and
+    falls back, verify reports it."""
+    logdir = str(tmp_path)
+    for step in (1, 2, 3):
+        pool2x2.run("save", logdir=logdir, step=step, spec="row", keep=5)
+    d = os.path.join(logdir, "ckpt")
+    one, two = (os.path.join(d, dist.info(os.path.join(d, f"{i:010d}.npz"))["shards"][1]["file"]) for i in (2, 3))
+    if os.path.getsize(one) != os.path.getsize(two):
+        pytest.skip("the two shard files differ in size; the size check alone refuses the swap")
+    shutil.copyfile(one, two)
+    with pytest.raises(FormatError):
+        dist.verify_file(os.path.join(d, "0000000003.npz"))
+    with pytest.warns(ckpt.errors.CorruptCheckpointWarning, match="not the shard file"):
+        assert int(ckpt.Checkpoint(logdir, makedir=False).load()["step"]) == 2

@@ -62,8 +62,22 @@ class ShardSet:
         if key not in self._views:
             path = self.record.shard_path(shard)
             reader = self._stack.enter_context(open_reader(path))
+            self._check_belongs(shard, reader)
             self._views[key] = reader.arrays(slot, verify=self.verify)
         return self._views[key]
+
+    def _check_belongs(self, shard: int, reader: Any) -> None:
+        """The shard file says it is this record's (step, process, save id): a shard of another save
+        put in its place is refused even when its size happens to match."""
+        meta = reader.metadata.get("ckpt")
+        mine = meta.get("shard") if isinstance(meta, dict) else None
+        want = {"step": self.record.step, "process": self.record.shards[shard]["process"],
+                "save_id": self.record.save_id}
+        found = {k: mine.get(k) for k in want} if isinstance(mine, dict) else None
+        if found != want:
+            path = self.record.shard_path(shard)
+            raise FormatError(f"{path}: not the shard file the commit record {self.record.path} lists (it says "
+                              f"{found}, the record expects {want})", file=path)
 
     def _chunk(self, shard: int, slot: str, key: str) -> np.ndarray:
         if (shard, key) not in self._cache:
