@@ -30,6 +30,8 @@ from ._inspect import inspect as _inspect_file
 from ._packfile import DEFAULT_SLOT, PackReader, sniff
 from .averaging import average as _average, ema as _ema
 from .checkpoint import Checkpoint
+from .distributed import record as _dist_record
+from .distributed.consolidate import ConsolidatedView
 from .errors import CkptError, DependencyWarning, FormatError
 from .manifest import MANIFEST_MEMBER
 from .retention import Entry, best as best_entry
@@ -205,6 +207,8 @@ def _verify_file(path: str, bar: Any = None) -> Optional[str]:
                                           where=f"{where} member {member!r}")
                 elif info.serializer == "json":
                     reader.load(slot, verify=False)
+            if _dist_record.is_record(reader):  # a multi-process checkpoint: every shard's size and digest
+                _dist_record.read(reader).verify()
     except (CkptError, OSError, ValueError) as e:
         return _problem(e, path)
     finally:
@@ -306,6 +310,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     doc = _inspect_file(args.file)
     doc["size"] = _file_size(args.file)
     with open_reader(args.file) as reader:
+        if _dist_record.is_record(reader):
+            doc["sharded"] = _dist_record.describe(_dist_record.read(reader))
         for name, slot in doc["slots"].items():
             slot["dependencies"] = _deps_records(slot.get("dependencies") or {}, f"slot {name!r}")
             if slot["serializer"] == "arrays":
@@ -329,6 +335,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         dump_json(doc)
         return 0
     say(render_info(doc, limit=None if args.all else args.max_arrays))
+    if doc.get("sharded"):  # a multi-process checkpoint: its arrays live in the shard files
+        sh = doc["sharded"]
+        say(f"\nmulti-process checkpoint: {sh['process_count']} processes, {len(sh['shards'])} shard files, "
+            f"{human_size(sum(s['size'] for s in sh['shards']))}; arrays: "
+            + ", ".join(f"{a['name']} {a['shape']} {a['dtype']}" for a in sh["arrays"].get("main", [])[:10]))
     say("\n" + _cli_recipes.render_recipe(doc["recipe"], recipe_error))
     return 0
 
@@ -499,7 +510,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CliError(f"{args.out}: cannot tell the format from the name; pass --to safetensors or --to npz")
     _check_output(args.out, args.force)
     with open_reader(args.file) as reader:
-        view = _arrays_view(reader, args.slot)
+        view = _arrays_view(reader, args.slot) if not _dist_record.is_record(reader) else \
+            ConsolidatedView(_dist_record.read(reader), args.slot)  # a multi-process checkpoint: consolidated
         names = list(view.names)
         sizes = {n: math.prod(view.shape_dtype(n)[0]) * view.shape_dtype(n)[1].itemsize for n in names}
         if fmt == "safetensors":

@@ -329,6 +329,9 @@ class Target:
     shape: tuple[int, ...]
     dtype: np.dtype
     assign: Callable[[np.ndarray], None]
+    #: Where the restored array goes (a jax Sharding), when the target says: lets a multi-process
+    #: restore build each global array slice by slice instead of from a full host copy.
+    sharding: Any = None
 
 
 def _place_like(old: Any, arr: np.ndarray) -> Any:
@@ -358,7 +361,7 @@ def _dict_target(d: dict, key: str) -> Target:
         else:
             d[key] = _place_like(current, arr)
 
-    return Target([key], shape, dtype, assign)
+    return Target([key], shape, dtype, assign, getattr(old, "sharding", None) if is_jax_array(old) else None)
 
 
 def restores_in_place(obj: Any) -> bool:
@@ -447,7 +450,8 @@ def _template_targets(obj: Any, values: Mapping[str, Any]) -> tuple[list[Target]
         def assign(arr: np.ndarray, i: int = i, leaf: Any = leaf) -> None:
             new_leaves[i] = _materialize(leaf, arr)
 
-        targets.append(Target([name], shape, dtype, assign))
+        sharding = None if is_typed_key(leaf) else getattr(leaf, "sharding", None)
+        targets.append(Target([name], shape, dtype, assign, sharding))
     if not targets:
         raise TypeError(f"cannot restore into a {type(obj).__name__}: it has no array or ShapeDtypeStruct leaves")
     return targets, lambda: jax.tree_util.tree_unflatten(treedef, new_leaves)

@@ -34,6 +34,9 @@ __all__ = [
     "StorageError",
     "UnknownSlotKindError",
     "InternalError",
+    "DistributedError",
+    "CoordinationTimeoutError",
+    "PreflightError",
 ]
 
 
@@ -276,3 +279,22 @@ class UntrustedClassError(CkptError, PermissionError):
 
 class SelectorError(CkptError, ValueError):
     """A ``Selector`` (or a ``where`` expression, or a ``ckpt find`` option) is malformed."""
+
+
+class DistributedError(CkptError, RuntimeError):
+    """A multi-process save or restore failed on some process; every process raises it.
+
+    ``processes`` are the process indices the failure came from (or that did not answer)."""
+
+    def __init__(self, message: str, *, file: Optional[str] = None, processes: Sequence[int] = ()):
+        super().__init__(message, file=file)
+        self.processes = list(processes)
+
+
+class CoordinationTimeoutError(DistributedError, TimeoutError):
+    """Some processes did not reach a multi-process save or restore step in time (killed, hung, or
+    calling something else); ``processes`` names them."""
+
+
+class PreflightError(DistributedError, ValueError):
+    """The processes of a multi-process save disagree on the step, tree, shapes, dtypes or shardings."""

@@ -290,3 +290,26 @@ def test_a_file_at_the_root_of_a_scheme(tmp_path):
     assert store.url == "memory://" and store.label(key) == name
     assert ckpt.load(name) == {"a": 1}
     store.delete([key])
+
+
+def test_inspect_and_build_take_urls(url):
+    ckpt.Checkpoint(url, verbose=False).save(weights(), 4, metrics={"loss": 0.5})
+    path = f"{url}/ckpt/0000000004.npz"
+    report = ckpt.inspect(path)
+    assert report["file"] == path and "main" in report["slots"]
+    from ckpt.build import resolve_path
+
+    assert resolve_path(url) == path  # the latest checkpoint of a URL log directory
+    assert resolve_path(f"{url}/ckpt") == path  # a bare directory of checkpoints
+    assert resolve_path(path) == path
+    with pytest.raises(FileNotFoundError):
+        resolve_path(f"{url}/nothing-here")
+
+
+def test_a_jax_pytree_round_trips_through_a_url(url, jax, jnp):
+    tree = {"params": {"dense": {"kernel": jnp.arange(6.0).reshape(2, 3), "bias": jnp.zeros(3)}}, "step": 7}
+    ck = ckpt.Checkpoint(url, verbose=False)
+    ck.save(tree, 7)
+    restored = ck.load(template=jax.eval_shape(lambda: tree))
+    np.testing.assert_array_equal(np.asarray(restored["params"]["dense"]["kernel"]), np.arange(6.0).reshape(2, 3))
+    assert int(restored["step"]) == 7

@@ -12,7 +12,7 @@ import os
 import threading
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Mapping, Optional, TypeVar
+from typing import Any, Callable, Mapping, Optional, TypeVar
 
 from .. import _snapshot
 from .naming import Naming
@@ -39,6 +39,18 @@ class Background(Naming):
             _live_managers.add(self)
         self._pending = self._executor.submit(self._commit_snapshot, snap, idx, encoded, metadata)
         self._pending_idx = idx
+
+    def _run_job(self, idx: int, job: Callable[[], None], background: bool) -> str:
+        """Run a prepared commit (a multi-process save's) here, or in the save thread."""
+        if not background:
+            job()
+        else:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-save")
+                _live_managers.add(self)
+            self._pending = self._executor.submit(job)
+            self._pending_idx = idx
+        return self.path(idx)
 
     def _commit_snapshot(self, snap: _snapshot.Snapshot, idx: int, encoded: Mapping[str, Any],
                          metadata: Optional[Mapping[str, Any]]) -> None:

@@ -17,6 +17,7 @@ import threading
 from typing import Any, Optional
 
 from .. import _codec, _snapshot, aliases as _aliases, deps as _deps, retention as _ret
+from ..distributed import coord as _dist_coord
 from ..errors import SaveError
 from ..incremental import _refs as _incr_refs, _saver as _incr
 from ..storage import Location, Storage, open_storage
@@ -69,7 +70,7 @@ class Checkpoint(Saving):
                  deps: str = "warn", verify: bool = True, lock_timeout: Optional[float] = None,
                  async_save: bool = False, compression: Any = None,
                  storage_options: Optional[dict[str, Any]] = None, incremental: bool = False,
-                 incremental_min_bytes: int = _incr.DEFAULT_MIN_BYTES):
+                 incremental_min_bytes: int = _incr.DEFAULT_MIN_BYTES, coordination_timeout: Optional[float] = None):
         if keep_ckpts is not None and (isinstance(keep_ckpts, bool) or not isinstance(keep_ckpts, int)
                                        or keep_ckpts < 1):
             raise ValueError(f"keep_ckpts must be an integer >= 1 (the newest checkpoint is always kept), "
@@ -90,6 +91,9 @@ class Checkpoint(Saving):
         self.lock_timeout = lock_timeout
         self.async_save = async_save
         self.compression = compression
+        #: Seconds each wait of a multi-process save/restore allows before naming who did not arrive.
+        self.coordination_timeout = _dist_coord.default_timeout() if coordination_timeout is None \
+            else float(coordination_timeout)
         _codec.Compression.parse(compression)  # refuse an unknown codec now, not at the first save
         self._executor = None
         self._pending = None

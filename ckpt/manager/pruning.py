@@ -14,6 +14,7 @@ from .. import aliases as _aliases, retention as _ret
 from ..errors import CkptError, UnknownMetricError
 from ..incremental import _refs as _incr_refs
 from ..storage import ObjectInfo
+from ..distributed import hooks as _dist
 from .restoring import Restoring, _check_main, _one_line
 
 log = logging.getLogger("ckpt")
@@ -48,6 +49,7 @@ class Pruning(Restoring):
             path = self.path(idx)
             try:
                 self.storage.delete([self.key(idx)])
+                _dist.removed(path)
                 self._log("removed old checkpoint %s", path)
             except FileNotFoundError:
                 pass
@@ -153,6 +155,8 @@ class Pruning(Restoring):
                         _check_main(reader, headers=True)
                         for slot in reader.slots:
                             reader.verify_slot(slot)
+                        if _dist.is_record(reader):
+                            _dist.verify(reader)
                     with self._meta_lock:
                         self._verified_cache[name] = key
                 return e.idx

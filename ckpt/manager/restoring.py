@@ -13,6 +13,7 @@ import zipfile
 from typing import Any, Callable, ClassVar, Optional, TypeVar
 
 from .. import collections as _coll, deps as _deps, serializers as _ser
+from ..distributed import hooks as _dist
 from .._packfile import DEFAULT_SLOT, PackReader
 from ..errors import CheckpointNotFoundError, CkptError, CorruptCheckpointWarning, FormatError, SlotNotFoundError
 from ..varfile import PreparedRestore, open_reader, prepare_restore
@@ -154,6 +155,8 @@ class Restoring(Background):
         path = self.path(resolved)
         self._log("restoring from %s", path)
         with self._open(resolved) as reader:
+            if _dist.is_record(reader):
+                return self._restore_record(reader, vc, extras, renamer=renamer, strict=strict, trusted=trusted)
             _check_main(reader)
             names = [DEFAULT_SLOT, *extras]
             try:
@@ -178,6 +181,20 @@ class Restoring(Background):
             extras[name] = p.commit()
         extras.update(loaded)
         return path
+
+    def _restore_record(self, reader: PackReader, vc: Any, extras: dict[str, Any], *, renamer: _coll.Renamer,
+                        strict: bool, trusted: _ser.Trusted) -> str:
+        """restore() of a multi-process checkpoint: sharded slots from the shards, the rest from the record."""
+        sharded = _dist.sharded_slots(reader)
+        _, report = _dist.load(self, reader, DEFAULT_SLOT, vc, strict=strict, cast=False, renamer=renamer)
+        for name, target in extras.items():
+            if name in sharded:
+                extras[name] = _dist.load(self, reader, name, target, strict=strict, cast=False)[0]
+            else:
+                extras[name] = reader.load(name, trusted=trusted, verify=self.verify)
+        if not strict and any(report.values()):
+            log.warning("restored %s partially; skipped %s", reader.label, report)
+        return reader.label
 
     def wait_for_new(self, after: Optional[int] = None, timeout: Optional[float] = None,
                      poll_interval: float = 0.1) -> Optional[int]:
@@ -213,6 +230,9 @@ class Restoring(Background):
 
         def read(resolved: int) -> Any:
             with self._open(resolved) as reader:
+                if _dist.is_record(reader):
+                    restored, report = _dist.load(self, reader, DEFAULT_SLOT, template, strict=strict, cast=cast)
+                    return restored if strict or template is None else (restored, report)
                 _check_main(reader)
                 _deps.report(reader.dependency_mismatches([DEFAULT_SLOT]), self.deps, reader.label)
                 if template is None:
@@ -251,8 +271,10 @@ class Restoring(Background):
                     # Choosing the newest intact checkpoint as restore() would: its weights are checked
                     # too (a hash pass over them), so extras never come from a step restore() skips.
                     _check_main(reader, headers=True)
-                    if self.verify:
+                    if self.verify and not _dist.is_record(reader):
                         reader.verify_slot(DEFAULT_SLOT)
+                if _dist.is_record(reader):
+                    return _dist.load_extras(self, reader, names, trusted, RESERVED_SLOTS)
                 wanted = list(names) if names is not None else [s for s in reader.slots if s not in RESERVED_SLOTS]
                 for n in wanted:
                     reader.slot(n)
@@ -288,6 +310,8 @@ def _one_line(e: BaseException, path: str = "") -> str:
 def _check_main(reader: PackReader, *, headers: bool = False) -> None:
     """A checkpoint holds a ``main`` arrays slot (with ``headers``, whose ``.npy`` headers parse:
     a small read per array); else it is damaged."""
+    if _dist.is_record(reader):  # a multi-process checkpoint: its arrays live in the shard files
+        return
     info = reader.slots.get(DEFAULT_SLOT)
     if info is None:
         have = ", ".join(sorted(reader.slots)) or "none"

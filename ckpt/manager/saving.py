@@ -13,6 +13,7 @@ from typing import Any, BinaryIO, Callable, ClassVar, Mapping, Optional
 from .. import collections as _coll, recipes as _recipes, retention as _ret
 from .._packfile import DEFAULT_SLOT
 from ..errors import CheckpointNotFoundError, CkptError, SaveError
+from ..distributed import hooks as _dist
 from ..incremental import _saver as _incr
 from ..pack import check_slot_name
 from ..varfile import encode_slots, write_encoded
@@ -70,31 +71,39 @@ class Saving(Pruning):
         if save_fn is not None:
             return self._save_with_fn(save_fn, vc, idx, {"extras": extras, "metadata": metadata, "metrics": metrics,
                                                 "module": module, "recipe": recipe})
-        metadata = self._manifest_metadata(idx, metadata, metrics)
-        if recipe is not None:
-            metadata["ckpt"]["recipe"] = _recipes.recipe_of(recipe).to_dict()
-        wanted = self.retention.metric
-        if metrics is not None and self.retention.keep_best is not None and wanted not in metrics:
-            log.warning("checkpoint %d: metrics %s have no %r, so keep_best cannot rank it", idx, sorted(metrics),
-                        wanted)
-        if _coll.flatten(vc) is None:
-            raise TypeError(f"cannot checkpoint a {type(vc).__name__}: expected an objax VarCollection, a dict "
-                            "of arrays or a pytree of arrays (use extras= for other values)")
-        slots: dict[str, Any] = {DEFAULT_SLOT: vc}
-        for name, value in (extras or {}).items():
-            check_slot_name(name)
-            if name in RESERVED_SLOTS:
-                raise ValueError(f"extras cannot use the reserved slot name {name!r}")
-            slots[name] = value
-        serializers = {DEFAULT_SLOT: "arrays"}
-        if module is not None:
-            slots["module"] = module
-            serializers["module"] = "pickle"
-        if not self.storage.isdir():
-            raise CheckpointNotFoundError(f"checkpoint directory {self.directory} does not exist (makedir=False)",
-                                          file=self.directory)
+        try:
+            metadata = self._manifest_metadata(idx, metadata, metrics)
+            if recipe is not None:
+                metadata["ckpt"]["recipe"] = _recipes.recipe_of(recipe).to_dict()
+            wanted = self.retention.metric
+            if metrics is not None and self.retention.keep_best is not None and wanted not in metrics:
+                log.warning("checkpoint %d: metrics %s have no %r, so keep_best cannot rank it", idx, sorted(metrics),
+                            wanted)
+            if _coll.flatten(vc) is None:
+                raise TypeError(f"cannot checkpoint a {type(vc).__name__}: expected an objax VarCollection, a dict "
+                                "of arrays or a pytree of arrays (use extras= for other values)")
+            slots: dict[str, Any] = {DEFAULT_SLOT: vc}
+            for name, value in (extras or {}).items():
+                check_slot_name(name)
+                if name in RESERVED_SLOTS:
+                    raise ValueError(f"extras cannot use the reserved slot name {name!r}")
+                slots[name] = value
+            serializers = {DEFAULT_SLOT: "arrays"}
+            if module is not None:
+                slots["module"] = module
+                serializers["module"] = "pickle"
+            if not self.storage.isdir():
+                raise CheckpointNotFoundError(f"checkpoint directory {self.directory} does not exist (makedir=False)",
+                                              file=self.directory)
+        except (TypeError, ValueError, OSError) as e:
+            _dist.save_failed(self, idx, e)  # multi-process: raised on every process, not only this one
+            raise
         background = self.async_save if block is None else not block
         self._finish_pending(raise_error=True)  # one snapshot in flight at most; surfaces earlier errors
+        if _dist.active():  # every process of a jax.distributed job calls save: shards + one commit record
+            job = _dist.prepare_save(self, idx, self.path(idx), slots, serializers, metadata, background=background,
+                                     compression=self.compression if compression == "default" else compression)
+            return self._run_job(idx, job, background)
         snap = self._snapshot_buffers.snapshot() if background else None
         try:
             encoded = encode_slots(slots, serializers, snapshot=background,
@@ -126,6 +135,12 @@ class Saving(Pruning):
                 saver.committed(encoded.plan)  # type: ignore[attr-defined]
 
         self._commit_with(idx, write)
+
+    def _commit_record(self, idx: int, encoded: Mapping[str, Any], metadata: Optional[Mapping[str, Any]],
+                       save_id: str) -> None:
+        """Process 0 of a multi-process save: the commit record, written last, then retention and orphans."""
+        self._commit(idx, encoded, metadata)
+        _dist.remove_orphans(self, keep={_dist.layout.stem(self.path(idx)): save_id})
 
     def _commit_with(self, idx: int, write: Callable[[], Any]) -> None:
         path = self.path(idx)
