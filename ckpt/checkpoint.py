@@ -34,6 +34,7 @@ from .errors import (
     SlotNotFoundError,
     UnknownMetricError,
 )
+from .metrics import metrics_of
 from .pack import check_slot_name
 from .varfile import PreparedRestore, encode_slots, open_reader, prepare_restore, write_encoded
 
@@ -497,6 +498,9 @@ class Checkpoint:
     def best(self, metric: Optional[str] = None, mode: Optional[str] = None) -> Optional[tuple[int, dict[str, Any]]]:
         """``(idx, metrics)`` of the best checkpoint on disk by ``metric`` (default: the manager's), or None.
 
+        A checkpoint's metrics are those of :func:`ckpt.metrics.metrics_of`: ``save(metrics=)``, else
+        an extras slot named ``metrics`` (the same rule ``keep_best`` and ``ckpt ls`` use).
+
         NaN, infinite, missing and non-numeric values are never best; among equal
         values the newer checkpoint wins.
         """
@@ -538,7 +542,8 @@ class Checkpoint:
         return out
 
     def _inspect(self, path: str, st: os.stat_result) -> tuple[dict[str, Any], Optional[str]]:
-        """A file's manifest metadata and None, or ``({}, why)`` when it does not open as a checkpoint.
+        """A file's metrics (:func:`ckpt.metrics.metrics_of`) and None, or ``({}, why)`` when it does not
+        open as a checkpoint.
 
         Cached by (size, mtime, inode), so rotation re-reads only files that changed.
         """
@@ -552,7 +557,7 @@ class Checkpoint:
         try:
             with open_reader(path) as reader:
                 _check_main(reader, headers=True)
-                meta = dict(reader.metadata)
+                meta = metrics_of(reader)
         except FileNotFoundError:
             raise
         except (CkptError, OSError) as e:
@@ -569,15 +574,13 @@ class Checkpoint:
             path = self.path(idx)
             try:
                 st = os.stat(path)
-                meta, problem = self._inspect(path, st)
+                metrics, problem = self._inspect(path, st)
             except FileNotFoundError:
                 continue  # removed by a concurrent writer's rotation
             if problem is not None:
                 damaged[idx] = problem
                 continue
-            record = meta.get("ckpt")
-            stored = record.get("metrics") if isinstance(record, dict) else None
-            out.append(_ret.Entry(idx, st.st_size, stored if isinstance(stored, dict) else {}))
+            out.append(_ret.Entry(idx, st.st_size, metrics))
         return out, damaged
 
     # -- restoring ---------------------------------------------------------

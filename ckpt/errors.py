@@ -31,6 +31,8 @@ __all__ = [
     "CorruptCheckpointWarning",
     "MissingDependencyError",
     "StorageError",
+    "OutputExistsError",
+    "ConversionError",
 ]
 
 
@@ -243,3 +245,13 @@ class UntrustedClassError(CkptError, PermissionError):
 
 class SelectorError(CkptError, ValueError):
     """A ``Selector`` (or a ``where`` expression, or a ``ckpt find`` option) is malformed."""
+
+
+class OutputExistsError(CkptError, FileExistsError):
+    """An export, import or average would overwrite an existing file and ``force`` was not given;
+    nothing was written. ``file`` names the output."""
+
+
+class ConversionError(CkptError, ValueError):
+    """A checkpoint's arrays cannot be written in the requested format (a dtype or a name the target
+    cannot hold, a slot that holds no arrays); nothing was written. ``file`` names the source."""
