@@ -9,9 +9,10 @@ The rule (also in README.md and docs/FORMAT.md section 3):
 1. the ``metrics=`` given to ``save`` (the manifest's ``metadata["ckpt"]["metrics"]``), exactly
    as recorded, when present;
 2. otherwise an extras slot named ``metrics`` that holds a mapping of name -> value (the README's
-   ``extras={"metrics": {"loss": loss}}``): a JSON slot (plain or tagged), or an arrays slot of
-   scalar arrays (what a dict of JAX or numpy scalars is stored as). Its values that are real
-   numbers or strings are the metrics; anything else in it is not a metric. A slot above
+   ``extras={"metrics": {"loss": loss}}``): a JSON slot (plain or tagged) or an arrays slot (what a
+   dict holding JAX or numpy scalars is stored as). Its values that are real numbers (Python
+   numbers, numpy or JAX scalars, 0-d arrays; not booleans) or strings are the metrics; anything
+   else in it (lists, nested dicts, arrays with elements) is not a metric. A slot above
    :data:`MAX_SLOT_BYTES` is not read; a pickle slot is never unpickled for this.
 3. otherwise no metrics (``{}``).
 
@@ -32,7 +33,6 @@ __all__ = ["METRICS_SLOT", "MAX_SLOT_BYTES", "metrics_of", "recorded_metrics"]
 METRICS_SLOT = "metrics"
 #: A metrics slot larger than this is not read (it is data, not a few numbers).
 MAX_SLOT_BYTES = 1 << 20
-_MAX_SCALARS = 4096
 
 
 def recorded_metrics(metadata: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -58,17 +58,9 @@ def _from_slot(reader: PackReader) -> dict[str, Any]:
     info = reader.slots.get(METRICS_SLOT)
     if info is None or info.size > MAX_SLOT_BYTES:
         return {}
-    if info.serializer == "json":
-        value = reader.load(METRICS_SLOT)
-    elif info.serializer == "arrays":
-        view = reader.arrays(METRICS_SLOT)
-        if view.info.get("kind", "dict") != "dict" or len(view.names) > _MAX_SCALARS:
-            return {}
-        if any(view.shape_dtype(n)[0] != () for n in view.names):
-            return {}
-        value = {n: view.read(n) for n in view.names}
-    else:  # raw bytes or pickle: not a mapping ckpt reads for metrics
+    if info.serializer not in ("json", "arrays"):  # raw bytes or pickle: not a mapping ckpt reads for metrics
         return {}
+    value = reader.load(METRICS_SLOT)  # verified; a small slot (at most MAX_SLOT_BYTES)
     if not isinstance(value, Mapping):
         return {}
     out = {}
