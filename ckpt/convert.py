@@ -20,6 +20,7 @@ from . import _io, _locations as _loc, _npy, _zip
 from ._locations import Location
 from ._packfile import DEFAULT_SLOT, sniff
 from .errors import CkptError, ConversionError, FormatError, MissingDependencyError
+from .integrity import _one_line
 from .varfile import open_reader, save_var_collection
 
 __all__ = ["Conversion", "export", "import_file", "EXPORT_FORMATS", "IMPORT_FORMATS"]
@@ -187,10 +188,6 @@ def _read_safetensors(file: Location, progress: Progress) -> tuple[dict[str, np.
     except Exception as e:  # safetensors raises its own SafetensorError for malformed files
         raise FormatError(f"{path}: not a readable safetensors file ({_one_line(str(e))})", file=path) from None
     return arrays, meta
-
-
-def _one_line(text: str) -> str:
-    return "; ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def import_file(file: Location, out: Location, *, from_format: Optional[str] = None, slot: str = DEFAULT_SLOT,
