@@ -59,6 +59,8 @@ class CheckpointRecord:
     aliases: list[str] = field(default_factory=list)
     newest: bool = False
     best: bool = False
+    keep: Optional[bool] = None
+    kept_by: Optional[list[str]] = None
 
     @property
     def verified(self) -> Optional[bool]:
@@ -69,7 +71,7 @@ class CheckpointRecord:
         return {"step": self.idx, "path": self.location, "size": self.size, "created_at": self.created_at,
                 "updated_at": self.updated_at, "metrics": self.metrics, "verified": self.verified,
                 "error": self.problem, "state": self.state, "newest": self.newest, "best": self.best,
-                "aliases": self.aliases}
+                "aliases": self.aliases, **({} if self.kept_by is None else {"keep": self.keep, "kept_by": self.kept_by})}
 
 
 @dataclass
@@ -114,12 +116,15 @@ def _record(idx: int, path: str) -> Optional[CheckpointRecord]:
 
 
 def list_checkpoints(logdir: Location, *, verify: bool = False, metric: Optional[str] = None, mode: str = "min",
+                     retention: Optional[_ret.RetentionPolicy] = None,
                      progress: Optional[Callable[[int], None]] = None) -> Listing:
     """The checkpoints of ``logdir`` (see :func:`open_run`) with size, times, metrics, aliases and state.
 
     Each file's manifest is read (and with ``verify`` every hash, see :func:`ckpt.verify`); a file that
     does not open is listed as damaged, never raised. With ``metric`` the best intact checkpoint by it
-    (``mode`` "min" or "max", as ``Checkpoint.best``) is marked.
+    (``mode`` "min" or "max", as ``Checkpoint.best``) is marked. With ``retention`` (a
+    :class:`~ckpt.RetentionPolicy`) each record also says whether a prune would ``keep`` it and why
+    (``kept_by``, as :func:`prune_run`); nothing is deleted.
     """
     if mode not in _ret.MODES:
         raise ValueError(f"mode must be 'min' or 'max', not {mode!r}")
@@ -144,7 +149,17 @@ def list_checkpoints(logdir: Location, *, verify: bool = False, metric: Optional
         found = _ret.best(scored, metric, mode)
         for rec in records:
             rec.best = found is not None and rec.idx == found.idx
+    if retention is not None:
+        kept = {r.idx: r for r in prune_run(logdir, dry_run=True, **_policy_args(retention)).rows}
+        for rec in records:
+            row = kept.get(rec.idx)
+            rec.keep, rec.kept_by = (True, []) if row is None else (row.kept, row.kept_by)
     return Listing(ck.directory, records, metric, mode)
+
+
+def _policy_args(policy: _ret.RetentionPolicy) -> dict[str, Any]:
+    return {"keep": policy.keep_last, "keep_every": policy.keep_every, "keep_best": policy.keep_best,
+            "metric": policy.metric, "mode": policy.mode, "max_bytes": policy.max_bytes}
 
 
 @dataclass(frozen=True)

@@ -303,3 +303,12 @@ def test_export_is_durable_and_all_or_nothing(run, tmp_path, monkeypatch, fmt):
     with pytest.raises(OSError, match="No space"):
         ckpt.export(run / "ckpt" / "0000000020.npz", out, force=True)
     assert out.read_bytes() == before and temp_leftovers(tmp_path) == []
+
+
+def test_list_checkpoints_with_a_retention_policy_says_what_a_prune_would_keep(run):
+    policy = ckpt.RetentionPolicy(keep_last=1, keep_best=1, metric="loss")
+    listing = ckpt.list_checkpoints(run, retention=policy)
+    assert {r.idx: (r.keep, r.kept_by) for r in listing.records} == {
+        10: (False, []), 20: (True, ["keep_best", "alias:best"]), 30: (False, []), 40: (True, ["keep_last", "newest"])}
+    assert [r.idx for r in ckpt.list_checkpoints(run).records] == STEPS  # a plan only: nothing deleted
+    assert "kept_by" not in ckpt.list_checkpoints(run).records[0].to_dict()
