@@ -16,16 +16,22 @@ The rule (also in README.md and docs/FORMAT.md section 3):
    :data:`MAX_SLOT_BYTES` is not read; a pickle slot is never unpickled for this.
 3. otherwise no metrics (``{}``).
 
-Reading a slot checks its digest; a damaged metrics slot raises, like any damaged member.
+Reading a slot checks its digest; a damaged metrics slot raises, like any damaged member. A slot
+that needs a package not installed here (bfloat16 scalars without ml_dtypes) gives no metrics; the
+file is not damaged.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping
 
 import numpy as np
 
 from ._packfile import PackReader
+from .errors import MissingDependencyError
+
+log = logging.getLogger("ckpt")
 
 __all__ = ["METRICS_SLOT", "MAX_SLOT_BYTES", "metrics_of", "recorded_metrics"]
 
@@ -60,7 +66,11 @@ def _from_slot(reader: PackReader) -> dict[str, Any]:
         return {}
     if info.serializer not in ("json", "arrays"):  # raw bytes or pickle: not a mapping ckpt reads for metrics
         return {}
-    value = reader.load(METRICS_SLOT)  # verified; a small slot (at most MAX_SLOT_BYTES)
+    try:
+        value = reader.load(METRICS_SLOT)  # verified; a small slot (at most MAX_SLOT_BYTES)
+    except MissingDependencyError as e:  # e.g. bfloat16 scalars without ml_dtypes: not damage, just unreadable here
+        log.debug("%s: metrics slot not read: %s", reader.label, e)
+        return {}
     if not isinstance(value, Mapping):
         return {}
     out = {}

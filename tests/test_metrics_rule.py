@@ -167,3 +167,30 @@ def test_a_damaged_metrics_slot_makes_the_checkpoint_damaged_not_metricless(tmp_
     listing = ckpt.list_checkpoints(str(tmp_path), metric="loss")
     assert [r.state for r in listing.records] == ["unverified", "damaged", "unverified"]
     assert listing.best == 2000 and str(ck.path(1000)) in listing.records[1].problem
+
+
+def test_a_pickled_metrics_slot_is_never_unpickled(tmp_path):
+    """A hostile file whose metrics slot is a pickle: no listing, ranking or search runs it."""
+    from helpers import TouchOnUnpickle
+
+    sentinel = tmp_path / "pwned"
+    ck = ckpt.Checkpoint(str(tmp_path / "run"), keep_ckpts=None, verbose=False)
+    ck.save({"w": np.zeros(2)}, idx=1, extras={"metrics": {"ok": 0.1}})
+    with ckpt.Pack(ck.path(1)) as p:
+        p.remove("metrics")
+        p.dump("metrics", TouchOnUnpickle(sentinel), serializer="pickle")
+    ck.save({"w": np.zeros(2)}, idx=2, extras={"metrics": {"loss": 0.3}})
+    assert ckpt.Checkpoint(str(tmp_path / "run"), verbose=False).best("loss")[0] == 2
+    listing = ckpt.list_checkpoints(tmp_path / "run", metric="loss")
+    assert [r.metrics for r in listing.records] == [{}, {"loss": 0.3}] and listing.best == 2
+    assert [e.idx for e in ckpt.find(str(tmp_path), order_by="loss")] == [2, 1]
+    rc, out, err = ckpt_cli("ls", tmp_path / "run", "--metric", "loss", "--verify")
+    assert rc == 0, err
+    assert not sentinel.exists()
+
+
+def test_metric_names_from_a_file_cannot_drive_the_terminal(tmp_path):
+    ck = ckpt.Checkpoint(str(tmp_path), keep_ckpts=None, verbose=False)
+    ck.save({"w": np.zeros(2)}, idx=1, extras={"metrics": {"\x1b[2Jloss": 0.5, "tag": "\x1b]0;owned\x07"}})
+    rc, out, err = ckpt_cli("ls", tmp_path)
+    assert rc == 0 and "\x1b" not in out and "\\x1b[2Jloss" in out
