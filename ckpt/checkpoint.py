@@ -230,7 +230,8 @@ class Checkpoint:
 
         ``metrics`` (name -> number, e.g. ``{"val_loss": 0.31}``) are recorded in
         the manifest as ``metadata["ckpt"]["metrics"]``, where ``keep_best`` and
-        :meth:`best` read them back, also after a restart. The ``"ckpt"``
+        :meth:`best` read them back, also after a restart (without them, an extras
+        slot named ``metrics`` counts: see :mod:`ckpt.metrics`). The ``"ckpt"``
         metadata key is the library's own.
 
         ``recipe`` (a :class:`~ckpt.Recipe`, or a ``@ckpt.recorded`` object) records how

@@ -153,3 +153,14 @@ def test_cli_conversions_write_through_the_atomic_write(capsys, run_dir, tmp_pat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no space left on device" in err.lower() and "Traceback" not in err
     assert out.read_bytes() == before and [n for n in os.listdir(out.parent) if n.endswith(".tmp")] == []
+
+
+def test_old_entry_point_still_runs_the_command():
+    """Console scripts installed before the split import ``ckpt._cli:run``; it is the same command."""
+    from ckpt import _cli
+
+    assert _cli.run is cli.run and _cli.main is cli.main
+    import tomllib
+
+    with open(CLI_DIR.parent.parent / "pyproject.toml", "rb") as f:
+        assert tomllib.load(f)["project"]["scripts"]["ckpt"] == "ckpt.cli:run"
