@@ -11,7 +11,7 @@ The rule (also in README.md and docs/FORMAT.md section 3):
 2. otherwise an extras slot named ``metrics`` that holds a mapping of name -> value (the README's
    ``extras={"metrics": {"loss": loss}}``): a JSON slot (plain or tagged) or an arrays slot (what a
    dict holding JAX or numpy scalars is stored as). Its values that are real numbers (Python
-   numbers, numpy or JAX scalars, 0-d arrays; not booleans) or strings are the metrics; anything
+   numbers, numpy or JAX scalars, 0-d arrays, bfloat16 included; not booleans) or strings are the metrics; anything
    else in it (lists, nested dicts, arrays with elements) is not a metric. A slot above
    :data:`MAX_SLOT_BYTES` is not read; a pickle slot is never unpickled for this.
 3. otherwise no metrics (``{}``).
@@ -28,8 +28,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from . import _npy
 from ._packfile import PackReader
-from .errors import MissingDependencyError
+from .errors import CkptError, MissingDependencyError
 
 log = logging.getLogger("ckpt")
 
@@ -52,7 +53,11 @@ def _plain(value: Any) -> Any:
     """A Python number or string for a metric value, else None (not a metric)."""
     if isinstance(value, np.ndarray) or isinstance(value, np.generic):
         arr = np.asarray(value)
-        if arr.shape != () or arr.dtype.kind not in "iuf":
+        if arr.shape != ():
+            return None
+        if _npy.is_extension_dtype(arr.dtype):  # bfloat16, float8, int4, ... (ml_dtypes)
+            return float(arr)
+        if arr.dtype.kind not in "iuf":
             return None
         value = arr.item()
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -60,11 +65,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _dtypes_readable(records: Any) -> bool:
+    """Whether every dtype an arrays slot records can be built here (bfloat16 needs ml_dtypes)."""
+    for rec in records if isinstance(records, list) else []:
+        name = rec.get("dtype") if isinstance(rec, dict) else None
+        try:
+            _npy.dtype_from_name(name if isinstance(name, str) else "")
+        except (CkptError, ImportError, TypeError, ValueError):
+            return False
+    return True
+
+
 def _from_slot(reader: PackReader) -> dict[str, Any]:
     info = reader.slots.get(METRICS_SLOT)
     if info is None or info.size > MAX_SLOT_BYTES:
         return {}
     if info.serializer not in ("json", "arrays"):  # raw bytes or pickle: not a mapping ckpt reads for metrics
+        return {}
+    if info.serializer == "arrays" and not _dtypes_readable(info.info.get("arrays")):
+        log.debug("%s: metrics slot not read: a dtype it records cannot be read here", reader.label)
         return {}
     try:
         value = reader.load(METRICS_SLOT)  # verified; a small slot (at most MAX_SLOT_BYTES)

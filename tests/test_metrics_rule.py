@@ -194,3 +194,21 @@ def test_metric_names_from_a_file_cannot_drive_the_terminal(tmp_path):
     ck.save({"w": np.zeros(2)}, idx=1, extras={"metrics": {"\x1b[2Jloss": 0.5, "tag": "\x1b]0;owned\x07"}})
     rc, out, err = ckpt_cli("ls", tmp_path)
     assert rc == 0 and "\x1b" not in out and "\\x1b[2Jloss" in out
+
+
+def test_bfloat16_metrics_without_ml_dtypes_are_not_damage(tmp_path):
+    """A metrics slot this process cannot decode (bfloat16 scalars, no ml_dtypes) gives no metrics; the
+    checkpoint is not damaged, so retention still counts it (and may delete it) like any other."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    ck = ckpt.Checkpoint(str(tmp_path), keep_ckpts=None, verbose=False)
+    for step in (1, 2, 3):
+        ck.save({"w": np.zeros(2)}, idx=step, extras={"metrics": {"loss": np.array(0.5, ml_dtypes.bfloat16)}})
+    assert ck.best("loss")[0] == 3  # with ml_dtypes the scalars are metrics
+    code = (f"import sys; sys.modules['ml_dtypes'] = None\nimport ckpt\n"
+            f"ck = ckpt.Checkpoint({str(tmp_path)!r}, keep_ckpts=1, verbose=False)\n"
+            f"plan = ck.plan_prune()\nprint(sorted(plan.damaged), plan.delete)\n"
+            f"print(ckpt.list_checkpoints({str(tmp_path)!r}).records[0].state)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["[] [1, 2]", "unverified"]
