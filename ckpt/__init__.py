@@ -110,3 +110,15 @@ from .slotkinds import with_deps
 
 __all__ += ["slotkinds", "register_serializer", "unregister_serializer", "with_deps", "MissingDependencyError",
             "UnknownSlotKindError"]
+
+# What the ``ckpt`` command does, as library calls (each command is one of these plus printing).
+from .averaged import average_into
+from .compare import compare_arrays, diff
+from .convert import export, import_file
+from .fileinfo import describe
+from .integrity import verify
+from .listing import list_checkpoints, prune_run
+from .metrics import metrics_of
+
+__all__ += ["list_checkpoints", "prune_run", "verify", "describe", "diff", "compare_arrays", "export", "import_file",
+            "average_into", "metrics_of"]

@@ -1,6 +1,6 @@
 """``python -m ckpt``: the same command as the ``ckpt`` console script."""
 
-from ._cli import run
+from .cli import run
 
 if __name__ == "__main__":
     run()

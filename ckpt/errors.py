@@ -37,6 +37,8 @@ __all__ = [
     "DistributedError",
     "CoordinationTimeoutError",
     "PreflightError",
+    "OutputExistsError",
+    "ConversionError",
 ]
 
 
@@ -298,3 +300,13 @@ class CoordinationTimeoutError(DistributedError, TimeoutError):
 
 class PreflightError(DistributedError, ValueError):
     """The processes of a multi-process save disagree on the step, tree, shapes, dtypes or shardings."""
+
+
+class OutputExistsError(CkptError, FileExistsError):
+    """An export, import or average would overwrite an existing file and ``force`` was not given;
+    nothing was written. ``file`` names the output."""
+
+
+class ConversionError(CkptError, ValueError):
+    """A checkpoint's arrays cannot be written in the requested format (a dtype or a name the target
+    cannot hold, a slot that holds no arrays); nothing was written. ``file`` names the source."""

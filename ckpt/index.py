@@ -34,7 +34,7 @@ __all__ = ["Entry", "find", "index", "INDEX_NAME"]
 
 INDEX_NAME = ".ckpt-index.json"
 FORMAT_NAME = "ckpt.index"
-VERSION = 2  # 2: entries record the main slot's "digest" and "algorithm" (1 had "sha256")
+VERSION = 3  # 2: entries record the main slot's "digest" and "algorithm" (1 had "sha256"); 3: metrics by ckpt.metrics.metrics_of
 MAX_INDEX_BYTES = 1 << 30
 _STEP = re.compile(r"^(\d+)\.npz$")
 _FIELD_ORDER = ("idx", "created_at", "size", "path", "run")
@@ -88,6 +88,7 @@ class Entry:
 # -- reading one file -----------------------------------------------------------
 def _record_of(path: str) -> dict[str, Any]:
     """The cacheable facts of one file, from its manifest; ``{"skip": why}`` for a file that is not a checkpoint."""
+    from .metrics import metrics_of
     from .varfile import open_reader
 
     with open_reader(path) as reader:
@@ -96,9 +97,9 @@ def _record_of(path: str) -> dict[str, Any]:
         meta = reader.metadata
         main = reader.slots.get("main")
         created_at = reader.created_at
+        metrics = metrics_of(reader)
     found = meta.get("ckpt")
     own: dict[str, Any] = found if isinstance(found, dict) else {}
-    metrics = own.get("metrics") if isinstance(own.get("metrics"), dict) else {}
     recipe = None
     if own.get("recipe") is not None:
         try:

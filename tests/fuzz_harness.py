@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 import ckpt
-from ckpt import _cli, _zip
+from ckpt import _zip, cli as _cli
 
 MANIFEST = "__ckpt__/manifest.json"
 CANARY: list[str] = []

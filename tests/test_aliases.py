@@ -16,7 +16,7 @@ import pytest
 
 import ckpt
 from ckpt import _io
-from ckpt._cli import main
+from ckpt.cli import main
 from ckpt.errors import CheckpointNotFoundError
 
 TESTS = os.path.dirname(os.path.abspath(__file__))

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import ckpt
-from ckpt import _cli, _cli_format
+from ckpt import cli as _cli
+from ckpt.cli import _format as _cli_format
 from helpers import (
     TouchOnUnpickle,
     assert_arrays_identical,
@@ -445,22 +446,22 @@ def test_diff_checkpoints_of_a_logdir_and_damaged_input(capsys, logdir):
     rc, out, err = cli(capsys, "diff", a, b)
     assert rc == 1 and out == "" and str(b) in err and "corrupt" in no_traceback(err)
     rc, _, err = cli(capsys, "diff", a, b, "--slot", "config")
-    assert rc == 1 and "holds json data, not arrays" in err
+    assert rc == 1 and "holds 'json' data, not arrays" in err
 
 
 def test_compare_arrays_handles_infinities_complex_and_strings():
     inf = np.array([np.inf, 1.0])
-    assert _cli.compare_arrays(inf, inf)["equal"]
-    r = _cli.compare_arrays(np.array([np.inf, 1.0]), np.array([-np.inf, 1.0]))
+    assert ckpt.compare_arrays(inf, inf)["equal"]
+    r = ckpt.compare_arrays(np.array([np.inf, 1.0]), np.array([-np.inf, 1.0]))
     assert r["max_abs"] == math.inf and r["differing"] == 1
-    r = _cli.compare_arrays(np.array([1 + 1j]), np.array([1 - 1j]))
+    r = ckpt.compare_arrays(np.array([1 + 1j]), np.array([1 - 1j]))
     assert r["max_abs"] == 2.0 and r["rel"] == pytest.approx(2 / math.sqrt(2))
-    r = _cli.compare_arrays(np.array(["a", "b"]), np.array(["a", "c"]))
+    r = ckpt.compare_arrays(np.array(["a", "b"]), np.array(["a", "c"]))
     assert r["equal"] is False and r["max_abs"] is None
     big = np.arange(3 * (1 << 21), dtype=np.float32).reshape(-1, 3)  # several chunks
     other = big.copy()
     other[-1, -1] += 4
-    r = _cli.compare_arrays(big, other)
+    r = ckpt.compare_arrays(big, other)
     assert r["differing"] == 1 and r["max_abs"] == 4.0 and r["rel"] == pytest.approx(4.0 / float(other.max()))
 
 

@@ -352,7 +352,7 @@ def test_async_compressed_save_keeps_the_values_at_the_call(tmp_path):
 
 def test_cli_reads_compressed_checkpoints_and_exports_a_plain_npz(tmp_path, capsys):
     pytest.importorskip("zstandard")
-    from ckpt import _cli
+    from ckpt import cli as _cli
     w = {"dense/kernel": trained_like(np.random.default_rng(14), (512, 512)), "step": np.array(3)}
     src, out = tmp_path / "c.npz", tmp_path / "plain.npz"
     ckpt.save_var_collection(src, w, compression="zstd")

@@ -20,7 +20,7 @@ import pytest
 from helpers import MANIFEST, content_digest, digest_field, flip_byte, npy_data_offset, read_manifest, slot_digest
 
 import ckpt
-from ckpt import _cli
+from ckpt import cli as _cli
 from ckpt.errors import ChecksumError, DependencyError, FormatError
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "format1-sha256.npz")

@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 
 import ckpt
 from ckpt import index as _index
-from ckpt._cli import main
+from ckpt.cli import main
 from ckpt._packfile import PackReader
 from ckpt.errors import SelectorError
 
@@ -575,7 +575,7 @@ POISON = """
     pickle.Unpickler = BoomUnpickler
     import ckpt, cloudpickle
     cloudpickle.loads = cloudpickle.load = boom
-    from ckpt._cli import main
+    from ckpt.cli import main
     root, logdir, file = sys.argv[1:4]
     found = ckpt.find(root, ckpt.Selector(cls="Model", kwargs={"width": 8}, where="loss < 1"), order_by="loss")
     assert [e.idx for e in found] == [1], found

@@ -24,7 +24,7 @@ import pytest
 from test_malformed import _set
 
 import ckpt
-from ckpt import _cli, _limits
+from ckpt import _limits, cli as _cli
 from ckpt.errors import CkptError, FormatError
 
 MANIFEST = "__ckpt__/manifest.json"

@@ -287,7 +287,7 @@ def test_extras_restored_with_the_weights_come_from_the_same_step(tmp_path):
 
 # -- 2/3. retention never deletes the good ones, and a mistyped metric deletes nothing -----------
 def ckpt_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return run_py("import sys; from ckpt._cli import run; sys.argv[0] = 'ckpt'; run()", *args, timeout=timeout)
+    return run_py("import sys; from ckpt.cli import run; sys.argv[0] = 'ckpt'; run()", *args, timeout=timeout)
 
 
 def _run_with(tmp_path, steps=(100, 200, 300), metrics=True):

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 from .. import aliases as _aliases, retention as _ret
 from ..errors import CkptError, UnknownMetricError
+from ..metrics import metrics_of
 from ..incremental import _refs as _incr_refs
 from ..storage import ObjectInfo
 from ..distributed import hooks as _dist
@@ -202,6 +203,9 @@ class Pruning(Restoring):
     def best(self, metric: Optional[str] = None, mode: Optional[str] = None) -> Optional[tuple[int, dict[str, Any]]]:
         """``(idx, metrics)`` of the best checkpoint on disk by ``metric`` (default: the manager's), or None.
 
+        A checkpoint's metrics are those of :func:`ckpt.metrics.metrics_of`: ``save(metrics=)``, else
+        an extras slot named ``metrics`` (the same rule ``keep_best`` and ``ckpt ls`` use).
+
         NaN, infinite, missing and non-numeric values are never best; among equal
         values the newer checkpoint wins.
         """
@@ -213,9 +217,9 @@ class Pruning(Restoring):
         found = _ret.best(self._scan()[0], metric, mode)
         return None if found is None else (found.idx, dict(found.metrics))
 
-
     def _inspect(self, idx: int, info: ObjectInfo) -> tuple[dict[str, Any], Optional[str]]:
-        """A file's manifest metadata and None, or ``({}, why)`` when it does not open as a checkpoint.
+        """A file's metrics (:func:`ckpt.metrics.metrics_of`) and None, or ``({}, why)`` when it does not
+        open as a checkpoint.
 
         Cached by the storage's token, so rotation re-reads only files that changed.
         """
@@ -231,7 +235,7 @@ class Pruning(Restoring):
         try:
             with self._open(idx) as reader:
                 _check_main(reader, headers=True)
-                meta = dict(reader.metadata)
+                meta = metrics_of(reader)
         except FileNotFoundError:
             raise
         except (CkptError, OSError) as e:
@@ -246,14 +250,12 @@ class Pruning(Restoring):
         damaged: dict[int, str] = {}
         for idx, info in self._listing().items():
             try:
-                meta, problem = self._inspect(idx, info)
+                metrics, problem = self._inspect(idx, info)
             except FileNotFoundError:
                 continue  # removed by a concurrent writer's rotation
             if problem is not None:
                 damaged[idx] = problem
                 continue
-            record = meta.get("ckpt")
-            stored = record.get("metrics") if isinstance(record, dict) else None
-            out.append(_ret.Entry(idx, info.size, stored if isinstance(stored, dict) else {}))
+            out.append(_ret.Entry(idx, info.size, metrics))
         return out, damaged
 

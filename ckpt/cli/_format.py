@@ -1,7 +1,7 @@
 """Rendering for the ``ckpt`` command: tables, sizes, times, JSON and progress bars.
 
-Nothing here touches checkpoint files; :mod:`ckpt._cli` gathers the facts and
-these helpers only turn them into text.
+Nothing here touches checkpoint files; the library gathers the facts (:mod:`ckpt.listing`,
+:mod:`ckpt.verify`, ...) and these helpers only turn them into text.
 """
 
 from __future__ import annotations
@@ -11,10 +11,13 @@ import json
 import math
 import re
 import sys
-from typing import Any, Iterable, Iterator, Optional, Sequence, TextIO
+from typing import Any, Iterable, Optional, Sequence, TextIO
+
+from ..errors import FormatError
+from ..recipes import Recipe
 
 __all__ = ["human_size", "parse_size", "format_time", "format_number", "table", "dump_json", "strict_json",
-           "progress", "ProgressBar", "escape_controls", "say"]
+           "progress", "ProgressBar", "escape_controls", "say", "short_name", "one_line", "render_recipe"]
 
 
 def _escape_char(c: str) -> str:
@@ -28,6 +31,16 @@ def escape_controls(text: str, *, keep: str = "\n") -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() or c in keep else _escape_char(c) for c in text)
+
+
+def one_line(text: str) -> str:
+    """A (multi-line) message as one line."""
+    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def short_name(location: str) -> str:
+    """The last component of a path or URL, for progress bar labels."""
+    return str(location).rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
 
 
 def say(*parts: Any, file: Optional[TextIO] = None) -> None:
@@ -168,6 +181,12 @@ class ProgressBar:
         if self._bar is not None:
             self._bar.update(n)
 
+    def add_total(self, n: Optional[float]) -> None:
+        """Grow the total by ``n`` (a file about to be processed); None leaves it as it is."""
+        if self._bar is not None and n is not None:
+            self._bar.total = (self._bar.total or 0) + n
+            self._bar.refresh()
+
     def set_description(self, desc: str) -> None:
         if self._bar is not None:
             self._bar.set_description(escape_controls(desc, keep=""), refresh=False)
@@ -193,14 +212,6 @@ def _stderr_is_tty() -> bool:
 
 def progress(total: Optional[float], desc: str, unit: str = "B") -> ProgressBar:
     return ProgressBar(total, desc, unit)
-
-
-def iter_progress(items: Sequence[Any], desc: str) -> Iterator[Any]:
-    """Iterate ``items`` with a count bar (terminal only)."""
-    with ProgressBar(len(items), desc, unit="it") as bar:
-        for item in items:
-            yield item
-            bar.update(1)
 
 
 # -- per-command renderers ------------------------------------------------------
@@ -381,3 +392,43 @@ def render_sources(sources: list[dict[str, Any]]) -> str:
     return table(["step", "weight", "file"], [["-" if s.get("idx") is None else s["idx"],
                                                 format_number(s.get("weight")), s.get("file")] for s in sources],
                  right=[0, 1], indent="  ")
+
+
+# -- the recipe section of ``ckpt info`` ------------------------------------------
+def _value(v: Any) -> str:
+    if isinstance(v, Recipe):
+        args = [_value(a) for a in v.args] + [f"{k}={_value(x)}" for k, x in v.kwargs.items()]
+        return f"{v.name}({', '.join(args)})"
+    if isinstance(v, tuple):
+        return "(" + ", ".join(_value(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k!r}: {_value(x)}" for k, x in v.items()) + "}"
+    if hasattr(v, "kind") and hasattr(v, "itemsize"):  # a dtype
+        return str(v)
+    return repr(v)
+
+
+def render_recipe(doc: Optional[dict[str, Any]], error: Optional[str] = None) -> str:
+    """The recipe section of ``ckpt info``."""
+    if error is not None:
+        return f"recipe:   invalid ({error})"
+    if doc is None:
+        return "recipe:   (none: saved without recipe=)"
+    try:
+        r = Recipe.from_dict(doc)
+    except FormatError as e:  # pragma: no cover - recipe_record validated it
+        return f"recipe:   invalid ({e})"
+    args = ", ".join([_value(a) for a in r.args] + [f"{k}={_value(v)}" for k, v in r.kwargs.items()])
+    lines = [f"recipe:   {r.cls}({args})", f"  hash:   {r.hash}", f"  id:     {r.id or '-'}",
+             f"  parent: {r.parent or '-'}", f"  mro:    {' < '.join(r.mro) or '-'}",
+             "  (ckpt.build(FILE, trusted=[...]) rebuilds it; nothing was imported to show this)"]
+    return "\n".join(lines)
+
+
+def render_sharded(sh: dict[str, Any]) -> str:
+    """The one line ``ckpt info`` adds for a multi-process checkpoint (its arrays are in shard files)."""
+    arrays = ", ".join(f"{a['name']} {a['shape']} {a['dtype']}" for a in sh["arrays"].get("main", [])[:10])
+    return (f"\nmulti-process checkpoint: {sh['process_count']} processes, {len(sh['shards'])} shard files, "
+            f"{human_size(sum(s['size'] for s in sh['shards']))}; arrays: {arrays}")

@@ -1,26 +1,22 @@
-"""The ``ckpt find`` command and the recipe/alias parts of ``ckpt info`` and ``ckpt ls``.
+"""``ckpt find``: :func:`ckpt.find` printed as a table or JSON.
 
-Like every search, these read manifests only: nothing is imported from the
-recorded classes and nothing is unpickled.
+Like every search, it reads manifests only: nothing is imported from the recorded classes and
+nothing is unpickled.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from ._cli_format import dump_json, format_number, format_time, say, table
-from .errors import FormatError, SelectorError
-from .index import find
-from .recipes import Recipe
-from .selector import Selector
-
-__all__ = ["add_commands", "recipe_record", "render_recipe"]
-
-Add = Callable[..., argparse.ArgumentParser]
+from ..errors import SelectorError
+from ..index import find
+from ..listing import display_location, display_root
+from ..selector import Selector
+from ._args import Add
+from ._format import dump_json, format_number, format_time, say, table
 
 
 def _kw_pair(text: str) -> tuple[str, Any]:
@@ -49,7 +45,7 @@ def _nest(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def cmd_find(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     selector = Selector(cls=args.cls or None, kwargs=_nest(args.kw) if args.kw else None, where=args.where or None)
     order_by = args.order_by
     if order_by is not None and args.desc and not order_by.startswith("-"):
@@ -58,7 +54,7 @@ def cmd_find(args: argparse.Namespace) -> int:
         raise SelectorError(f"--limit must be >= 0, not {args.limit}")
     skipped: list[tuple[str, str]] = []
     entries = find(args.root, selector, order_by=order_by, limit=args.limit, alias=args.alias, skipped=skipped)
-    root = os.path.abspath(args.root)
+    root = display_root(args.root)
     for path, why in skipped:  # damaged files: searched around, reported like `ckpt ls` reports them
         say(f"ckpt find: error: {why if why.startswith(path) else f'{path}: {why}'}", file=sys.stderr)
     status = 1 if skipped else 0
@@ -75,7 +71,7 @@ def cmd_find(args: argparse.Namespace) -> int:
         names = [order] + [n for n in names if n != order]
     rows = []
     for e in entries:
-        where = os.path.relpath(e.path, root) if e.path != root else os.path.basename(e.path)
+        where = display_location(e.path, root)
         rows.append([where, "-" if e.idx is None else e.idx, "-" if e.recipe is None else e.recipe.name,
                      "-" if e.recipe is None else e.recipe.hash[:12], format_time(e.created_at),
                      *(format_number(e.metrics.get(n)) for n in names), ", ".join(e.aliases)])
@@ -84,13 +80,14 @@ def cmd_find(args: argparse.Namespace) -> int:
     return status
 
 
-def add_commands(add: Add) -> None:
-    p = add("find", cmd_find, "find checkpoints under a tree of runs by class, arguments and metrics",
+def register(add: Add) -> None:
+    p = add("find", run, "find checkpoints under a tree of runs by class, arguments and metrics",
             "Search every checkpoint under ROOT (a tree of runs, a log directory or one file) by what it\n"
             "records: the class that built the model (--cls matches subclasses too, through the recorded\n"
             "MRO), its constructor arguments (--kw, a subset match), metrics and fields (--where, e.g.\n"
             "'loss < 0.1 and (lr == 1e-3 or not depth in [2, 4])'), and aliases. Reads manifests only,\n"
-            "through the index cache ROOT/.ckpt-index.json (safe to delete); imports and unpickles nothing.",
+            "through the index cache ROOT/.ckpt-index.json (safe to delete); imports and unpickles nothing.\n"
+            "Library: ckpt.find(ROOT, ckpt.Selector(...), order_by=..., limit=...).",
             """\
             ckpt find runs --cls MLP --kw hidden=64 --order-by val_loss --limit 5
             ckpt find runs --where 'val_loss < 0.3 and not optimizer == "sgd"'
@@ -118,44 +115,3 @@ def _find_check(args: argparse.Namespace) -> Optional[str]:
     if args.desc and args.order_by is None:
         return "--desc needs --order-by"
     return None
-
-
-def recipe_record(metadata: dict[str, Any], where: str) -> Optional[dict[str, Any]]:
-    """The recipe recorded in a manifest's metadata, validated, or None; an invalid one raises FormatError."""
-    own = metadata.get("ckpt") if isinstance(metadata, dict) else None
-    doc = own.get("recipe") if isinstance(own, dict) else None
-    if doc is None:
-        return None
-    return Recipe.from_dict(doc, where).to_dict()
-
-
-def _value(v: Any) -> str:
-    if isinstance(v, Recipe):
-        args = [_value(a) for a in v.args] + [f"{k}={_value(x)}" for k, x in v.kwargs.items()]
-        return f"{v.name}({', '.join(args)})"
-    if isinstance(v, tuple):
-        return "(" + ", ".join(_value(x) for x in v) + ("," if len(v) == 1 else "") + ")"
-    if isinstance(v, list):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k!r}: {_value(x)}" for k, x in v.items()) + "}"
-    if hasattr(v, "kind") and hasattr(v, "itemsize"):  # a dtype
-        return str(v)
-    return repr(v)
-
-
-def render_recipe(doc: Optional[dict[str, Any]], error: Optional[str] = None) -> str:
-    """The recipe section of ``ckpt info``."""
-    if error is not None:
-        return f"recipe:   invalid ({error})"
-    if doc is None:
-        return "recipe:   (none: saved without recipe=)"
-    try:
-        r = Recipe.from_dict(doc)
-    except FormatError as e:  # pragma: no cover - recipe_record validated it
-        return f"recipe:   invalid ({e})"
-    args = ", ".join([_value(a) for a in r.args] + [f"{k}={_value(v)}" for k, v in r.kwargs.items()])
-    lines = [f"recipe:   {r.cls}({args})", f"  hash:   {r.hash}", f"  id:     {r.id or '-'}",
-             f"  parent: {r.parent or '-'}", f"  mro:    {' < '.join(r.mro) or '-'}",
-             "  (ckpt.build(FILE, trusted=[...]) rebuilds it; nothing was imported to show this)"]
-    return "\n".join(lines)
