@@ -313,3 +313,16 @@ def test_a_jax_pytree_round_trips_through_a_url(url, jax, jnp):
     restored = ck.load(template=jax.eval_shape(lambda: tree))
     np.testing.assert_array_equal(np.asarray(restored["params"]["dense"]["kernel"]), np.arange(6.0).reshape(2, 3))
     assert int(restored["step"]) == 7
+
+
+def test_a_scheme_whose_fsspec_backend_is_missing_names_the_package():
+    pytest.importorskip("fsspec")
+    try:
+        import s3fs  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("s3fs is installed")
+    with pytest.raises(MissingDependencyError, match="s3fs") as info:
+        ckpt.Checkpoint("s3://bucket/run")
+    assert info.value.package == "s3fs" and info.value.file == "s3://bucket/run"

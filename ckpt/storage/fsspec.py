@@ -48,6 +48,10 @@ _MEMORY_GENERATION: dict[str, int] = {}  # path -> commits so far: memory:// tim
 
 __all__ = ["FsspecStorage", "import_fsspec"]
 
+#: The package fsspec needs for common schemes (named in the error when it is missing).
+_BACKEND_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
+                     "abfss": "adlfs", "hf": "huggingface_hub", "sftp": "paramiko", "ssh": "paramiko"}
+
 
 def import_fsspec(url: str) -> Any:
     """The fsspec module, or MissingDependencyError naming what to install for ``url``."""
@@ -80,9 +84,11 @@ class FsspecStorage(Storage):
             try:
                 fs, root = fsspec.core.url_to_fs(url, **self.storage_options)
             except ImportError as e:
-                scheme = url.split("://", 1)[0]
-                raise MissingDependencyError(f"{url}: fsspec has no installed backend for {scheme}:// ({e})",
-                                             package=getattr(e, "name", None) or scheme, file=url) from None
+                scheme = url.split("://", 1)[0].lower()
+                package = _BACKEND_PACKAGES.get(scheme) or getattr(e, "name", None) or scheme
+                raise MissingDependencyError(f"{url}: fsspec's {scheme}:// backend needs {package}, which is not "
+                                             f"installed: pip install {package} ({e})", package=package,
+                                             file=url) from None
             except (ValueError, OSError) as e:
                 raise StorageError(f"{url}: cannot open this location: {e}", file=url) from e
         self.fs = fs
