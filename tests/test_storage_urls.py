@@ -326,3 +326,14 @@ def test_a_scheme_whose_fsspec_backend_is_missing_names_the_package():
     with pytest.raises(MissingDependencyError, match="s3fs") as info:
         ckpt.Checkpoint("s3://bucket/run")
     assert info.value.package == "s3fs" and info.value.file == "s3://bucket/run"
+
+
+def test_a_checkpoint_on_an_open_storage(tmp_path):
+    store = open_storage(tmp_path / "run")
+    ck = ckpt.Checkpoint(store, verbose=False)
+    assert ck.logdir == str(tmp_path / "run") and ck.key(12) == "0000000012.npz"
+    ck.save(weights(), 12)
+    assert ck.path(12) == str(tmp_path / "run" / "ckpt" / "0000000012.npz")
+    assert [i.key for i in store.list("ckpt") if i.key.endswith(".npz")] == ["ckpt/0000000012.npz"]
+    with pytest.raises(ValueError, match="storage_options"):
+        ckpt.Checkpoint(store, storage_options={"x": 1})
