@@ -45,7 +45,7 @@ class Checkpoint(Saving):
     newest files whose total size fits. The newest checkpoint, the newest one that
     verifies and the file just written are never deleted; damaged files are never
     counted or deleted (see :meth:`plan_prune`); with every policy off, nothing is.
-    Policies are recomputed from the files on disk (metrics live in each manifest),
+    Policies are recomputed from the files in storage (metrics live in each manifest),
     so they survive restarts.
 
     ``lock_timeout`` bounds how long ``save`` waits for another writer holding the

@@ -86,7 +86,7 @@ class Pruning(Restoring):
         - The newest checkpoint that verifies (structure and every hash) is never deleted.
           Its hash pass is paid only when something would be deleted and the newest
           candidate is not the file this process just wrote (whose hashes were computed
-          as it was written); a result is cached per file (size, mtime, inode). A
+          as it was written); a result is cached per file version (its storage token). A
           candidate that fails its hashes is damaged too.
         - ``protected`` indices (and ``just_written``) are always kept.
         - ``keep_best`` with a metric that no checkpoint records raises
@@ -201,7 +201,7 @@ class Pruning(Restoring):
             return self._rotate(None, strict_metric=True, protected=protected)
 
     def best(self, metric: Optional[str] = None, mode: Optional[str] = None) -> Optional[tuple[int, dict[str, Any]]]:
-        """``(idx, metrics)`` of the best checkpoint on disk by ``metric`` (default: the manager's), or None.
+        """``(idx, metrics)`` of the best checkpoint in storage by ``metric`` (default: the manager's), or None.
 
         A checkpoint's metrics are those of :func:`ckpt.metrics.metrics_of`: ``save(metrics=)``, else
         an extras slot named ``metrics`` (the same rule ``keep_best`` and ``ckpt ls`` use).

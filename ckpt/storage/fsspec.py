@@ -21,6 +21,7 @@ lease (``lock_ttl``, 60 s).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import functools
 import hashlib
@@ -47,6 +48,10 @@ _MEMORY_LOCK = threading.RLock()  # memory:// is process-wide: its moves and che
 _MEMORY_GENERATION: dict[str, int] = {}  # path -> commits so far: memory:// times are too coarse for a token
 
 __all__ = ["FsspecStorage", "import_fsspec"]
+
+#: The package fsspec needs for common schemes (named in the error when it is missing).
+_BACKEND_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
+                     "abfss": "adlfs", "hf": "huggingface_hub", "sftp": "paramiko", "ssh": "paramiko"}
 
 
 def import_fsspec(url: str) -> Any:
@@ -80,9 +85,11 @@ class FsspecStorage(Storage):
             try:
                 fs, root = fsspec.core.url_to_fs(url, **self.storage_options)
             except ImportError as e:
-                scheme = url.split("://", 1)[0]
-                raise MissingDependencyError(f"{url}: fsspec has no installed backend for {scheme}:// ({e})",
-                                             package=getattr(e, "name", None) or scheme, file=url) from None
+                scheme = url.split("://", 1)[0].lower()
+                package = _BACKEND_PACKAGES.get(scheme) or getattr(e, "name", None) or scheme
+                raise MissingDependencyError(f"{url}: fsspec's {scheme}:// backend needs {package}, which is not "
+                                             f"installed: pip install {package} ({e})", package=package,
+                                             file=url) from None
             except (ValueError, OSError) as e:
                 raise StorageError(f"{url}: cannot open this location: {e}", file=url) from e
         self.fs = fs
@@ -179,6 +186,14 @@ class FsspecStorage(Storage):
                 continue
             out.append(self._info(lead + name, info))
         return out
+
+    def list_dirs(self, prefix: str = "") -> "builtins.list[str]":
+        lead = prefix + "/" if prefix else ""
+        try:
+            found = self.fs.ls(self.path(prefix), detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [lead + info["name"].rstrip("/").rsplit("/", 1)[-1] for info in found if info.get("type") == "directory"]
 
     def _supports_refresh(self) -> bool:
         return not self._exact and self.fs.protocol not in ("file", "local", ("file", "local"))
