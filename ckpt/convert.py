@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, Callable, Optional
 
 import numpy as np
 
-from . import _io, _locations as _loc, _npy, _zip
+from . import _locations as _loc, _npy, _zip
 from ._locations import Location
 from ._packfile import DEFAULT_SLOT, sniff
 from .distributed import record as _dist_record
@@ -123,7 +123,7 @@ def export(file: Location, out: Location, *, to: Optional[str] = None, slot: str
                 progress(sizes[name])
 
         if fmt == "npz":
-            _io.atomic_write(_loc.text(out), lambda f: _write_npz(f, view, names, step))
+            _loc.commit(out, lambda f: _write_npz(f, view, names, step))
         else:
             arrays = {}
             for n in names:
@@ -134,7 +134,7 @@ def export(file: Location, out: Location, *, to: Optional[str] = None, slot: str
                 meta["ckpt.metadata"] = json.dumps(reader.metadata, ensure_ascii=False, default=str)
             data = st.save(arrays, metadata=meta or None)
             del arrays
-            _io.atomic_write(_loc.text(out), lambda f: f.write(data))
+            _loc.commit(out, lambda f: f.write(data))
         kind = _kind(reader, slot)
     return Conversion(_loc.text(out), fmt, len(names), sum(sizes.values()), kind, _loc.size(out), notes)
 

@@ -354,3 +354,51 @@ def test_find_walks_a_tree_of_runs_at_a_url(url):
     assert [(e.run, e.idx) for e in again] == [(e.run, e.idx) for e in found]
     one = ckpt.find(f"{url}/a/ckpt/0000000001.npz")
     assert [e.idx for e in one] == [1]
+
+
+def run_cli(capsys, *argv):
+    from ckpt import cli
+
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_every_cli_command_takes_a_url(url, capsys):
+    """ls, info, verify (file and run), export, diff, average and prune on a URL: the same library calls."""
+    ck = ckpt.Checkpoint(url, keep_ckpts=None, verbose=False)
+    for i in (1, 2, 3):
+        ck.save(weights(i), i, metrics={"loss": 1.0 / i})
+    rc, out, err = run_cli(capsys, "ls", url)
+    assert rc == 0 and err == ""
+    rc, out, _ = run_cli(capsys, "ls", url, "--json")
+    import json
+
+    doc = json.loads(out)
+    assert [r["step"] for r in doc["checkpoints"]] == [1, 2, 3] and doc["directory"] == f"{url}/ckpt"
+    assert [r["path"] for r in doc["checkpoints"]] == [f"{url}/ckpt/{i:010d}.npz" for i in (1, 2, 3)]
+    file = f"{url}/ckpt/{3:010d}.npz"
+    rc, out, _ = run_cli(capsys, "info", file)
+    assert rc == 0 and "w" in out and "float32" in out
+    rc, out, _ = run_cli(capsys, "verify", url)
+    assert rc == 0
+    out_npz = f"{url}/exported.npz"
+    rc, _, err = run_cli(capsys, "export", file, out_npz)
+    assert rc == 0, err
+    same(ckpt.load(out_npz), weights(3))
+    rc, out, _ = run_cli(capsys, "diff", f"{url}/ckpt/{1:010d}.npz", file)
+    assert rc in (0, 1) and "w" in out
+    rc, _, err = run_cli(capsys, "prune", url, "--keep", "1")
+    assert rc == 0, err
+    assert ckpt.Checkpoint(url, verbose=False).indices() == [3]
+
+
+def test_cli_on_a_damaged_url_prints_one_line(url, capsys):
+    ck = ckpt.Checkpoint(url, verbose=False)
+    ck.save(weights(), 1)
+    storage, key = open_file(f"{url}/ckpt/{1:010d}.npz")
+    data = bytearray(storage.read_range(key, 0, 1 << 30))
+    data[len(data) // 3] ^= 0xFF
+    storage.commit(key, lambda f: f.write(bytes(data)))
+    rc, out, err = run_cli(capsys, "verify", f"{url}/ckpt/{1:010d}.npz")
+    assert rc == 1 and "Traceback" not in err and f"{1:010d}.npz" in out + err

@@ -6,12 +6,12 @@ arrays, every other slot copied); ``ConsolidatedView`` lets ``ckpt export`` read
 
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
 
 import numpy as np
 
-from .. import _npy, _packfile, _io
+from .. import _npy, _packfile
+from ..storage import open_file
 from ..errors import FormatError
 from ..varfile import encode_slots, open_reader
 from . import layout, record as _record
@@ -77,5 +77,6 @@ def consolidate(path: str, out: str) -> str:
         def write(f: Any) -> Any:
             return _packfile.write_pack(f, new=encoded, source=reader, keep=keep, metadata=metadata)
 
-        _io.atomic_write(os.fspath(out), write)
+        storage, key = open_file(out)
+        storage.commit(key, write)
     return out
