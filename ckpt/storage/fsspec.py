@@ -3,7 +3,8 @@
 *Atomic commit*: the object is written to a temp key beside the target
 (``.<name>.<host>-<pid>.<random>.tmp``, skipped by listings), then moved onto the target. On
 ``memory://`` the move is a dict update under a process-wide lock, so it is exact (readers see
-the old or the whole new object; an exclusive commit checks and moves under the same lock). On a
+the old or the whole new object; an exclusive commit checks and moves under the same lock; the
+same lock makes exclusive commits exact between the threads of one process everywhere). On a
 local filesystem through fsspec the move is a rename (atomic, but without ckpt's fsyncs: use a
 plain path for durability). On object stores a move is copy + delete: a reader never sees a
 partial target, but an exclusive commit is a check then a move, not atomic against another
@@ -44,7 +45,9 @@ T = TypeVar("T")
 
 _TEMP_RE = re.compile(r"^\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
 _HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
-_MEMORY_LOCK = threading.RLock()  # memory:// is process-wide: its moves and checks are exact under this
+# Every check-and-move of a commit in this process runs under this lock: exact for memory:// (which
+# is process-wide), and exact between the threads of one process on every other filesystem.
+_COMMIT_LOCK = threading.RLock()
 _MEMORY_GENERATION: dict[str, int] = {}  # path -> commits so far: memory:// times are too coarse for a token
 
 __all__ = ["FsspecStorage", "import_fsspec"]
@@ -210,8 +213,7 @@ class FsspecStorage(Storage):
         try:
             with self.fs.open(tmp, "wb") as f:
                 result = write(f)
-            guard = _MEMORY_LOCK if self._exact else contextlib.nullcontext()
-            with guard:
+            with _COMMIT_LOCK:
                 if exclusive and self.fs.exists(target):
                     raise FileExistsError(17, "File exists", self.label(key))
                 self.fs.mv(tmp, target)
