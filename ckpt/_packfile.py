@@ -141,7 +141,7 @@ class PackReader:
         return self.members[name].zip.size
 
     def read_head(self, name: str, n: int = _limits.MAX_NPY_HEADER_BYTES) -> bytes:
-        zm = self.members[name].zip
+        zm = self.zip.locate(self.members[name].zip)
         if zm.method == _zip.STORED:
             self.f.seek(self.zip._base + zm.data_offset)
             return self.f.read(min(n, zm.size))
@@ -215,6 +215,7 @@ class PackReader:
 
         def job(name: str) -> tuple[str, Any]:
             m = self.members[name]
+            self.zip.locate(m.zip)
             buf: Any = bytearray(0) if m.zip.size == 0 else np.empty(m.zip.size, dtype=np.uint8)
             view = memoryview(buf).cast("B") if m.zip.size else memoryview(buf)
             done = 0
@@ -237,6 +238,7 @@ class PackReader:
     def _view(self, m: _Member) -> memoryview:
         if self.mm is None:
             raise FormatError(f"{self.label}: internal error: no mapping", file=self.label)
+        self.zip.locate(m.zip)
         return memoryview(self.mm)[m.zip.data_offset:m.zip.data_offset + m.zip.size]
 
     def verify_members(self, names: Iterable[str], *, slot: Optional[str] = None) -> None:

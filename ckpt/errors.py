@@ -243,3 +243,17 @@ class UntrustedClassError(CkptError, PermissionError):
 
 class SelectorError(CkptError, ValueError):
     """A ``Selector`` (or a ``where`` expression, or a ``ckpt find`` option) is malformed."""
+
+
+# -- object storage (issue 16) ---------------------------------------------------
+__all__ += ["ObjectExistsError", "StorageWarning"]
+
+
+class ObjectExistsError(CkptError, FileExistsError):
+    """A create-only commit found the object already there (another writer saved that step first);
+    nothing was replaced and nothing of this save is visible."""
+
+
+class StorageWarning(UserWarning):
+    """A store lacks a guarantee ckpt would use (e.g. it ignores conditional writes) and ckpt falls
+    back to a weaker one; said once per store."""
