@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import FormatError
 from . import _s3client as _c

@@ -72,6 +72,10 @@ class S3Storage(Storage):
                  _shared: Optional["S3Storage"] = None):
         self.bucket, self.prefix = split_url(url)
         self.url = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        self.client: Any
+        self.settings: _c.Settings
+        self._pool: ThreadPoolExecutor
+        self._leases: list[Lease]
         if _shared is not None:
             self.client, self.settings, self._pool = _shared.client, _shared.settings, _shared._pool
             self._leases = _shared._leases
@@ -79,7 +83,7 @@ class S3Storage(Storage):
             self.client, self.settings = _c.make_client(storage_options or {})
             workers = 2 + self.settings.parts_in_flight + self.settings.readahead * 2
             self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckpt-s3")
-            self._leases: list[Lease] = []
+            self._leases = []
         self.endpoint = str(self.client.meta.endpoint_url)
 
     # -- naming ------------------------------------------------------------
