@@ -82,3 +82,93 @@ def counting(storage: Any) -> Iterator[Counter[str]]:
         yield counts
     finally:
         events.unregister("before-send.s3", unique_id=f"count-{id(counts)}")
+
+
+class Proxy:
+    """A loopback TCP proxy in front of the S3 server: adds ``latency`` seconds before each
+    request, can strip conditional-request headers (a store that ignores them), and can
+    ``cut()`` the network: every connection dropped, new ones refused."""
+
+    def __init__(self, upstream: str, *, latency: float = 0.0, strip_conditions: bool = False):
+        import threading
+
+        host, port = upstream.rsplit("//", 1)[1].split(":")
+        self._up = (host, int(port))
+        self.latency = latency
+        self.strip = strip_conditions
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.endpoint = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._cut = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self._up)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._cut:
+                    client.close()
+                    upstream.close()
+                    continue
+                self._socks += [client, upstream]
+            state = {"turn": "request"}
+            threading.Thread(target=self._pump, args=(client, upstream, True, state), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False, state), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, to_server: bool, state: dict[str, str]) -> None:
+        import re
+        import time
+
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                if to_server:
+                    if state["turn"] == "response" or state.get("new", "1") == "1":
+                        state["new"] = "0"
+                        if self.latency:
+                            time.sleep(self.latency)
+                        if self.strip:
+                            data = re.sub(rb"\r\n[Ii]f-(?:[Nn]one-)?[Mm]atch: [^\r]*", b"", data)
+                    state["turn"] = "request"
+                else:
+                    state["turn"] = "response"
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        with self._lock:
+            self._cut = True
+            socks, self._socks = self._socks, []
+        self._listener.close()
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.cut()

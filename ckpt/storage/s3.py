@@ -50,7 +50,7 @@ def split_url(url: str) -> tuple[str, str]:
     """``s3://bucket/a/b`` -> ``("bucket", "a/b")``, refusing what is not an S3 URL."""
     if not url.startswith(("s3://", "s3a://")):
         raise ValueError(f"{url!r} is not an s3:// URL")
-    rest = url.split("://", 1)[1].strip("/")
+    rest = url.split("://", 1)[1]
     bucket, _, prefix = rest.partition("/")
     if not bucket:
         raise ValueError(f"{url!r} names no bucket (expected s3://bucket/prefix)")
@@ -249,8 +249,11 @@ class S3Storage(Storage):
         return self._held(lease)
 
     def cleanup(self, prefix: str, target: Callable[[str], bool]) -> None:
-        """Abort multipart uploads to accepted keys under ``prefix`` started over ``abandoned_after``
-        seconds ago (the uploads of writers that died). Committed objects are never touched."""
+        """Abort the multipart uploads to accepted keys under ``prefix`` that writers which are gone
+        left: all of them while this storage holds the writer lease (only the lease holder uploads,
+        so any other upload is a dead or deposed writer's), else those started over
+        ``abandoned_after`` seconds ago. Committed objects are never touched."""
+        holding = bool(self._leases)
         folder = self._abs(prefix.strip("/")) + "/" if prefix.strip("/") else (self.prefix + "/" if self.prefix else "")
         cutoff = time.time() - self.settings.abandoned_after
         try:
@@ -258,7 +261,7 @@ class S3Storage(Storage):
                                                                                       Prefix=folder):
                 for u in page.get("Uploads", []):
                     rel = self._rel(u["Key"])
-                    if not target(rel) or u["Initiated"].timestamp() > cutoff:
+                    if not target(rel) or (not holding and u["Initiated"].timestamp() > cutoff):
                         continue
                     log.info("%s: aborting an abandoned upload of %s started %s", self.url, rel, u["Initiated"])
                     try:
