@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from ._packfile import PackReader
 from .errors import CkptError
@@ -36,14 +36,15 @@ def _slot_report(reader: PackReader, name: str) -> dict[str, Any]:
     return out
 
 
-def inspect(file: PathOrFile) -> dict[str, Any]:
+def inspect(file: PathOrFile, *, storage_options: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """A description of a pack: format version, times, metadata, and per slot its serializer,
     size, digest (blake3 or sha256), dependencies, arrays, and for pickle slots the globals it would import.
 
     Pickle slots are read by their opcodes only (after their digest is checked); nothing in
-    the file is imported or executed.
+    the file is imported or executed. ``file`` may be a path, an fsspec URL (``storage_options`` go to
+    its filesystem) or a binary file object.
     """
-    with open_reader(file) as reader:
+    with open_reader(file, storage_options=storage_options) as reader:
         return {
             "file": reader.label,
             "format_version": reader.format_version,

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
 
-from . import _io
 from .errors import CheckpointNotFoundError, FormatError
 from .manifest import utc_now
+from .storage import Storage, open_storage
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint
@@ -40,15 +39,28 @@ def check_name(name: Any) -> str:
     return name
 
 
-def _path(directory: str) -> str:
-    return os.path.join(directory, ALIASES_NAME)
+#: A checkpoint directory: its path or URL, or its storage.
+Directory = Union[str, Storage]
 
 
-def read_records(directory: str) -> dict[str, dict[str, Any]]:
+def _store(directory: Directory) -> Storage:
+    return directory if isinstance(directory, Storage) else open_storage(directory)
+
+
+def _label(directory: Directory) -> str:
+    return directory.url if isinstance(directory, Storage) else directory
+
+
+def _path(directory: Directory) -> str:
+    return _store(directory).label(ALIASES_NAME)
+
+
+def read_records(directory: Directory) -> dict[str, dict[str, Any]]:
     """Alias name -> its record (``idx``, ``digest``, ``set_at``); ``{}`` without a table; FormatError if malformed."""
-    path = _path(directory)
+    store = _store(directory)
+    path = store.label(ALIASES_NAME)
     try:
-        with open(path, "rb") as f:
+        with store.open_read(ALIASES_NAME) as f:
             data = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         return {}
@@ -73,17 +85,17 @@ def read_records(directory: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def read(directory: str) -> dict[str, int]:
+def read(directory: Directory) -> dict[str, int]:
     """Alias name -> checkpoint index for the checkpoint directory ``directory``."""
     return {name: rec["idx"] for name, rec in read_records(directory).items()}
 
 
-def by_index(directory: str) -> dict[int, list[str]]:
+def by_index(directory: Directory) -> dict[int, list[str]]:
     """Checkpoint index -> its aliases (sorted); ``{}`` (logged) when the table cannot be read."""
     try:
         table = read(directory)
     except (FormatError, OSError) as e:
-        log.warning("ignoring the alias table of %s: %s", directory, e)
+        log.warning("ignoring the alias table of %s: %s", _label(directory), e)
         return {}
     out: dict[int, list[str]] = {}
     for name, idx in sorted(table.items()):
@@ -91,11 +103,11 @@ def by_index(directory: str) -> dict[int, list[str]]:
     return out
 
 
-def _write(directory: str, records: dict[str, dict[str, Any]]) -> None:
-    _io.remove_stale_temps(directory, ALIASES_NAME)  # from writers killed mid-write (we hold the lock)
+def _write(store: Storage, records: dict[str, dict[str, Any]]) -> None:
+    store.cleanup("", ALIASES_NAME.__eq__)  # from writers killed mid-write (we hold the lock)
     doc = {"format": FORMAT_NAME, "version": VERSION, "aliases": dict(sorted(records.items()))}
     data = json.dumps(doc, indent=1, sort_keys=True).encode("utf-8") + b"\n"
-    _io.atomic_write(_path(directory), lambda f: f.write(data))
+    store.commit(ALIASES_NAME, lambda f: f.write(data))
 
 
 def set_alias(ck: "Checkpoint", name: str, idx: Optional[int]) -> None:
@@ -104,43 +116,44 @@ def set_alias(ck: "Checkpoint", name: str, idx: Optional[int]) -> None:
 
     check_name(name)
     ck._finish_pending(raise_error=False)  # an alias of the checkpoint an async save is writing
-    if not os.path.isdir(ck.directory):
+    store = ck.storage
+    if not store.isdir():
         raise CheckpointNotFoundError(f"cannot alias {name!r}: no checkpoint directory {ck.directory}",
                                       file=ck.directory)
     with ck._lock():
-        records = read_records(ck.directory)
+        records = read_records(store)
         if idx is None:
             if records.pop(name, None) is None:
                 return
         else:
             path = ck.path(idx)
-            if not os.path.isfile(path):
+            if store.stat(ck.key(idx)) is None:
                 have = ck.indices()
                 raise CheckpointNotFoundError(f"cannot alias {name!r} to checkpoint {idx}: no such checkpoint in "
                                               f"{ck.directory} (have: {have[-10:] if have else 'none'})", file=path)
-            with open_reader(path) as reader:
+            with open_reader(ck.key(idx), storage=store) as reader:
                 main = reader.slots.get("main")
                 digest = None if main is None else {"algorithm": main.algorithm, "value": main.digest}
             records[name] = {"idx": int(idx), "digest": digest, "set_at": utc_now()}
-        _write(ck.directory, records)
+        _write(store, records)
     log.info("alias %r -> %s in %s", name, idx, ck.directory)
 
 
-def resolve(directory: str, name: str) -> int:
+def resolve(directory: Directory, name: str) -> int:
     """The index alias ``name`` points at; CheckpointNotFoundError when there is no such alias."""
     check_name(name)
     table = read(directory)
     if name not in table:
-        raise CheckpointNotFoundError(f"{directory}: no alias {name!r} (aliases: {', '.join(sorted(table)) or 'none'})",
+        raise CheckpointNotFoundError(f"{_label(directory)}: no alias {name!r} (aliases: {', '.join(sorted(table)) or 'none'})",
                                       file=_path(directory))
     return table[name]
 
 
-def protected_indices(directory: str, indices: Iterable[int]) -> set[int]:
+def protected_indices(directory: Directory, indices: Iterable[int]) -> set[int]:
     """The indices retention must keep because an alias names them: all of ``indices`` if the table is unreadable."""
     try:
         return set(read(directory).values())
     except (FormatError, OSError) as e:
         log.warning("cannot read the alias table of %s (%s): no checkpoint is deleted until it is fixed",
-                    directory, e)
+                    _label(directory), e)
         return set(indices)

@@ -55,7 +55,8 @@ class _Source:
 
 def average(logdir_or_paths: Sources, *, last: Optional[int] = None, indices: Optional[Sequence[int]] = None,
             weights: Optional[Sequence[float]] = None, slot: str = DEFAULT_SLOT, out: Optional[PathLike] = None,
-            verify: bool = True, deps: str = "warn") -> dict[str, np.ndarray]:
+            verify: bool = True, deps: str = "warn",
+            storage_options: Optional[dict[str, Any]] = None) -> dict[str, np.ndarray]:
     """The (weighted) mean of the arrays of several checkpoints, as a dict name -> numpy array.
 
     ``logdir_or_paths`` is a ``Checkpoint`` log directory (choose with ``last=k``
@@ -72,22 +73,26 @@ def average(logdir_or_paths: Sources, *, last: Optional[int] = None, indices: Op
     Raises :class:`~ckpt.errors.MismatchError` (naming the variable and both files)
     when the checkpoints do not hold the same names, shapes and dtypes, and
     :class:`~ckpt.errors.ChecksumError` naming a corrupt file.
+
+    Inputs and ``out`` may be local paths or fsspec URLs; ``storage_options`` go to the URLs' filesystem.
     """
-    sources = _select(logdir_or_paths, last, indices, weights)
+    sources = _select(logdir_or_paths, last, indices, weights, storage_options)
     total = 0.0
     for s in sources:  # left to right, as numpy sums a few weights
         total += s.weight
-    result = _combine(sources, slot=slot, verify=verify, deps=deps, method="mean", decay=0.0, total=total)
+    result = _combine(sources, slot=slot, verify=verify, deps=deps, method="mean", decay=0.0, total=total,
+                      storage_options=storage_options)
     for s in sources:
         s.weight = s.weight / total
     if out is not None:
-        _write(out, result, sources, slot=slot, method="mean", decay=None)
+        _write(out, result, sources, slot=slot, method="mean", decay=None, storage_options=storage_options)
     return result
 
 
 def ema(logdir_or_paths: Sources, decay: float, *, last: Optional[int] = None,
         indices: Optional[Sequence[int]] = None, slot: str = DEFAULT_SLOT, out: Optional[PathLike] = None,
-        verify: bool = True, deps: str = "warn") -> dict[str, np.ndarray]:
+        verify: bool = True, deps: str = "warn",
+        storage_options: Optional[dict[str, Any]] = None) -> dict[str, np.ndarray]:
     """The exponential moving average of the arrays of several checkpoints, oldest to newest.
 
     With ``x_1 ... x_n`` the checkpoints in ascending index order (the order
@@ -105,13 +110,14 @@ def ema(logdir_or_paths: Sources, decay: float, *, last: Optional[int] = None,
     if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= float(decay) <= 1.0:
         raise ValueError(f"decay must be a number in [0, 1], not {decay!r}")
     decay = float(decay)
-    sources = _select(logdir_or_paths, last, indices, None)
+    sources = _select(logdir_or_paths, last, indices, None, storage_options)
     n = len(sources)
     for k, s in enumerate(sources):
         s.weight = decay ** (n - 1) if k == 0 else (1.0 - decay) * decay ** (n - 1 - k)
-    result = _combine(sources, slot=slot, verify=verify, deps=deps, method="ema", decay=decay, total=1.0)
+    result = _combine(sources, slot=slot, verify=verify, deps=deps, method="ema", decay=decay, total=1.0,
+                      storage_options=storage_options)
     if out is not None:
-        _write(out, result, sources, slot=slot, method="ema", decay=decay)
+        _write(out, result, sources, slot=slot, method="ema", decay=decay, storage_options=storage_options)
     return result
 
 
@@ -123,11 +129,11 @@ def _check_count(name: str, value: Any) -> int:
 
 
 def _select(logdir_or_paths: Sources, last: Optional[int], indices: Optional[Sequence[int]],
-            weights: Optional[Sequence[float]]) -> list[_Source]:
+            weights: Optional[Sequence[float]], storage_options: Optional[dict[str, Any]] = None) -> list[_Source]:
     if last is not None and indices is not None:
         raise ValueError("give last= or indices=, not both")
     if isinstance(logdir_or_paths, (str, os.PathLike)):
-        sources = _from_logdir(os.fspath(logdir_or_paths), last, indices)
+        sources = _from_logdir(os.fspath(logdir_or_paths), last, indices, storage_options)
     else:
         paths = [os.fspath(p) for p in logdir_or_paths]
         if indices is not None:
@@ -153,10 +159,11 @@ def _select(logdir_or_paths: Sources, last: Optional[int], indices: Optional[Seq
     return sources
 
 
-def _from_logdir(logdir: str, last: Optional[int], indices: Optional[Sequence[int]]) -> list[_Source]:
+def _from_logdir(logdir: str, last: Optional[int], indices: Optional[Sequence[int]],
+                 storage_options: Optional[dict[str, Any]] = None) -> list[_Source]:
     from .checkpoint import Checkpoint  # checkpoint.py imports this package's modules; import late
 
-    ck = Checkpoint(logdir, makedir=False)
+    ck = Checkpoint(logdir, makedir=False, storage_options=storage_options)
     have = ck.indices()
     if not have:
         raise CheckpointNotFoundError(f"no checkpoints to average in {ck.directory}", file=ck.directory)
@@ -202,7 +209,7 @@ def _describe(shape: tuple[int, ...], dtype: np.dtype) -> str:
 
 
 def _combine(sources: list[_Source], *, slot: str, verify: bool, deps: str, method: str, decay: float,
-             total: float) -> dict[str, np.ndarray]:
+             total: float, storage_options: Optional[dict[str, Any]] = None) -> dict[str, np.ndarray]:
     mode = _deps.check_mode(deps)
     with contextlib.ExitStack() as stack:
         # Every file stays open from the checks to the end, so a trainer rotating the
@@ -211,7 +218,7 @@ def _combine(sources: list[_Source], *, slot: str, verify: bool, deps: str, meth
         names: list[str] = []
         layout: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
         for k, s in enumerate(sources):
-            reader = stack.enter_context(open_reader(s.path))
+            reader = stack.enter_context(open_reader(s.path, storage_options=storage_options))
             info = reader.slot(slot)
             _deps.report(reader.dependency_mismatches([slot]), mode, reader.label)
             view = reader.arrays(slot, verify=verify)
@@ -302,12 +309,12 @@ def _recorded_idx(reader: PackReader) -> Optional[int]:
     idx = record.get("idx") if isinstance(record, dict) else None
     if isinstance(idx, int) and not isinstance(idx, bool) and idx >= 0:
         return idx
-    stem = os.path.basename(reader.label).split(".")[0]
+    stem = reader.label.replace("\\", "/").rsplit("/", 1)[-1].split(".")[0]
     return int(stem) if stem.isascii() and stem.isdigit() else None  # "²³".isdigit() is True, int() refuses it
 
 
 def _write(out: PathLike, result: dict[str, np.ndarray], sources: list[_Source], *, slot: str, method: str,
-           decay: Optional[float]) -> None:
+           decay: Optional[float], storage_options: Optional[dict[str, Any]] = None) -> None:
     record = {
         "averaged_from": [{"file": s.path, "idx": s.idx, s.algorithm: s.digest, "weight": s.weight}
                           for s in sources],
@@ -315,5 +322,5 @@ def _write(out: PathLike, result: dict[str, np.ndarray], sources: list[_Source],
         "decay": decay,
         "slot": slot,
     }
-    save_var_collection(os.fspath(out), result, metadata={"ckpt": record})
+    save_var_collection(os.fspath(out), result, metadata={"ckpt": record}, storage_options=storage_options)
     log.info("wrote the %s of %d checkpoints to %s", method, len(sources), os.fspath(out))

@@ -19,6 +19,7 @@ from ._packfile import DEFAULT_SLOT, PackReader
 from .checkpoint import Checkpoint
 from .errors import CheckpointNotFoundError, RecipeNotFoundError, UntrustedClassError
 from .recipes import Recipe, Trusted, adopt
+from .storage import is_url, kind_of, split_location
 from .varfile import open_reader, prepare_restore
 
 log = logging.getLogger("ckpt")
@@ -26,32 +27,35 @@ log = logging.getLogger("ckpt")
 __all__ = ["build", "manager_for", "resolve_path", "recipe_in"]
 
 
-def manager_for(directory: str) -> Checkpoint:
-    """The manager of a log directory (checkpoints in ``<dir>/ckpt``) or of a bare directory of checkpoints."""
-    ck = Checkpoint(directory, makedir=False, verbose=False)
-    if os.path.isdir(ck.directory):
+def manager_for(directory: str, storage_options: Optional[dict[str, Any]] = None) -> Checkpoint:
+    """The manager of a log directory (checkpoints in ``<dir>/ckpt``) or of a bare directory of checkpoints
+    (a path or URL)."""
+    ck = Checkpoint(directory, makedir=False, verbose=False, storage_options=storage_options)
+    if ck.storage.isdir():
         return ck
-    parent, name = os.path.split(os.path.abspath(directory))
-    bare = Checkpoint(parent, makedir=False, verbose=False)
+    parent, name = split_location(directory if is_url(directory) else os.path.abspath(directory))
+    bare = Checkpoint(parent, makedir=False, verbose=False, storage_options=storage_options)
     bare.DIR_NAME = name  # type: ignore[misc]  # the checkpoints are in the given directory itself
     return bare
 
 
 def resolve_path(target: Union[str, "os.PathLike[str]"], idx: Optional[int] = None,
-                 alias: Optional[str] = None) -> str:
-    """The checkpoint file ``target`` names: the file itself, or in a log directory ``idx``, ``alias`` or the latest."""
+                 alias: Optional[str] = None, storage_options: Optional[dict[str, Any]] = None) -> str:
+    """The checkpoint file ``target`` (a path or URL) names: the file itself, or in a log directory ``idx``,
+    ``alias`` or the latest."""
     path = os.fspath(target)
     if idx is not None and alias is not None:
         raise ValueError("pass idx= or alias=, not both")
-    if os.path.isfile(path):
+    kind = kind_of(path, storage_options)
+    if kind == "file":
         if idx is not None or alias is not None:
             raise ValueError(f"{path} is a checkpoint file; idx= and alias= select within a log directory")
         return path
-    if not os.path.isdir(path):
+    if kind is None:
         raise FileNotFoundError(2, "No such file or directory", path)
-    ck = manager_for(path)
+    ck = manager_for(path, storage_options)
     if alias is not None:
-        idx = _aliases.resolve(ck.directory, alias)
+        idx = _aliases.resolve(ck.storage, alias)
     resolved = ck._resolve(idx)  # raises CheckpointNotFoundError for a missing idx
     if resolved is None:
         raise CheckpointNotFoundError(f"no checkpoint in {ck.directory}", file=ck.directory)
@@ -69,7 +73,8 @@ def recipe_in(reader: PackReader) -> Recipe:
 
 
 def build(path_or_logdir: Union[str, "os.PathLike[str]"], idx: Optional[int] = None, *, trusted: Trusted = None,
-          alias: Optional[str] = None, strict: bool = True, deps: str = "warn") -> Any:
+          alias: Optional[str] = None, strict: bool = True, deps: str = "warn",
+          storage_options: Optional[dict[str, Any]] = None) -> Any:
     """A model built from a checkpoint's recipe, with the checkpoint's weights restored into it.
 
     ``path_or_logdir`` is a checkpoint file or a log directory (then ``idx``,
@@ -83,9 +88,10 @@ def build(path_or_logdir: Union[str, "os.PathLike[str]"], idx: Optional[int] = N
     ``(module, variables)``); for a plain object, into its array attributes.
     ``ckpt.recipe_of(model)`` then gives the stored recipe (same ``id`` and ``parent``),
     so saving the model again keeps its identity; ``Recipe.build()`` makes a new one.
+    ``path_or_logdir`` may be an fsspec URL (``storage_options`` go to its filesystem).
     """
-    path = resolve_path(path_or_logdir, idx, alias)
-    with open_reader(path) as reader:
+    path = resolve_path(path_or_logdir, idx, alias, storage_options)
+    with open_reader(path, storage_options=storage_options) as reader:
         recipe = recipe_in(reader)
         try:
             obj = recipe.build(trusted=trusted)

@@ -18,18 +18,20 @@ __all__ = ["dump", "load", "dumps", "loads"]
 
 
 def dump(obj: Any, file: PathOrFile, *, serializer: Optional[str] = None,
-         metadata: Optional[Mapping[str, Any]] = None) -> None:
-    """Write ``obj`` as a new pack's default slot (a path is replaced atomically)."""
+         metadata: Optional[Mapping[str, Any]] = None, storage_options: Optional[dict[str, Any]] = None) -> None:
+    """Write ``obj`` as a new pack's default slot (a path or URL is replaced atomically)."""
     write_file(file, {DEFAULT_SLOT: obj}, metadata=metadata,
-               serializers={DEFAULT_SLOT: serializer} if serializer else None)
+               serializers={DEFAULT_SLOT: serializer} if serializer else None, storage_options=storage_options)
 
 
-def load(file: PathOrFile, *, trusted: _ser.Trusted = False, deps: str = "warn", verify: bool = True) -> Any:
-    """Read the default slot of a pack (or the arrays of a plain ``.npz``/objax file)."""
+def load(file: PathOrFile, *, trusted: _ser.Trusted = False, deps: str = "warn", verify: bool = True,
+         storage_options: Optional[dict[str, Any]] = None) -> Any:
+    """Read the default slot of a pack (or the arrays of a plain ``.npz``/objax file) at a path, fsspec URL
+    (``storage_options`` go to its filesystem) or in a file object."""
     mode = _deps.check_mode(deps)
     # Read with a reader, not a Pack: a Pack treats an empty file as a new pack, but for
     # ``load`` an empty file is not a pack at all (NotAPackError, like any other non-zip).
-    with open_reader(file) as reader:
+    with open_reader(file, storage_options=storage_options) as reader:
         _deps.report(reader.dependency_mismatches([DEFAULT_SLOT]), mode, reader.label)
         return reader.load(DEFAULT_SLOT, trusted=trusted, verify=verify)
 

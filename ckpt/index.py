@@ -22,10 +22,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
-from . import _io, _recipe_json as _rj, aliases as _aliases
+from . import _recipe_json as _rj, aliases as _aliases
 from .errors import CkptError, FormatError, SelectorError
 from .recipes import Recipe
 from .selector import Match, Selector
+from .storage import open_file
 
 log = logging.getLogger("ckpt")
 
@@ -187,7 +188,8 @@ Table = dict[str, tuple[tuple[int, int, int], dict[str, Any]]]
 def _load_cache(path: str) -> tuple[Table, dict[str, Any]]:
     """(relative name -> (key, record), recipe table); both empty for a missing or malformed cache."""
     try:
-        with open(path, "rb") as f:
+        store, key = open_file(path)
+        with store.open_read(key) as f:
             data = f.read(MAX_INDEX_BYTES + 1)
     except FileNotFoundError:
         return {}, {}
@@ -230,8 +232,9 @@ def _save_cache(path: str, table: Table, recipes: dict[str, Any]) -> None:
            "entries": {rel: [*key, record] for rel, (key, record) in sorted(table.items())}}
     try:
         data = json.dumps(doc, separators=(",", ":"), allow_nan=True).encode("utf-8")
-        _io.remove_stale_temps(os.path.dirname(path), INDEX_NAME)
-        _io.atomic_write(path, lambda f: f.write(data))
+        store, key = open_file(path)
+        store.cleanup("", INDEX_NAME.__eq__)
+        store.commit(key, lambda f: f.write(data))
     except (OSError, TypeError, ValueError) as e:  # a read-only tree is searched without a cache
         log.info("find: cannot write the index %s: %s", path, e)
 

@@ -13,10 +13,11 @@ import os
 import tempfile
 from typing import Any, BinaryIO, Iterator, Mapping, Optional, Union
 
-from . import _io, _packfile, deps as _deps, manifest as _manifest, serializers as _ser
+from . import _packfile, deps as _deps, manifest as _manifest, serializers as _ser
 from ._packfile import DEFAULT_SLOT
 from .errors import ReadOnlyPackError, SlotExistsError, SlotNotFoundError
 from .manifest import ManifestInfo, SlotInfo, slot_name_problem
+from .storage import Storage, open_file
 
 log = logging.getLogger("ckpt")
 PathOrFile = Union[str, "os.PathLike[str]", BinaryIO]
@@ -44,9 +45,13 @@ class Pack:
     one :class:`~ckpt.errors.DependencyWarning`), ``"strict"`` (raise
     :class:`~ckpt.errors.DependencyError`) or ``"ignore"``. ``verify=False``
     skips the digest check on load (the structure is still validated).
+
+    ``file`` may be a local path, an ``os.PathLike``, an fsspec URL (``storage_options`` go to its
+    filesystem; each change is committed atomically as for a path) or a binary file object.
     """
 
-    def __init__(self, file: PathOrFile, *, deps: str = "warn", verify: bool = True):
+    def __init__(self, file: PathOrFile, *, deps: str = "warn", verify: bool = True,
+                 storage_options: Optional[dict[str, Any]] = None):
         self._deps = _deps.check_mode(deps)
         self._verify = verify
         self._path: Optional[str] = None
@@ -54,9 +59,12 @@ class Pack:
         self._handle: Optional[BinaryIO] = None
         self._reader: Optional[_packfile.PackReader] = None
         self._closed = False
+        self._store: Optional[Storage] = None
+        self._key = ""
         if isinstance(file, (str, os.PathLike)):
             self._path = os.fspath(file)
             self.label = self._path
+            self._store, self._key = open_file(file, storage_options)
             self._open_path()
         else:
             self._fobj = file
@@ -67,14 +75,15 @@ class Pack:
 
     # -- opening -----------------------------------------------------------
     def _open_path(self) -> None:
-        if self._path is None:
+        if self._store is None:
             return
         if self._handle is not None:
             self._handle.close()
             self._handle = None
         self._reader = None
-        if os.path.exists(self._path) and os.path.getsize(self._path) > 0:
-            self._handle = open(self._path, "rb")
+        info = self._store.stat(self._key)
+        if info is not None and info.size > 0:
+            self._handle = self._store.open_read(self._key)
             try:
                 self._reader = _packfile.PackReader(self._handle, self.label)
             except BaseException:
@@ -234,8 +243,8 @@ class Pack:
         def write(f: BinaryIO) -> None:
             _packfile.write_pack(f, new=new, source=r, keep=keep, metadata=meta, created_at=created)
 
-        if self._path is not None:
-            _io.atomic_write(self._path, write)
+        if self._store is not None:
+            self._store.commit(self._key, write)
             self._open_path()
             return
         f = self._fobj

@@ -15,8 +15,9 @@ from typing import Any, BinaryIO, Callable, Mapping, Optional, Union
 
 import numpy as np
 
-from . import _io, _packfile, _snapshot, collections as _coll, deps as _deps, serializers as _ser
+from . import _packfile, _snapshot, collections as _coll, deps as _deps, serializers as _ser
 from ._packfile import DEFAULT_SLOT, PackReader
+from .storage import Storage, open_file
 
 PathOrFile = Union[str, "os.PathLike[str]", BinaryIO]
 
@@ -38,20 +39,28 @@ def encode_slots(slots: Mapping[str, Any], serializers: Optional[Mapping[str, st
 
 
 def write_file(file: PathOrFile, slots: Mapping[str, Any], *, metadata: Optional[Mapping[str, Any]] = None,
-               serializers: Optional[Mapping[str, str]] = None, compression: Any = None) -> dict[str, Any]:
-    """Write a new pack holding ``slots`` (name -> value): atomically for a path, in place for a file object."""
-    return write_encoded(file, encode_slots(slots, serializers, compression=compression), metadata=metadata)
+               serializers: Optional[Mapping[str, str]] = None, compression: Any = None,
+               storage_options: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Write a new pack holding ``slots`` (name -> value): atomically for a path or URL, in place for a file
+    object."""
+    return write_encoded(file, encode_slots(slots, serializers, compression=compression), metadata=metadata,
+                         storage_options=storage_options)
 
 
 def write_encoded(file: PathOrFile, encoded: Mapping[str, _ser.Encoded], *,
-                  metadata: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
-    """Write already-encoded slots as a new pack (atomically for a path)."""
+                  metadata: Optional[Mapping[str, Any]] = None, storage_options: Optional[dict[str, Any]] = None,
+                  storage: Optional[Storage] = None) -> dict[str, Any]:
+    """Write already-encoded slots as a new pack: committed atomically for a path or URL (or the key ``file``
+    of ``storage``), in place for a file object."""
 
     def write(f: BinaryIO) -> dict[str, Any]:
         return _packfile.write_pack(f, new=encoded, metadata=metadata)
 
+    if storage is not None:
+        return storage.commit(str(file), write)
     if isinstance(file, (str, os.PathLike)):
-        return _io.atomic_write(os.fspath(file), write)
+        store, key = open_file(file, storage_options)
+        return store.commit(key, write)
     result = write(file)
     try:
         file.truncate()  # a reused file object may hold a longer, older pack after ours
@@ -62,28 +71,37 @@ def write_encoded(file: PathOrFile, encoded: Mapping[str, _ser.Encoded], *,
 
 
 class open_reader:
-    """Context manager giving a PackReader over a path or a file object (left open).
+    """Context manager giving a PackReader over a path, a URL, a key of ``storage``, or a file object (left
+    open).
 
     ``mmap=True`` maps the file, so ``read(name, copy=False)`` gives read-only zero-copy views;
-    only for files nothing truncates while the views live (a truncated mapping is SIGBUS).
+    only for local files nothing truncates while the views live (a truncated mapping is SIGBUS).
+    A local file is a real OS file, so reads keep their ``preadv`` fast path.
     """
 
-    def __init__(self, file: PathOrFile, *, mmap: bool = False):
+    def __init__(self, file: PathOrFile, *, mmap: bool = False, storage_options: Optional[dict[str, Any]] = None,
+                 storage: Optional[Storage] = None):
         self._file = file
         self._mmap = mmap
+        self._storage_options = storage_options
+        self._storage = storage
         self._handle: Optional[BinaryIO] = None
 
     def __enter__(self) -> PackReader:
-        if isinstance(self._file, (str, os.PathLike)):
-            path = os.fspath(self._file)
-            self._handle = open(path, "rb")
+        if self._storage is not None or isinstance(self._file, (str, os.PathLike)):
+            if self._storage is not None:
+                store, key = self._storage, str(self._file)
+            else:
+                store, key = open_file(self._file, self._storage_options)  # type: ignore[arg-type]
+            label = os.fspath(self._file) if self._storage is None else store.label(key)  # type: ignore[arg-type]
+            self._handle = store.open_read(key)
             try:
-                return PackReader(self._handle, path, mmap=self._mmap)
+                return PackReader(self._handle, label, mmap=self._mmap)
             except BaseException:
                 self._handle.close()
                 raise
-        label = getattr(self._file, "name", None)
-        return PackReader(self._file, label if isinstance(label, str) else repr(self._file), mmap=self._mmap)
+        name = getattr(self._file, "name", None)
+        return PackReader(self._file, name if isinstance(name, str) else repr(self._file), mmap=self._mmap)
 
     def __exit__(self, *exc: Any) -> None:
         if self._handle is not None:
@@ -151,8 +169,9 @@ def _value_arrays(targets: list[_coll.Target], values: Mapping[str, Any],
 
 
 def save_var_collection(file: PathOrFile, vc: Any, *, metadata: Optional[Mapping[str, Any]] = None,
-                        compression: Any = None) -> None:
-    """Save a collection of arrays to ``file`` (a path, written atomically, or a binary file object, left open).
+                        compression: Any = None, storage_options: Optional[dict[str, Any]] = None) -> None:
+    """Save a collection of arrays to ``file`` (a path or fsspec URL, written atomically, or a binary file object,
+    left open); ``storage_options`` go to the URL's filesystem.
 
     ``vc`` may be an objax VarCollection, a dict of name -> array, or a JAX pytree of
     arrays. The file opens with ``numpy.load`` and ``objax.io.load_var_collection``,
@@ -163,12 +182,14 @@ def save_var_collection(file: PathOrFile, vc: Any, *, metadata: Optional[Mapping
         raise TypeError(f"cannot save a {type(vc).__name__} as a variable collection: expected an objax "
                         "VarCollection, a dict of arrays or a pytree of arrays")
     write_file(file, {DEFAULT_SLOT: vc}, metadata=metadata, serializers={DEFAULT_SLOT: "arrays"},
-               compression=compression)
+               compression=compression, storage_options=storage_options)
 
 
 def load_var_collection(file: PathOrFile, vc: Any, renamer: _coll.Renamer = None, *, strict: bool = True,
-                        cast: bool = False, deps: str = "warn", verify: bool = True) -> Any:
-    """Restore ``vc`` from ``file`` (written by ckpt, objax or ``numpy.savez``); returns the restored collection.
+                        cast: bool = False, deps: str = "warn", verify: bool = True,
+                        storage_options: Optional[dict[str, Any]] = None) -> Any:
+    """Restore ``vc`` from ``file`` (a path, fsspec URL or file object, written by ckpt, objax or
+    ``numpy.savez``); returns the restored collection.
 
     objax VarCollections and dicts of arrays are updated in place (and returned);
     other pytrees are immutable, so the restored tree is returned. A pytree template
@@ -182,7 +203,7 @@ def load_var_collection(file: PathOrFile, vc: Any, renamer: _coll.Renamer = None
     are converted only when asked (``cast=True``).
     """
     mode = _deps.check_mode(deps)
-    with open_reader(file) as reader:
+    with open_reader(file, storage_options=storage_options) as reader:
         _deps.report(reader.dependency_mismatches([DEFAULT_SLOT]), mode, reader.label)
         prepared = prepare_restore(reader, DEFAULT_SLOT, vc, renamer=renamer, strict=strict, verify=verify,
                                    cast=cast)

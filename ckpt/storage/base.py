@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-from typing import BinaryIO, Callable, Iterable, Optional, Sequence, TypeVar
+from typing import Any, BinaryIO, Callable, Iterable, Optional, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -79,6 +79,14 @@ class Storage(abc.ABC):
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
 
+    def label(self, key: str) -> str:
+        """``key`` as the user would name it (a path or a URL), for messages and ``file=``."""
+        return f"{self.url.rstrip('/')}/{key}" if key else self.url
+
+    def isdir(self, prefix: str = "") -> bool:
+        """Whether the folder ``prefix`` exists (backends without folders: whether anything is under it)."""
+        return bool(self.list(prefix))
+
     def local_path(self, key: str) -> Optional[str]:
         """The OS path of ``key`` when the backend is a local filesystem (fast paths), else None."""
         return None
@@ -105,7 +113,7 @@ class Storage(abc.ABC):
         after ``timeout`` seconds; None waits forever)."""
 
     @abc.abstractmethod
-    def cleanup(self, prefix: str, target: Callable[[str], bool]) -> None:
+    def cleanup(self, prefix: str, target: Callable[[str], Any]) -> None:
         """Remove leftovers (temp files, uploads) of writers that are gone, for final keys under
         ``prefix`` that ``target`` accepts. Never touches committed objects."""
 
