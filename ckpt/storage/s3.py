@@ -76,14 +76,17 @@ class S3Storage(Storage):
         self.settings: _c.Settings
         self._pool: ThreadPoolExecutor
         self._leases: list[Lease]
+        self._made: set[str]
         if _shared is not None:
             self.client, self.settings, self._pool = _shared.client, _shared.settings, _shared._pool
             self._leases = _shared._leases
+            self._made = _shared._made
         else:
             self.client, self.settings = _c.make_client(storage_options or {})
             workers = 2 + self.settings.parts_in_flight + self.settings.readahead * 2
             self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckpt-s3")
             self._leases = []
+            self._made = set()
         self.endpoint = str(self.client.meta.endpoint_url)
 
     # -- naming ------------------------------------------------------------
@@ -185,10 +188,24 @@ class S3Storage(Storage):
                                    file=self.url) from None
             raise self._fail(e, "checking the bucket") from None
 
+    def isdir(self, prefix: str = "") -> bool:
+        """A folder exists once made (by this process) or once anything is stored under it."""
+        folder = self._abs(prefix.strip("/")) if prefix.strip("/") else self.prefix
+        if folder in self._made:
+            return True
+        try:
+            r = self.client.list_objects_v2(Bucket=self.bucket, Prefix=folder + "/" if folder else "", MaxKeys=1)
+        except Exception as e:
+            raise self._fail(e, "listing", prefix) from None
+        return bool(r.get("KeyCount") or r.get("Contents"))
+
     # -- writing -----------------------------------------------------------
     def makedirs(self, prefix: str = "") -> None:
-        """Folders are implicit on S3; this checks the bucket is there and reachable."""
-        self._check_bucket()
+        """Folders are implicit on S3: this checks the bucket is there and reachable, once."""
+        folder = self._abs(prefix.strip("/")) if prefix.strip("/") else self.prefix
+        if folder not in self._made:
+            self._check_bucket()
+            self._made.add(folder)
 
     def commit(self, key: str, write: Callable[[BinaryIO], T], *, exclusive: bool = False) -> T:
         full = self._abs(key)
