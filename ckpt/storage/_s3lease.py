@@ -32,8 +32,9 @@ class Lease:
     """The context manager :meth:`S3Storage.lock` returns."""
 
     def __init__(self, client: Any, bucket: str, key: str, url: str, *, ttl: float, timeout: Optional[float],
-                 cas: bool):
+                 cas: bool, label: str = ""):
         self._client, self._bucket, self._key, self.url = client, bucket, key, url
+        self.label = label or url
         self.ttl = float(ttl)
         self.timeout = timeout
         self._cas = cas
@@ -103,7 +104,7 @@ class Lease:
                 raise LockedError(
                     f"{self.url}: another writer ({doc.get('owner', 'unknown')}) holds the writer lease "
                     f"{self._key!r}; gave up after lock_timeout={self.timeout:g} s (a dead writer's lease is "
-                    f"taken over {ttl:g} s after its last renewal)", file=self.url)
+                    f"taken over {ttl:g} s after its last renewal)", file=self.label)
             wait = min(max(ttl / 10, 0.05), 1.0)
             if self.timeout is not None:
                 wait = min(wait, max(0.01, self.timeout - (now - start)))

@@ -262,7 +262,7 @@ class S3Storage(Storage):
 
     def lock(self, key: str, timeout: Optional[float] = None) -> contextlib.AbstractContextManager[None]:
         lease = Lease(self.client, self.bucket, self._abs(key), self.url, ttl=self.settings.lease_ttl,
-                      timeout=timeout, cas=self._conditional_writes())
+                      timeout=timeout, cas=self._conditional_writes(), label=self._url(key))
         return self._held(lease)
 
     def cleanup(self, prefix: str, target: Callable[[str], bool]) -> None:
