@@ -146,8 +146,8 @@ class Proxy:
                         if self.strip:
                             data = re.sub(rb"\r\n[Ii]f-(?:[Nn]one-)?[Mm]atch: [^\r]*", b"", data)
                     state["turn"] = "request"
-                else:
-                    state["turn"] = "response"
+                else:  # an interim "100 Continue" is not the answer: the request's body follows
+                    state["turn"] = "continue" if data.startswith(b"HTTP/1.1 100") else "response"
                 dst.sendall(data)
         except OSError:
             pass

@@ -56,6 +56,25 @@ def uploads(st: S3Storage) -> list[dict]:
     return st.client.list_multipart_uploads(Bucket=st.bucket).get("Uploads", [])
 
 
+def in_flight(st: S3Storage, operation: str) -> dict[str, int]:
+    """Tracks how many ``operation`` calls of ``st`` run at once (``["max"]``), by botocore event hooks."""
+    live = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    def up(**_):
+        with lock:
+            live["now"] += 1
+            live["max"] = max(live["max"], live["now"])
+
+    def down(**_):
+        with lock:
+            live["now"] -= 1
+
+    st.client.meta.events.register(f"before-call.s3.{operation}", up)
+    st.client.meta.events.register(f"after-call.s3.{operation}", down)
+    return live
+
+
 def run_writer(mode: str, endpoint: str, url: str, arg: str) -> subprocess.Popen:
     p = subprocess.Popen([sys.executable, os.path.join(HERE, "s3_writer.py"), mode, endpoint, url, arg],
                          stdout=subprocess.PIPE, text=True)
@@ -151,20 +170,7 @@ def test_restore_reads_large_blocks_in_parallel(s3_root):
     value = arrays(6, 4 * MiB)
     save(st, "big.npz", value)
     size = st.stat("big.npz").size
-    live = {"now": 0, "max": 0}
-    lock = threading.Lock()
-
-    def up(**_):
-        with lock:
-            live["now"] += 1
-            live["max"] = max(live["max"], live["now"])
-
-    def down(**_):
-        with lock:
-            live["now"] -= 1
-
-    st.client.meta.events.register("before-call.s3.GetObject", up)
-    st.client.meta.events.register("after-call.s3.GetObject", down)
+    live = in_flight(st, "GetObject")
     with counting(st) as c:
         out = ckpt.load(st.open_read("big.npz"))
     assert all(np.array_equal(out[k], value[k]) for k in value)
@@ -214,20 +220,7 @@ def test_object_replaced_while_reading_is_an_error(s3_root):
 # -- streaming upload: bounded memory, whole or nothing -----------------------------------------
 def test_multipart_upload_keeps_few_parts_in_flight(s3_root):
     st = storage(s3_root, part_size=5 * MiB, parts_in_flight=2)
-    live = {"now": 0, "max": 0}
-    lock = threading.Lock()
-
-    def up(**_):
-        with lock:
-            live["now"] += 1
-            live["max"] = max(live["max"], live["now"])
-
-    def down(**_):
-        with lock:
-            live["now"] -= 1
-
-    st.client.meta.events.register("before-call.s3.UploadPart", up)
-    st.client.meta.events.register("after-call.s3.UploadPart", down)
+    live = in_flight(st, "UploadPart")
     value = arrays(8, 4 * MiB)
     with counting(st) as c:
         save(st, "ckpt/1.npz", value)

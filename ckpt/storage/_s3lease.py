@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..errors import LockedError, StorageError
 from . import _s3client as _c
@@ -50,30 +50,32 @@ class Lease:
         return json.dumps({"ckpt_lease": 1, "owner": self.owner, "pid": os.getpid(), "host": socket.gethostname(),
                            "ttl": self.ttl, "beat": self._beats, "time": time.time()}).encode()
 
+    def _call(self, doing: str, expected: Callable[[BaseException], bool], fn: Callable[..., Any],
+              **kwargs: Any) -> Any:
+        """``fn(**kwargs)``; None when it failed as ``expected``; a StorageError for other S3 failures."""
+        try:
+            return fn(Bucket=self._bucket, Key=self._key, **kwargs)
+        except Exception as e:
+            if _c.is_network(e) and expected(e):
+                return None
+            if _c.is_network(e):
+                raise _c.storage_error(e, self.url, doing) from None
+            raise
+
     def _put(self, **cond: str) -> bool:
         """One conditional write of the lease; False when the condition failed."""
-        try:
-            r = self._client.put_object(Bucket=self._bucket, Key=self._key, Body=self._body(),
-                                        ContentType="application/json", **cond)
-        except Exception as e:
-            if _c.is_network(e) and _c.precondition_failed(e):
-                return False
-            if _c.is_network(e):
-                raise _c.storage_error(e, self.url, "taking the writer lease") from None
-            raise
+        r = self._call("taking the writer lease", _c.precondition_failed, self._client.put_object,
+                       Body=self._body(), ContentType="application/json", **cond)
+        if r is None:
+            return False
         self.etag = str(r.get("ETag", ""))
         return True
 
     def _current(self) -> Optional[tuple[str, dict[str, Any]]]:
-        try:
-            r = self._client.get_object(Bucket=self._bucket, Key=self._key)
-            raw = r["Body"].read()
-        except Exception as e:
-            if _c.is_network(e) and _c.not_found(e):
-                return None
-            if _c.is_network(e):
-                raise _c.storage_error(e, self.url, "reading the writer lease") from None
-            raise
+        r = self._call("reading the writer lease", _c.not_found, self._client.get_object)
+        if r is None:
+            return None
+        raw = r["Body"].read()
         try:
             doc = json.loads(raw)
         except ValueError:
