@@ -14,6 +14,7 @@ rebuilt, and it is never believed over the files' own keys.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ from . import _recipe_json as _rj, aliases as _aliases
 from .errors import CkptError, FormatError, SelectorError
 from .recipes import Recipe
 from .selector import Match, Selector
-from .storage import open_file
+from .storage import Storage, is_url, kind_of, open_file, open_storage, split_location
 
 log = logging.getLogger("ckpt")
 
@@ -86,11 +87,11 @@ class Entry:
 
 
 # -- reading one file -----------------------------------------------------------
-def _record_of(path: str) -> dict[str, Any]:
+def _record_of(path: str, storage_options: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The cacheable facts of one file, from its manifest; ``{"skip": why}`` for a file that is not a checkpoint."""
     from .varfile import open_reader
 
-    with open_reader(path) as reader:
+    with open_reader(path, storage_options=storage_options) as reader:
         if not reader.has_manifest:
             return {"skip": "no manifest (a plain .npz)", "plain": True}
         meta = reader.metadata
@@ -182,13 +183,45 @@ def _walk(root: str) -> tuple[list[_File], dict[str, dict[int, list[str]]]]:
     return files, aliases
 
 
+def _walk_storage(root: str, storage_options: Optional[dict[str, Any]]
+                  ) -> tuple[list[_File], dict[str, dict[int, list[str]]]]:
+    """:func:`_walk` over a URL: the same files (hidden names skipped), through the storage layer."""
+    store = open_storage(root, storage_options)
+    files: list[_File] = []
+    aliases: dict[str, dict[int, list[str]]] = {}
+    stack = [""]
+    while stack:
+        prefix = stack.pop()
+        directory = store.label(prefix)
+        run = _run_of(directory)
+        stack.extend(d for d in store.list_dirs(prefix) if not d.rsplit("/", 1)[-1].startswith("."))
+        for info in store.list(prefix):
+            name = info.key.rsplit("/", 1)[-1]
+            if name.startswith("."):
+                continue
+            if name == _aliases.ALIASES_NAME:
+                aliases[directory] = _aliases.by_index(store.child(prefix) if prefix else store)
+            elif name.endswith(".npz"):
+                files.append(_storage_file(store, info.key, name, directory, run, info.size, info.mtime_ns,
+                                           info.token))
+    return files, aliases
+
+
+def _storage_file(store: Storage, key: str, name: str, directory: str, run: str, size: int, mtime_ns: int,
+                  token: str) -> _File:
+    m = _STEP.match(name)
+    idx = int(m.group(1)) if m and name == "%010d.npz" % int(m.group(1)) else None
+    tag = int(hashlib.sha256(token.encode()).hexdigest()[:12], 16)  # the cache keeps three integers
+    return _File(key, store.label(key), directory, (size, mtime_ns, tag), run, idx)
+
+
 Table = dict[str, tuple[tuple[int, int, int], dict[str, Any]]]
 
 
-def _load_cache(path: str) -> tuple[Table, dict[str, Any]]:
+def _load_cache(path: str, storage_options: Optional[dict[str, Any]] = None) -> tuple[Table, dict[str, Any]]:
     """(relative name -> (key, record), recipe table); both empty for a missing or malformed cache."""
     try:
-        store, key = open_file(path)
+        store, key = open_file(path, storage_options)
         with store.open_read(key) as f:
             data = f.read(MAX_INDEX_BYTES + 1)
     except FileNotFoundError:
@@ -226,13 +259,14 @@ def _load_cache(path: str) -> tuple[Table, dict[str, Any]]:
     return out, recipes
 
 
-def _save_cache(path: str, table: Table, recipes: dict[str, Any]) -> None:
+def _save_cache(path: str, table: Table, recipes: dict[str, Any],
+                storage_options: Optional[dict[str, Any]] = None) -> None:
     used = {r["recipe"] for _, r in table.values() if r.get("recipe") is not None}
     doc = {"format": FORMAT_NAME, "version": VERSION, "recipes": {k: recipes[k] for k in sorted(used)},
            "entries": {rel: [*key, record] for rel, (key, record) in sorted(table.items())}}
     try:
         data = json.dumps(doc, separators=(",", ":"), allow_nan=True).encode("utf-8")
-        store, key = open_file(path)
+        store, key = open_file(path, storage_options)
         store.cleanup("", INDEX_NAME.__eq__)
         store.commit(key, lambda f: f.write(data))
     except (OSError, TypeError, ValueError) as e:  # a read-only tree is searched without a cache
@@ -240,11 +274,30 @@ def _save_cache(path: str, table: Table, recipes: dict[str, Any]) -> None:
 
 
 def index(root: Union[str, "os.PathLike[str]"], *, cache: bool = True,
-          skipped: Optional[list[tuple[str, str]]] = None) -> list[Entry]:
-    """Every checkpoint under ``root`` (a tree of runs, a log directory or one file), in (run, idx, path) order.
+          skipped: Optional[list[tuple[str, str]]] = None,
+          storage_options: Optional[dict[str, Any]] = None) -> list[Entry]:
+    """Every checkpoint under ``root`` (a tree of runs, a log directory or one file; a path or an fsspec URL),
+    in (run, idx, path) order.
 
     Damaged files are left out (logged); with ``skipped``, ``(path, why)`` of each is appended to it.
     """
+    if is_url(root):
+        url = str(root).rstrip("/")
+        kind = kind_of(url, storage_options)
+        if kind is None:
+            raise FileNotFoundError(2, "No such file or directory", url)
+        if kind == "file":
+            directory, name = split_location(url)
+            store, key = open_file(url, storage_options)
+            info = store.stat(key)
+            if info is None:
+                raise FileNotFoundError(2, "No such file or directory", url)
+            files = [_storage_file(store, key, name, directory, _run_of(directory), info.size, info.mtime_ns,
+                                   info.token)]
+            return _index_files(url, files, {directory: _aliases.by_index(store)}, False, skipped,
+                                storage_options)
+        files, aliases = _walk_storage(url, storage_options)
+        return _index_files(url, files, aliases, cache, skipped, storage_options)
     root = os.path.abspath(os.fspath(root))
     if os.path.isfile(root):
         directory, name = os.path.split(root)
@@ -255,8 +308,14 @@ def index(root: Union[str, "os.PathLike[str]"], *, cache: bool = True,
         files, aliases = _walk(root)
     else:
         raise FileNotFoundError(2, "No such file or directory", root)
-    cache_path = os.path.join(root, INDEX_NAME)
-    table, recipes = _load_cache(cache_path) if cache else ({}, {})
+    return _index_files(root, files, aliases, cache, skipped, None)
+
+
+def _index_files(root: str, files: list[_File], aliases: dict[str, dict[int, list[str]]], cache: bool,
+                 skipped: Optional[list[tuple[str, str]]], storage_options: Optional[dict[str, Any]]) -> list[Entry]:
+    """Entries of ``files`` (manifests read where the index cache at ``root`` is stale)."""
+    cache_path = f"{root}/{INDEX_NAME}" if is_url(root) else os.path.join(root, INDEX_NAME)
+    table, recipes = _load_cache(cache_path, storage_options) if cache else ({}, {})
     fresh: Table = {}
     built: dict[str, Optional[Recipe]] = {}  # one Recipe per distinct record: a run's checkpoints share it
     changed = False
@@ -268,7 +327,7 @@ def index(root: Union[str, "os.PathLike[str]"], *, cache: bool = True,
         else:
             changed = True
             try:
-                record = _record_of(f.path)
+                record = _record_of(f.path) if storage_options is None else _record_of(f.path, storage_options)
             except FileNotFoundError:
                 continue
             except (CkptError, OSError, ValueError) as e:
@@ -294,7 +353,7 @@ def index(root: Union[str, "os.PathLike[str]"], *, cache: bool = True,
         if entry is not None:
             out.append(entry)
     if cache and (changed or len(fresh) != len(table)):
-        _save_cache(cache_path, fresh, recipes)
+        _save_cache(cache_path, fresh, recipes, storage_options)
     out.sort(key=lambda e: (e.run, -1 if e.idx is None else e.idx, e.path))
     return out
 
@@ -326,8 +385,9 @@ def _ordered(entries: list[Entry], order_by: str) -> list[Entry]:
 
 def find(root: Union[str, "os.PathLike[str]"], selector: Union[Match, Callable[[Entry], Any], str, None] = None, *,
          order_by: Optional[str] = None, limit: Optional[int] = None, alias: Optional[str] = None,
-         cache: bool = True, skipped: Optional[list[tuple[str, str]]] = None) -> list[Entry]:
-    """The checkpoints under ``root`` that ``selector`` (and ``alias``) match, as light :class:`Entry` records.
+         cache: bool = True, skipped: Optional[list[tuple[str, str]]] = None,
+         storage_options: Optional[dict[str, Any]] = None) -> list[Entry]:
+    """The checkpoints under ``root`` (a path or fsspec URL) that ``selector`` (and ``alias``) match, as light :class:`Entry` records.
 
     ``root`` is a tree of runs, one log directory or one checkpoint file. ``selector`` is a
     :class:`~ckpt.Selector`, a callable taking an :class:`Entry`, a dict of Selector arguments,
@@ -355,7 +415,7 @@ def find(root: Union[str, "os.PathLike[str]"], selector: Union[Match, Callable[[
     if alias is not None:
         _aliases.check_name(alias)
     out = []
-    for e in index(root, cache=cache, skipped=skipped):
+    for e in index(root, cache=cache, skipped=skipped, storage_options=storage_options):
         if alias is not None and alias not in e.aliases:
             continue
         if match is None or match(e):

@@ -217,6 +217,17 @@ def test_delete_removes_objects_and_ignores_missing_ones(store):
 
 
 # -- folders -------------------------------------------------------------------------------
+def test_list_dirs_names_the_folders_of_one_level(store):
+    store.makedirs("runs/a/ckpt")
+    store.makedirs("runs/b")
+    _put(store, "runs/b/x.npz", b"x")
+    _put(store, "top.bin", b"t")
+    assert store.list_dirs() == ["runs"]
+    assert sorted(store.list_dirs("runs")) == ["runs/a", "runs/b"]
+    assert store.list_dirs("runs/b") == []
+    assert store.list_dirs("missing") == []
+
+
 def test_child_storage_is_rooted_at_a_folder(store):
     store.makedirs("run/ckpt")
     child = store.child("run/ckpt")

@@ -337,3 +337,20 @@ def test_a_checkpoint_on_an_open_storage(tmp_path):
     assert [i.key for i in store.list("ckpt") if i.key.endswith(".npz")] == ["ckpt/0000000012.npz"]
     with pytest.raises(ValueError, match="storage_options"):
         ckpt.Checkpoint(store, storage_options={"x": 1})
+
+
+def test_find_walks_a_tree_of_runs_at_a_url(url):
+    for run, loss in (("a", 0.5), ("b", 0.25)):
+        ck = ckpt.Checkpoint(f"{url}/{run}", keep_ckpts=None, verbose=False)
+        ck.save(weights(), 1, metrics={"loss": loss * 2})
+        ck.save(weights(), 2, metrics={"loss": loss})
+    ckpt.Checkpoint(f"{url}/b", verbose=False).alias("best", 2)
+    found = ckpt.find(url, order_by="loss")
+    assert [(e.run, e.idx) for e in found] == [(f"{url}/b", 2), (f"{url}/a", 2), (f"{url}/b", 1), (f"{url}/a", 1)]
+    assert found[0].path == f"{url}/b/ckpt/0000000002.npz" and found[0].aliases == ("best",)
+    assert [e.idx for e in ckpt.find(url, alias="best")] == [2]
+    assert open_storage(url).stat(".ckpt-index.json") is not None  # the cache went through the storage too
+    again = ckpt.find(url, order_by="loss")  # from the cache
+    assert [(e.run, e.idx) for e in again] == [(e.run, e.idx) for e in found]
+    one = ckpt.find(f"{url}/a/ckpt/0000000001.npz")
+    assert [e.idx for e in one] == [1]

@@ -20,6 +20,7 @@ and in docs/ARCHITECTURE.md; the contract every backend keeps is:
 from __future__ import annotations
 
 import abc
+import builtins
 import contextlib
 import dataclasses
 from typing import Any, BinaryIO, Callable, Iterable, Optional, Sequence, TypeVar
@@ -75,6 +76,10 @@ class Storage(abc.ABC):
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         """Committed objects directly under the folder ``prefix`` (``""`` is the root; not
         recursive, no temp files or uploads in progress), in no particular order."""
+
+    def list_dirs(self, prefix: str = "") -> "builtins.list[str]":
+        """Keys of the folders directly under ``prefix`` (for walking a tree of runs; not recursive)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list folders")
 
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None

@@ -21,6 +21,7 @@ lease (``lock_ttl``, 60 s).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import functools
 import hashlib
@@ -185,6 +186,14 @@ class FsspecStorage(Storage):
                 continue
             out.append(self._info(lead + name, info))
         return out
+
+    def list_dirs(self, prefix: str = "") -> "builtins.list[str]":
+        lead = prefix + "/" if prefix else ""
+        try:
+            found = self.fs.ls(self.path(prefix), detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [lead + info["name"].rstrip("/").rsplit("/", 1)[-1] for info in found if info.get("type") == "directory"]
 
     def _supports_refresh(self) -> bool:
         return not self._exact and self.fs.protocol not in ("file", "local", ("file", "local"))

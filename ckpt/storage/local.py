@@ -18,6 +18,7 @@ Every primitive goes through :data:`ckpt._io.ops`, so tests can record or fail e
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import logging
@@ -237,6 +238,14 @@ class LocalStorage(Storage):
             if out or not changed:
                 return out
         return out
+
+    def list_dirs(self, prefix: str = "") -> "builtins.list[str]":
+        lead = prefix + "/" if prefix else ""
+        try:
+            with os.scandir(self.path(prefix)) as it:
+                return [lead + e.name for e in it if e.is_dir(follow_symlinks=False)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
 
     def commit(self, key: str, write: Callable[[BinaryIO], T], *, exclusive: bool = False) -> T:
         return atomic_write(self._object(key), write, exclusive=exclusive)
