@@ -17,6 +17,7 @@ Options (``storage_options``) follow s3fs (``key``, ``secret``, ``token``, ``end
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import threading
@@ -176,6 +177,24 @@ class S3Storage(Storage):
                                           int(o["LastModified"].timestamp() * 1e9), str(o.get("ETag", ""))))
         except Exception as e:
             raise self._fail(e, "listing", prefix) from None
+        return out
+
+    def list_dirs(self, prefix: str = "") -> "builtins.list[str]":
+        """The "folders" directly under ``prefix``: the common prefixes of a delimited listing, and
+        the folders this process made there (S3 has no empty folders)."""
+        folder = self._abs(prefix.strip("/")) + "/" if prefix.strip("/") else (self.prefix + "/" if self.prefix else "")
+        out: builtins.list[str] = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder,
+                                                                               Delimiter="/"):
+                out.extend(self._rel(p["Prefix"].rstrip("/")) for p in page.get("CommonPrefixes", []))
+        except Exception as e:
+            raise self._fail(e, "listing", prefix) from None
+        for made in self._made:  # folders this process made hold nothing yet, but exist for it
+            if made.startswith(folder) and made != folder.rstrip("/"):
+                child = self._rel(folder + made[len(folder):].split("/", 1)[0])
+                if child not in out:
+                    out.append(child)
         return out
 
     def _check_bucket(self) -> None:
