@@ -160,7 +160,7 @@ class PackReader:
             m = self.members[name]
             return _objects.object_head(self.objects_at, m.algorithm, m.digest or "", name, m.zip.size, n,
                                         label=self.label)
-        zm = self.members[name].zip
+        zm = self.zip.locate(self.members[name].zip)
         if zm.method == _zip.STORED:
             self.f.seek(self.zip._base + zm.data_offset)
             return self.f.read(min(n, zm.size))
@@ -239,6 +239,7 @@ class PackReader:
 
         def job(name: str) -> tuple[str, Any]:
             m = self.members[name]
+            self.zip.locate(m.zip)
             buf: Any = bytearray(0) if m.zip.size == 0 else np.empty(m.zip.size, dtype=np.uint8)
             view = memoryview(buf).cast("B") if m.zip.size else memoryview(buf)
             done = 0
@@ -261,6 +262,7 @@ class PackReader:
     def _view(self, m: _Member) -> memoryview:
         if self.mm is None:
             raise InternalError(f"{self.label}: internal error: a mapped read without a mapping", file=self.label)
+        self.zip.locate(m.zip)
         return memoryview(self.mm)[m.zip.data_offset:m.zip.data_offset + m.zip.size]
 
     def verify_members(self, names: Iterable[str], *, slot: Optional[str] = None) -> None:

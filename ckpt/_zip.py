@@ -332,6 +332,10 @@ class ZipReader:
         f.seek(0, 2)
         self.size = f.tell() - self._base
         self.members: dict[str, Member] = {}
+        # Remote files (S3) set ``ckpt_lazy_headers``: each local header is then checked when its
+        # member is first read, so opening costs one tail read instead of a request per member.
+        self._lazy = bool(getattr(f, "ckpt_lazy_headers", False))
+        self._next_start: dict[str, tuple[int, Optional[str]]] = {}
         self._parse()
 
     # -- low-level reads -------------------------------------------------
@@ -488,33 +492,49 @@ class ZipReader:
 
     def _locate_data(self, cd_offset: int) -> None:
         ordered = sorted(self.members.values(), key=lambda m: m.header_offset)
-        for m in ordered:
-            head = self._pread(m.header_offset, _LOCAL.size)
-            sig, _, local_flags, _, _, _, _, _, _, name_len, extra_len = _LOCAL.unpack(head)
-            if sig != LOCAL_SIG:
-                self._fail(f"local header of member {m.name!r} at offset {m.header_offset} has a bad signature")
-            local_name = self._pread(m.header_offset + _LOCAL.size, name_len)
-            try:  # decoded as zipfile decodes it: by the local header's own UTF-8 flag
-                local_text = local_name.decode("utf-8" if local_flags & _FLAG_UTF8 else "cp437")
-            except UnicodeDecodeError:
-                local_text = None
-            if local_text != m.name:
-                self._fail(f"member {m.name!r}: local header names it {local_name!r}")
-            m.data_offset = m.header_offset + _LOCAL.size + name_len + extra_len
+        # What follows each member (the next one's header, or the directory): a member's data must
+        # end there, with at most a data descriptor between (checked by _locate).
+        self._next_start = {m.name: ((ordered[i + 1].header_offset, ordered[i + 1].name) if i + 1 < len(ordered)
+                                     else (cd_offset, None)) for i, m in enumerate(ordered)}
+        self._check_gap(None, 0, ordered[0].header_offset if ordered else cd_offset)
+        previous_end, previous = 0, None
+        for m in ordered:  # overlaps are caught from the directory alone (a local header is >= 30 bytes)
+            if m.header_offset < previous_end:
+                self._fail(f"members {previous!r} and {m.name!r} overlap (a zip bomb or a damaged file)")
+            previous_end, previous = m.header_offset + _LOCAL.size + m.compressed_size, m.name
+        if not self._lazy:
+            for m in ordered:
+                self.locate(m)
+
+    def locate(self, m: Member) -> Member:
+        """Read and check ``m``'s local header (once): its name, where its data starts, and that its
+        data ends where the next member (or the directory) begins. Opening does this for every
+        member, except over remote files that defer it to the member's first read (few requests)."""
+        if m.data_offset >= 0:
+            return m
+        head = self._pread(m.header_offset, _LOCAL.size)
+        sig, _, local_flags, _, _, _, _, _, _, name_len, extra_len = _LOCAL.unpack(head)
+        if sig != LOCAL_SIG:
+            self._fail(f"local header of member {m.name!r} at offset {m.header_offset} has a bad signature")
+        local_name = self._pread(m.header_offset + _LOCAL.size, name_len)
+        try:  # decoded as zipfile decodes it: by the local header's own UTF-8 flag
+            local_text = local_name.decode("utf-8" if local_flags & _FLAG_UTF8 else "cp437")
+        except UnicodeDecodeError:
+            local_text = None
+        if local_text != m.name:
+            self._fail(f"member {m.name!r}: local header names it {local_name!r}")
+        data_offset = m.header_offset + _LOCAL.size + name_len + extra_len
         # Members tile the file from offset 0 to the directory: no bytes a streaming reader could
         # take for a member the directory does not list (only a data descriptor may follow data).
-        previous_end = 0
-        previous: Optional[Member] = None
-        for m in ordered:
-            if m.header_offset < previous_end:
-                self._fail(f"members {previous.name if previous else None!r} and {m.name!r} overlap "
-                           "(a zip bomb or a damaged file)")
-            self._check_gap(previous, previous_end, m.header_offset)
-            end = m.data_offset + m.compressed_size
-            if end > cd_offset:
-                self._fail(f"member {m.name!r} ends at {end}, past the central directory at {cd_offset}")
-            previous_end, previous = end, m
-        self._check_gap(previous, previous_end, cd_offset)
+        end = data_offset + m.compressed_size
+        following, nxt = self._next_start[m.name]
+        if end > following:
+            if nxt is None:
+                self._fail(f"member {m.name!r} ends at {end}, past the central directory at {following}")
+            self._fail(f"members {m.name!r} and {nxt!r} overlap (a zip bomb or a damaged file)")
+        self._check_gap(m, end, following)
+        m.data_offset = data_offset
+        return m
 
     def _check_gap(self, before: Optional[Member], start: int, end: int) -> None:
         gap = end - start
@@ -531,6 +551,7 @@ class ZipReader:
         """Yield the uncompressed bytes of ``m``, checking its length and (optionally) CRC."""
         crc = 0
         produced = 0
+        self.locate(m)
         if m.method == STORED:
             pos, left = m.data_offset, m.size
             while left:
@@ -577,6 +598,7 @@ class ZipReader:
 
     def read(self, m: Member, *, check_crc: bool = True) -> bytes:
         """The whole member, uncompressed."""
+        self.locate(m)
         if m.method == STORED:
             data = self._pread(m.data_offset, m.size)
             found = _crc.crc32(data) if check_crc else m.crc

@@ -310,3 +310,17 @@ class OutputExistsError(CkptError, FileExistsError):
 class ConversionError(CkptError, ValueError):
     """A checkpoint's arrays cannot be written in the requested format (a dtype or a name the target
     cannot hold, a slot that holds no arrays); nothing was written. ``file`` names the source."""
+
+
+# -- object storage (issue 16) ---------------------------------------------------
+__all__ += ["ObjectExistsError", "StorageWarning"]
+
+
+class ObjectExistsError(CkptError, FileExistsError):
+    """A create-only commit found the object already there (another writer saved that step first);
+    nothing was replaced and nothing of this save is visible."""
+
+
+class StorageWarning(UserWarning):
+    """A store lacks a guarantee ckpt would use (e.g. it ignores conditional writes) and ckpt falls
+    back to a weaker one; said once per store."""

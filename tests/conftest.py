@@ -132,3 +132,7 @@ def make_model(objax):
         raise ValueError(kind)
 
     return make
+
+
+# The S3 server fixtures (issue 16); moto is imported only when a test asks for them.
+from s3_server import s3_endpoint, s3_root  # noqa: E402,F401

@@ -3,7 +3,8 @@
 :func:`open_storage` turns what a user passes as a location into a :class:`Storage`: a local
 path or ``os.PathLike`` (and a ``file://`` URL, which names one exactly) is
 :class:`~ckpt.storage.local.LocalStorage`; any other ``scheme://`` URL goes to fsspec
-(:class:`~ckpt.storage.fsspec.FsspecStorage`, the optional ``ckpt[fsspec]`` extra). A name is
+(:class:`~ckpt.storage.fsspec.FsspecStorage`, the optional ``ckpt[fsspec]`` extra), except
+``s3://`` (and ``s3a://``), which is :class:`~ckpt.storage.s3.S3Storage` (``ckpt[s3]``). A name is
 never a URL by accident: ``memory:run`` (no ``//``) is a local folder, ``memory://run`` is not.
 """
 
@@ -63,6 +64,10 @@ def open_storage(location: Location, storage_options: Optional[dict[str, Any]] =
         local = _local_file_url(url)
         if local is not None and not storage_options:
             return LocalStorage(local, url=url)
+        if url.split("://", 1)[0].lower() in ("s3", "s3a"):  # ckpt's own S3 backend (issue 16)
+            from .s3 import S3Storage
+
+            return S3Storage(url, storage_options)
         from .fsspec import FsspecStorage
 
         return FsspecStorage(url, storage_options)
