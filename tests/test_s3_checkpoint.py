@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import threading
 
 import numpy as np
@@ -123,3 +124,48 @@ def test_missing_bucket_is_one_clear_error(s3_root):
     reader = ckpt.Checkpoint("s3://no-such-bucket-16/run", storage_options=opts, makedir=False)
     with pytest.raises(StorageError, match="s3://no-such-bucket-16/run"):
         reader.indices()
+
+
+def _ckpt_command(*argv: str, endpoint: str) -> "subprocess.CompletedProcess[str]":
+    """The real ``ckpt`` command in a child process that knows the store only from AWS variables."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", "ckpt", *argv], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def test_the_ckpt_command_on_a_bucket(s3_root, s3_endpoint):
+    """ls, info, verify, export and prune on s3:// URLs with only the usual AWS environment variables."""
+    import json
+
+    root, opts = s3_root
+    ck = ckpt.Checkpoint(root, keep_ckpts=None, storage_options=opts, verbose=False)
+    for i in (1, 2, 3):
+        ck.save(state(i), i, metrics={"loss": 1.0 / i})
+    done = _ckpt_command("ls", root, "--json", endpoint=s3_endpoint)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert [r["step"] for r in doc["checkpoints"]] == [1, 2, 3]
+    assert [r["metrics"]["loss"] for r in doc["checkpoints"]] == [1.0, 0.5, 1.0 / 3]
+    file = f"{root}/ckpt/{3:010d}.npz"
+    done = _ckpt_command("verify", root, endpoint=s3_endpoint)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    done = _ckpt_command("info", file, endpoint=s3_endpoint)
+    assert done.returncode == 0 and "float64" in done.stdout and "(64, 64)" in done.stdout, done.stderr
+    done = _ckpt_command("export", file, f"{root}/exported.npz", endpoint=s3_endpoint)
+    assert done.returncode == 0, done.stderr
+    back = ckpt.load(f"{root}/exported.npz", storage_options=opts)
+    for k, v in state(3).items():
+        np.testing.assert_array_equal(back[k], v)
+    done = _ckpt_command("prune", root, "--keep", "1", endpoint=s3_endpoint)
+    assert done.returncode == 0, done.stderr
+    assert ckpt.Checkpoint(root, storage_options=opts, verbose=False).indices() == [3]
+
+
+def test_the_ckpt_command_on_a_missing_bucket_prints_one_line(s3_endpoint):
+    done = _ckpt_command("ls", "s3://no-such-bucket-ckpt/run", endpoint=s3_endpoint)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "no-such-bucket-ckpt" in done.stderr
