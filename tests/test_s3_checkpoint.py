@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -126,11 +128,8 @@ def test_missing_bucket_is_one_clear_error(s3_root):
         reader.indices()
 
 
-def _ckpt_command(*argv: str, endpoint: str) -> "subprocess.CompletedProcess[str]":
+def _ckpt_command(*argv: str, endpoint: str) -> subprocess.CompletedProcess[str]:
     """The real ``ckpt`` command in a child process that knows the store only from AWS variables."""
-    import subprocess
-    import sys
-
     env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "JAX_PLATFORMS": "cpu"}
     return subprocess.run([sys.executable, "-m", "ckpt", *argv], capture_output=True, text=True, env=env,
