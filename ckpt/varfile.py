@@ -50,15 +50,15 @@ def write_file(file: PathOrFile, slots: Mapping[str, Any], *, metadata: Optional
 
 def write_encoded(file: PathOrFile, encoded: Mapping[str, _ser.Encoded], *,
                   metadata: Optional[Mapping[str, Any]] = None, storage_options: Optional[dict[str, Any]] = None,
-                  storage: Optional[Storage] = None) -> dict[str, Any]:
+                  storage: Optional[Storage] = None, exclusive: bool = False) -> dict[str, Any]:
     """Write already-encoded slots as a new pack: committed atomically for a path or URL (or the key ``file``
-    of ``storage``), in place for a file object."""
+    of ``storage``; ``exclusive``: never replacing an existing one), in place for a file object."""
 
     def write(f: BinaryIO) -> dict[str, Any]:
         return _packfile.write_pack(f, new=encoded, metadata=metadata)
 
     if storage is not None:
-        return storage.commit(str(file), write)
+        return storage.commit(str(file), write, exclusive=exclusive)
     if isinstance(file, (str, os.PathLike)):
         store, key = open_file(file, storage_options)
         return store.commit(key, write)

@@ -168,3 +168,23 @@ def test_the_ckpt_command_on_a_missing_bucket_prints_one_line(s3_endpoint):
     done = _ckpt_command("ls", "s3://no-such-bucket-ckpt/run", endpoint=s3_endpoint)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "no-such-bucket-ckpt" in done.stderr
+
+
+def test_a_second_save_of_a_committed_step_is_refused_not_overwritten(s3_root):
+    """On a bucket a step is committed create-only: another writer of the same step (here a second
+    manager, after the first released the lease) gets ObjectExistsError and the first one's data stays."""
+    from ckpt.errors import ObjectExistsError
+
+    root, opts = s3_root
+    first = ckpt.Checkpoint(root, storage_options=opts, verbose=False)
+    first.save(state(1), 3)
+    first.close()
+    second = ckpt.Checkpoint(root, storage_options=opts, verbose=False)
+    with pytest.raises(ObjectExistsError, match="0000000003.npz") as info:
+        second.save(state(2), 3)
+    assert isinstance(info.value, FileExistsError) and info.value.file.endswith("0000000003.npz")
+    back = second.load(3)
+    np.testing.assert_array_equal(back["w"], state(1)["w"])
+    assert second.indices() == [3]
+    second.save(state(4), 4)  # the next step saves as usual
+    assert second.indices() == [3, 4]

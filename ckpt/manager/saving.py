@@ -130,7 +130,8 @@ class Saving(Pruning):
 
         def write() -> None:
             slots = saver.store(encoded.plan, encoded) if saver is not None else encoded  # type: ignore[attr-defined]
-            write_encoded(self.key(idx), slots, metadata=metadata, storage=self.storage)
+            write_encoded(self.key(idx), slots, metadata=metadata, storage=self.storage,
+                          exclusive=self.storage.create_only_steps)
             if saver is not None:
                 saver.committed(encoded.plan)  # type: ignore[attr-defined]
 

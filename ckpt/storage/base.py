@@ -48,6 +48,11 @@ class Storage(abc.ABC):
     #: The root as the user gave it, for messages (a path or a URL).
     url: str
 
+    #: Whether the manager commits each step create-only here: a committed step is never replaced by
+    #: another save of the same index (object stores, where a second writer of a step must fail, not
+    #: overwrite). Local folders and fsspec keep replace semantics.
+    create_only_steps: bool = False
+
     # -- reading ---------------------------------------------------------------
     @abc.abstractmethod
     def open_read(self, key: str) -> BinaryIO:

@@ -69,6 +69,8 @@ def _check_key(key: str) -> str:
 class S3Storage(Storage):
     """One ``s3://bucket/prefix`` root (see the module docstring for its guarantees)."""
 
+    create_only_steps = True  # a second writer of a step gets ObjectExistsError, never an overwrite
+
     def __init__(self, url: str, storage_options: Optional[Mapping[str, Any]] = None, *,
                  _shared: Optional["S3Storage"] = None):
         self.bucket, self.prefix = split_url(url)
