@@ -241,10 +241,22 @@ def _plant_lock(store, owner, expires):
     store.commit(".lock", lambda f: f.write(doc))
 
 
+def _lock_owner(store):
+    import json
+
+    return json.loads(store.read_range(".lock", 0, 4096).decode())["owner"]
+
+
+def _this_host():
+    from ckpt.storage import fsspec as backend
+
+    return backend._HOST
+
+
 def test_an_expired_lock_object_of_another_host_is_taken_over(memory_store):
     _plant_lock(memory_store, "deadbeef-123-1-00000000", expires=-5)
     with memory_store.lock(".lock", timeout=5):
-        pass
+        assert _lock_owner(memory_store).startswith(f"{_this_host()}-{os.getpid()}-")  # taken over: ours now
 
 
 def test_a_live_lease_of_another_host_is_respected(memory_store):
@@ -265,7 +277,7 @@ def test_a_dead_process_on_this_host_loses_its_lock_at_once(memory_store):
     p.wait()
     _plant_lock(memory_store, f"{backend._HOST}-{p.pid}-1-00000000", expires=60)
     with memory_store.lock(".lock", timeout=5):
-        pass
+        assert _lock_owner(memory_store).startswith(f"{backend._HOST}-{os.getpid()}-")  # the dead pid's is gone
 
 
 def test_a_held_lock_is_refreshed_past_its_lease(memory_store):
