@@ -13,7 +13,7 @@ import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterable, Mapping, Optional
+from typing import Any, BinaryIO, Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
@@ -408,20 +408,37 @@ def write_pack(
     """
     algorithm = digest or _digest.default()
     writer = _zip.ZipWriter(f)
+    try:
+        return _write_members(writer, new, source, keep, metadata, created_at, algorithm)
+    finally:
+        writer.drain()  # digests still running read the callers' buffers: none outlives the call
+
+
+def _write_members(writer: _zip.ZipWriter, new: Mapping[str, Encoded], source: Optional[PackReader],
+                   keep: Iterable[str], metadata: Optional[Mapping[str, Any]], created_at: Optional[str],
+                   algorithm: str) -> dict[str, SlotInfo]:
     now = _manifest.utc_now()
     out_members: dict[str, dict[str, Any]] = {}
-    by_hash: dict[tuple[str, str, int], str] = {}
+    by_size: dict[int, list[_zip.Written]] = {}  # members written so far, by size: dedup candidates
     by_identity: dict[int, str] = {}
     reserved = {member_prefix(s) + m.suffix for s, enc in new.items() for m in enc.members}
     reserved.add(MANIFEST_MEMBER)
-    slots: dict[str, SlotInfo] = {}
+    # Digests may still be computing on the hashing thread (_zip._Behind): everything that needs them
+    # (copy checks, slot digests) is settled once every member is written.
+    written_as: dict[str, _zip.Written] = {}
+    copy_checks: list[tuple[_zip.Written, _Member, str, str, str]] = []
+    pending_slots: list[tuple[str, Callable[[list[str]], SlotInfo], list[str]]] = []
 
     def record(written: _zip.Written) -> None:
-        out_members[written.member.name] = {"size": written.member.size, written.algorithm: written.digest}
-        by_hash.setdefault((written.algorithm, written.digest, written.member.size), written.member.name)
+        written_as[written.member.name] = written
+        by_size.setdefault(written.member.size, []).append(written)
 
-    def digests(names: list[str]) -> list[str]:
-        return [_digest.of(out_members[n])[1] for n in names]  # type: ignore[index]
+    def same_as(written: _zip.Written) -> Optional[str]:
+        """An earlier member with the same bytes (only same-size ones need their digest now)."""
+        for w in by_size.get(written.member.size, []):
+            if w.algorithm == written.algorithm and w.digest == written.digest:
+                return w.member.name
+        return None
 
     if source is not None:
         copied: dict[str, str] = {}
@@ -431,23 +448,22 @@ def write_pack(
             for member in info.members:
                 if member not in copied:
                     m = source.members[member]
-                    out = _unique(member, reserved | set(out_members))
+                    out = _unique(member, reserved | set(out_members) | set(written_as))
                     written = writer.add(out, m.zip.size, source.member_chunks(member),
                                          algorithm=m.algorithm if m.digest is not None else algorithm)
-                    if m.digest is not None and written.digest != m.digest:
-                        raise ChecksumError(
-                            f"{source.label}: slot {slot_name!r} member {member!r} is corrupt ({m.algorithm} "
-                            "mismatch); refusing to copy it into a new pack",
-                            file=source.label, slot=slot_name, member=member, expected=m.digest,
-                            found=written.digest,
-                        )
+                    if m.digest is not None:
+                        copy_checks.append((written, m, source.label, slot_name, member))
                     record(written)
                     copied[member] = out
                 names.append(copied[member])
             kept = info.algorithm if info.digest is not None else algorithm
-            slots[slot_name] = SlotInfo(info.serializer, names, sum(out_members[n]["size"] for n in names),
-                                        _manifest.slot_digest(digests(names), kept), info.created_at or now,
-                                        dict(info.dependencies), dict(info.info), kept)
+
+            def kept_slot(names: list[str], info: SlotInfo = info, kept: str = kept) -> SlotInfo:
+                return SlotInfo(info.serializer, names, sum(out_members[n]["size"] for n in names),
+                                _manifest.slot_digest(digests(names), kept), info.created_at or now,
+                                dict(info.dependencies), dict(info.info), kept)
+
+            pending_slots.append((slot_name, kept_slot, names))
 
     for slot_name, enc in new.items():
         prefix = member_prefix(slot_name)
@@ -466,10 +482,10 @@ def write_pack(
                 continue
             name = prefix + src.suffix
             written = writer.add(name, src.size, src.chunks(), exact=src.exact, algorithm=algorithm)
-            key = (written.algorithm, written.digest, written.member.size)
-            if dedup and key in by_hash and writer.can_rollback:
+            earlier = same_as(written) if dedup and writer.can_rollback else None
+            if earlier is not None:
                 writer.rollback(written.member)
-                name = by_hash[key]
+                name = earlier
             else:
                 record(written)
             if src.identity is not None:
@@ -477,9 +493,27 @@ def write_pack(
             names.append(name)
         deps = _deps.describe(enc.needed, enc.strictness, enc.informational)  # type: ignore[arg-type]
         deps.update(enc.dependencies)
-        slots[slot_name] = SlotInfo(enc.serializer, names, sum(out_members[n]["size"] for n in names),
-                                    _manifest.slot_digest(digests(names), algorithm), now, deps, enc.info,
-                                    algorithm)
+
+        def new_slot(names: list[str], enc: Encoded = enc, deps: dict[str, Any] = deps) -> SlotInfo:
+            return SlotInfo(enc.serializer, names, sum(out_members[n]["size"] for n in names),
+                            _manifest.slot_digest(digests(names), algorithm), now, deps, enc.info, algorithm)
+
+        pending_slots.append((slot_name, new_slot, names))
+
+    def digests(names: list[str]) -> list[str]:
+        return [_digest.of(out_members[n])[1] for n in names]  # type: ignore[index]
+
+    for written, m, label, slot_name, member in copy_checks:
+        if written.digest != m.digest:
+            raise ChecksumError(
+                f"{label}: slot {slot_name!r} member {member!r} is corrupt ({m.algorithm} "
+                "mismatch); refusing to copy it into a new pack",
+                file=label, slot=slot_name, member=member, expected=m.digest,
+                found=written.digest,
+            )
+    for name, w in written_as.items():
+        out_members[name] = {"size": w.member.size, w.algorithm: w.digest}
+    slots = {slot_name: make(names) for slot_name, make, names in pending_slots}
 
     manifest = _manifest.encode(
         created_at=created_at or now, updated_at=now, metadata=metadata or {}, members=out_members, slots=slots,

@@ -16,7 +16,7 @@ import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator, NoReturn, Optional, Union
+from typing import Any, BinaryIO, Iterable, Iterator, NoReturn, Optional, Union
 
 from . import _crc, _digest, _limits, _writeback
 from .errors import ChecksumError, FormatError, InternalError
@@ -52,20 +52,59 @@ _EXTERNAL_ATTR = (0o100644 << 16)
 _ALIGN_EXTRA_ID = 0xD935  # the id Android's zipalign uses for padding records
 
 
-_OVERLAP_MIN = 64 << 10  # compressed frames are ~0.5-1 MiB: overlap those too
 _SMALL = 256 << 10  # members up to this size are gathered first: header, name and data in one write, no patch
-_HASH_LAG = 3
+_INLINE = 64 << 10  # digests of members up to this size run on the writing thread (a hand-off costs more)
+_BEHIND_BYTES = 64 << 20  # at most this many written bytes wait for their digest (bounds memory for fresh chunks)
 _POOL: Optional[ThreadPoolExecutor] = None
 _POOL_LOCK = threading.Lock()
 
 
 def _hasher() -> ThreadPoolExecutor:
-    """One process-wide thread that hashes chunks while the caller writes them."""
+    """One process-wide thread that hashes what the writers wrote (in order: one hasher's updates never race)."""
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
             _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-hash")
         return _POOL
+
+
+class _Behind:
+    """Digests that run behind the writer, across members, on the hashing thread.
+
+    Why: a member used to wait for its digest before the next one started, so the writing thread
+    and the hashing one took turns; now the writer only waits when more than ``_BEHIND_BYTES`` are
+    written but not yet hashed, or when a digest is asked for (deduplication, the manifest). The
+    chunks handed over are kept alive by their futures and must not be changed by their source.
+    """
+
+    def __init__(self) -> None:
+        self._queue: deque[tuple[Future[Any], int]] = deque()
+        self._bytes = 0
+
+    def update(self, h: _digest.Hasher, view: memoryview) -> None:
+        self._queue.append((_hasher().submit(h.update, view), len(view)))
+        self._bytes += len(view)
+        while self._bytes > _BEHIND_BYTES:
+            self._pop()
+
+    def hexdigest(self, h: _digest.Hasher) -> Future[str]:
+        fut: Future[str] = _hasher().submit(h.hexdigest)
+        self._queue.append((fut, 0))
+        return fut
+
+    def _pop(self) -> None:
+        fut, n = self._queue.popleft()
+        self._bytes -= n
+        fut.result()
+
+    def drain(self) -> None:
+        """Wait for every digest handed over (also after a failure: the chunks may be reused then)."""
+        while self._queue:
+            try:
+                self._pop()
+            except BaseException:
+                self.drain()
+                raise
 
 
 @dataclass
@@ -82,13 +121,22 @@ class Member:
     flags: int = 0
 
 
-@dataclass
 class Written:
-    """What the writer recorded for a member it wrote: its entry and its content digest."""
+    """What the writer recorded for a member it wrote: its entry and its content digest.
 
-    member: Member
-    digest: str
-    algorithm: str = "sha256"
+    The digest may still be computing on the hashing thread; reading it waits for it.
+    """
+
+    def __init__(self, member: Member, digest: Union[str, Future[str]], algorithm: str = "sha256") -> None:
+        self.member = member
+        self._digest = digest
+        self.algorithm = algorithm
+
+    @property
+    def digest(self) -> str:
+        if not isinstance(self._digest, str):
+            self._digest = self._digest.result()
+        return self._digest
 
 
 def _is_seekable(f: BinaryIO) -> bool:
@@ -114,6 +162,7 @@ class ZipWriter:
         self._names: set[str] = set()
         self._writeback = _writeback.starter(f) if self._seekable else None
         self._written_back = 0  # where the last write-out hint ended
+        self._behind = _Behind()
 
     @property
     def can_rollback(self) -> bool:
@@ -162,30 +211,21 @@ class ZipWriter:
         self._write(extra)
         data_offset = self._pos
         crc = 0
-        sha = _digest.new(algorithm)
+        sha = _digest.new(algorithm, None, size)
+        behind = size > _INLINE  # the digest runs on the hashing thread, behind this one (see _Behind)
         written = 0
-        hashing: deque[Future[None]] = deque()  # digest updates in flight, in order, on one helper thread
-        try:
-            for chunk in chunks:
-                view = memoryview(chunk).cast("B")
-                if written + len(view) > size:
-                    raise InternalError(f"internal error: member {name!r} longer than its "
-                                      f"{'declared' if exact else 'bound of'} {size} bytes")
-                if len(view) >= _OVERLAP_MIN or hashing:
-                    # The digest runs behind on the helper (BLAKE3: on every core) while this thread CRCs,
-                    # writes and fetches the next chunks (all release the GIL); a lag of a few chunks keeps
-                    # memory bounded.
-                    hashing.append(_hasher().submit(sha.update, view))
-                    while len(hashing) > _HASH_LAG:
-                        hashing.popleft().result()
-                else:
-                    sha.update(view)
-                crc = _crc.crc32(view, crc)
-                self._write(view)
-                written += len(view)
-        finally:
-            while hashing:
-                hashing.popleft().result()
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            if written + len(view) > size:
+                raise InternalError(f"internal error: member {name!r} longer than its "
+                                    f"{'declared' if exact else 'bound of'} {size} bytes")
+            if behind:
+                self._behind.update(sha, view)
+            else:
+                sha.update(view)
+            crc = _crc.crc32(view, crc)
+            self._write(view)
+            written += len(view)
         if exact and written != size:
             raise InternalError(f"internal error: member {name!r} is {written} bytes, declared {size}")
         size = written
@@ -205,7 +245,7 @@ class ZipWriter:
             else:
                 self._write(struct.pack("<4sIII", DESCRIPTOR_SIG, crc, size, size))
         return self._added(Member(name, header_offset, data_offset, size, size, crc, STORED, flags),
-                           sha.hexdigest(), algorithm)
+                           self._behind.hexdigest(sha) if behind else sha.hexdigest(), algorithm)
 
     def _add_small(self, name: str, encoded: bytes, flags: int, extra: bytes, size: int,
                    chunks: Iterable[Buffer], algorithm: str) -> Written:
@@ -219,10 +259,14 @@ class ZipWriter:
         if written != size:
             raise InternalError(f"internal error: member {name!r} is {written} bytes, declared {size}")
         crc = 0
-        h = _digest.new(algorithm)
+        h = _digest.new(algorithm, None, size)
+        behind = size > _INLINE
         for part in parts:
             crc = _crc.crc32(part, crc)
-            h.update(part)
+            if behind:
+                self._behind.update(h, part)
+            else:
+                h.update(part)
         header_offset = self._pos
         header = _LOCAL.pack(LOCAL_SIG, 20, flags, STORED, _DOS_TIME, _DOS_DATE, crc, size, size,
                              len(encoded), len(extra))
@@ -232,9 +276,9 @@ class ZipWriter:
             for part in parts:
                 self._write(part)
         return self._added(Member(name, header_offset, header_offset + len(head), size, size, crc, STORED, flags),
-                           h.hexdigest(), algorithm)
+                           self._behind.hexdigest(h) if behind else h.hexdigest(), algorithm)
 
-    def _added(self, member: Member, digest: str, algorithm: str) -> Written:
+    def _added(self, member: Member, digest: Union[str, Future[str]], algorithm: str) -> Written:
         self.members.append(member)
         self._names.add(member.name)
         return Written(member, digest, algorithm)
@@ -250,8 +294,13 @@ class ZipWriter:
         self._pos = member.header_offset
         self._written_back = min(self._written_back, self._pos)
 
+    def drain(self) -> None:
+        """Wait until every member written so far is hashed (a failed save calls it before giving up)."""
+        self._behind.drain()
+
     def finish(self) -> int:
         """Write the central directory and end records; return the archive's size."""
+        self._behind.drain()
         cd_offset = self._pos
         directory: list[bytes] = []  # written at once: one write, not three per member
         for m in self.members:

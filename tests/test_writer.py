@@ -119,3 +119,84 @@ def test_large_members_hash_the_same_as_one_blake3_pass(tmp_path):
     with zipfile.ZipFile(path) as zf:
         member = zf.read("0.npy")
     assert read_manifest(path)["members"]["0.npy"]["blake3"] == content_digest(member, "blake3")
+
+
+@pytest.mark.parametrize("algorithm", ["blake3", "sha256"])
+def test_digests_hashed_behind_the_writer_match_one_pass_for_every_size(algorithm, monkeypatch):
+    """Members of every size class (inline, handed to the hashing thread, streamed, larger than the
+    in-flight bound) in one file: each recorded digest is the one-pass digest of its bytes, whatever
+    order the hashing thread finished in."""
+    monkeypatch.setattr(_zip, "_BEHIND_BYTES", 1 << 20)  # the writer must wait for the hashing thread often
+    rng = np.random.default_rng(7)
+    sizes = [0, 10, _zip._INLINE, _zip._INLINE + 1, _zip._SMALL, _zip._SMALL + 1, 3 << 20, 5, 1 << 20]
+    payloads = {f"m{i}.bin": rng.integers(0, 255, s, dtype=np.uint8).tobytes() for i, s in enumerate(sizes)}
+    buf = io.BytesIO()
+    w = _zip.ZipWriter(buf)
+    written = {n: w.add(n, len(d), [d[i:i + 300_000] for i in range(0, len(d), 300_000)] or [b""],
+                        algorithm=algorithm) for n, d in payloads.items()}
+    w.finish()
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as zf:
+        assert zf.testzip() is None
+    for n, d in payloads.items():
+        assert written[n].digest == content_digest(d, algorithm), n
+
+
+def test_a_failed_member_leaves_no_digest_running_on_its_chunks(monkeypatch):
+    """A source that fails mid-member: by the time write_pack raises, the hashing thread holds none of
+    the chunks handed to it (the caller may reuse its buffers at once, as async snapshots do)."""
+    import gc
+    import time
+    import weakref
+
+    from ckpt import _digest, _packfile, serializers
+
+    real_new = _digest.new
+
+    class SlowHasher:  # a hashing thread far behind the writer
+        def __init__(self, *args):
+            self._h = real_new("sha256")
+
+        def update(self, data):
+            time.sleep(0.05)
+            self._h.update(data)
+
+        def hexdigest(self):
+            return self._h.hexdigest()
+
+    monkeypatch.setattr(_zip._digest, "new", SlowHasher)
+    handed: list[weakref.ref] = []
+
+    class Tracked(bytearray):
+        pass
+
+    def chunks():
+        for _ in range(4):
+            b = Tracked(os.urandom(1 << 20))
+            handed.append(weakref.ref(b))
+            yield b
+        raise OSError("the source failed")
+
+    enc = serializers.Encoded("raw", [serializers.MemberSource("data.bin", 8 << 20, chunks)])
+    with pytest.raises(OSError, match="the source failed"):
+        _packfile.write_pack(io.BytesIO(), new={"blob": enc})
+    gc.collect()
+    assert len(handed) == 4 and all(r() is None for r in handed)  # nothing still queued holds a chunk
+
+
+def test_identical_members_of_later_slots_still_share_one_copy(tmp_path):
+    """Deduplication now reads only same-size members' digests: an extras slot equal to the main slot's
+    arrays still points at the main slot's members, and different arrays of the same size do not."""
+    w = np.arange(100_000, dtype=np.float32)
+    other = w[::-1].copy()  # same size, other bytes
+    path = str(tmp_path / "d.npz")
+    with ckpt.Pack(path) as p:
+        p.dump("main", {"w": w, "v": np.ones(7)})
+        p.dump("ema", {"w": w.copy(), "o": other})
+    m = read_manifest(path)
+    ema = m["slots"]["ema"]["members"]
+    assert m["slots"]["main"]["members"][1] in ema  # the copy of w is the main slot's member
+    assert len(set(ema)) == len(ema) and all(k in m["members"] for k in ema)
+    with ckpt.Pack(path) as p:
+        got = p.load("ema")
+    np.testing.assert_array_equal(got["w"], w)
+    np.testing.assert_array_equal(got["o"], other)
