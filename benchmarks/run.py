@@ -40,6 +40,10 @@ SAVERS = ["raw", "ckpt", "ckpt-nohash", "ckpt-sha256", "raw-1core", "ckpt-1core"
 ROWS = ["raw", "raw-alloc", "ckpt", "ckpt-views", "ckpt-objax", "ckpt-noverify", "ckpt-nohash", "ckpt-sha256",
         "raw-1core", "ckpt-1core", "ckpt-jax-sync", "ckpt-jax-async:blocked", "ckpt-jax-async", "ckpt-np-sync",
         "ckpt-np-async:blocked", "ckpt-np-async", "npz", "objax", "orbax", "safetensors", "pickle"]
+#: Savers timed at sizes over 1 GiB (``--large-repeat`` runs each): issue 20's table, not every variant.
+LARGE_SAVERS = ["raw", "ckpt", "ckpt-nohash", "ckpt-sha256", "ckpt-jax-async", "ckpt-np-sync", "ckpt-np-async",
+                "npz", "safetensors", "pickle"]
+LARGE = 1 << 30
 #: Savers timed on the many-tiny-arrays model (``--tiny``).
 TINY_SAVERS = ["raw", "ckpt", "ckpt-sha256", "npz", "safetensors", "pickle"]
 COLD_MAX_RESIDENT = 0.01  # a restore counts as cold when at most 1% of the file's pages were cached
@@ -147,9 +151,10 @@ def run_size(runner: Runner, size: int, repeat: int, results: dict[str, Stats], 
     spec = _model.spec(size)
     model_bytes = _model.total_bytes(spec)
     label = _model.size_label(size)
+    savers = SAVERS if size <= LARGE else [k for k in SAVERS if k in LARGE_SAVERS]
     for r in range(repeat):
-        shift = (r * len(SAVERS)) // max(1, repeat)
-        for key in SAVERS[shift:] + SAVERS[:shift]:
+        shift = (r * len(savers)) // max(1, repeat)
+        for key in savers[shift:] + savers[:shift]:
             tool = _peers.BY_KEY[key]
             if results[key].skipped:
                 continue
@@ -528,8 +533,12 @@ def report(machine: dict[str, str], all_results: dict[int, dict[str, Stats]], ar
            tiny: tuple[int, dict[str, Stats]] | None = None) -> str:
     out = [f"# ckpt benchmark — {machine['date'][:10]} on {machine['host']}", ""]
     out += [f"- **{k}**: {v}" for k, v in machine.items() if k not in ("date", "host")]
+    large = ""
+    if any(s > LARGE for s in all_results):
+        large = (f" at sizes up to 1 GiB; over 1 GiB only {', '.join(LARGE_SAVERS)} (and the restores of their "
+                 f"files), repeat {args.large_repeat}")
     out += [(f"- **run**: `{' '.join(args.argv)}`; sizes {', '.join(_model.size_label(s) for s in all_results)}, "
-            f"repeat {args.repeat} (medians); started {machine['date']}, took {wall / 60:.1f} min; load average "
+            f"repeat {args.repeat} (medians){large}; started {machine['date']}, took {wall / 60:.1f} min; load average "
             f"{load_start} at start, {load_end} at end"),
             (f"- **peak RSS**: {rss_method}, in a fresh process per tool and operation, growth over the RSS after "
             "the model (or restore target) was built"), ""]
@@ -574,8 +583,10 @@ def report(machine: dict[str, str], all_results: dict[int, dict[str, Stats]], ar
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default="64M,1G", help="model sizes, comma-separated (default 64M,1G)")
+    p.add_argument("--sizes", default="64M,1G,4G", help="model sizes, comma-separated (default 64M,1G,4G)")
     p.add_argument("--repeat", type=int, default=3, help="runs per measurement; medians are reported (default 3)")
+    p.add_argument("--large-repeat", type=int, default=1,
+                   help="runs per measurement at sizes over 1 GiB, which time only issue 20's savers (default 1)")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="where the Markdown report goes")
     p.add_argument("--quick", action="store_true", help="smoke test: sizes 16M,64M, repeat 1")
     p.add_argument("--tmpdir", default=os.path.join(ROOT, ".bench-tmp"),
@@ -592,8 +603,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.sizes, args.repeat = "16M,64M", 1
     sizes = [_model.parse_size(s) for s in args.sizes.split(",") if s.strip()]
-    if args.repeat < 1 or not sizes:
-        p.error("need at least one size and --repeat >= 1")
+    if args.repeat < 1 or args.large_repeat < 1 or not sizes:
+        p.error("need at least one size, --repeat >= 1 and --large-repeat >= 1")
     if args.tools:
         wanted = {"raw", *(t.strip() for t in args.tools.split(","))}
         unknown = wanted - set(SAVERS)
@@ -622,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for size in sizes:
             all_results[size] = {t.key: Stats() for t in _peers.TOOLS}
-            run_size(runner, size, args.repeat, all_results[size], log)
+            run_size(runner, size, args.repeat if size <= LARGE else args.large_repeat, all_results[size], log)
         tiny = (args.tiny, run_tiny(runner, args.tiny, args.repeat, log)) if args.tiny > 0 else None
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
