@@ -92,6 +92,21 @@ class _Behind:
         self._queue.append((fut, 0))
         return fut
 
+    def digest_of(self, h: _digest.Hasher, parts: list[memoryview]) -> Future[str]:
+        """The digest of a whole small member, in one hand-off (three cost more than hashing 256 KiB)."""
+        def run() -> str:
+            for part in parts:
+                h.update(part)
+            return h.hexdigest()
+
+        fut: Future[str] = _hasher().submit(run)
+        n = sum(len(p) for p in parts)
+        self._queue.append((fut, n))
+        self._bytes += n
+        while self._bytes > _BEHIND_BYTES:
+            self._pop()
+        return fut
+
     def _pop(self) -> None:
         fut, n = self._queue.popleft()
         self._bytes -= n
@@ -261,11 +276,10 @@ class ZipWriter:
         crc = 0
         h = _digest.new(algorithm, None, size)
         behind = size > _INLINE
+        digest: Union[str, Future[str]] = self._behind.digest_of(h, parts) if behind else ""
         for part in parts:
             crc = _crc.crc32(part, crc)
-            if behind:
-                self._behind.update(h, part)
-            else:
+            if not behind:
                 h.update(part)
         header_offset = self._pos
         header = _LOCAL.pack(LOCAL_SIG, 20, flags, STORED, _DOS_TIME, _DOS_DATE, crc, size, size,
@@ -276,7 +290,7 @@ class ZipWriter:
             for part in parts:
                 self._write(part)
         return self._added(Member(name, header_offset, header_offset + len(head), size, size, crc, STORED, flags),
-                           self._behind.hexdigest(h) if behind else h.hexdigest(), algorithm)
+                           digest if behind else h.hexdigest(), algorithm)
 
     def _added(self, member: Member, digest: Union[str, Future[str]], algorithm: str) -> Written:
         self.members.append(member)
