@@ -54,7 +54,8 @@ _ALIGN_EXTRA_ID = 0xD935  # the id Android's zipalign uses for padding records
 
 _SMALL = 256 << 10  # members up to this size are gathered first: header, name and data in one write, no patch
 _INLINE = 64 << 10  # digests of members up to this size run on the writing thread (a hand-off costs more)
-_BEHIND_BYTES = 64 << 20  # at most this many written bytes wait for their digest (bounds memory for fresh chunks)
+_BEHIND_BYTES = 16 << 20  # at most this many written bytes wait for their digest (bounds memory for fresh chunks)
+_BEHIND_STREAMED = 4 << 20  # the same for compressed members, whose every chunk is fresh memory
 _POOL: Optional[ThreadPoolExecutor] = None
 _POOL_LOCK = threading.Lock()
 
@@ -81,10 +82,10 @@ class _Behind:
         self._queue: deque[tuple[Future[Any], int]] = deque()
         self._bytes = 0
 
-    def update(self, h: _digest.Hasher, view: memoryview) -> None:
+    def update(self, h: _digest.Hasher, view: memoryview, limit: int = 0) -> None:
         self._queue.append((_hasher().submit(h.update, view), len(view)))
         self._bytes += len(view)
-        while self._bytes > _BEHIND_BYTES:
+        while self._bytes > (limit or _BEHIND_BYTES):
             self._pop()
 
     def hexdigest(self, h: _digest.Hasher) -> Future[str]:
@@ -235,7 +236,7 @@ class ZipWriter:
                 raise InternalError(f"internal error: member {name!r} longer than its "
                                     f"{'declared' if exact else 'bound of'} {size} bytes")
             if behind:
-                self._behind.update(sha, view)
+                self._behind.update(sha, view, 0 if exact else _BEHIND_STREAMED)
             else:
                 sha.update(view)
             crc = _crc.crc32(view, crc)
