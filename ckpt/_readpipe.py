@@ -102,7 +102,7 @@ def read(fd: int, wants: list[Want], new_check: Callable[[Want], Optional[Check]
     for w, c in zip(ordered, checks):  # nothing to read: checked at once, in order
         if w.size == 0 and c is not None:
             c.finish()
-    calls = plan(ordered)
+    calls = plan(ordered, piece=PIECE)
     scratch = memoryview(bytearray(max((s.length for _, ss in calls for s in ss if s.member is None), default=0)))
     hashing = [c is not None for c in checks]
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-check") if any(hashing) else None
