@@ -286,7 +286,9 @@ class PackReader:
             if found_crc != m.zip.crc:
                 raise self._crc_failed(name, m, slot, found_crc)
             return
-        found = _digest.hexdigest(m.algorithm, view, self.label)
+        h = _hasher(m.algorithm, len(view), self.label)
+        h.update(view)
+        found = h.hexdigest()
         if found != m.digest:
             raise self._corrupt(name, m, slot, found)
 
