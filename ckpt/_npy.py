@@ -181,10 +181,11 @@ def _canonical_core(core: bytes) -> Optional[tuple[np.dtype, tuple[int, ...], bo
     shape = tuple(int(s) for s in m.group(3).split(b",") if s.strip())
     if len(shape) > _limits.MAX_NDIM:
         return None
+    descr: Any = m.group(1).decode("ascii")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", DeprecationWarning)
-            dtype = np.lib.format.descr_to_dtype(m.group(1).decode("ascii"))
+            dtype = np.lib.format.descr_to_dtype(descr)
     except _DTYPE_ERRORS:
         return None
     if dtype.hasobject or dtype.subdtype is not None:

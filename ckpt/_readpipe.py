@@ -129,7 +129,7 @@ def read(fd: int, wants: list[Want], new_check: Callable[[Want], Optional[Check]
                 break
             iov = [scratch[:s.length] if s.member is None else views[s.member][s.start:s.start + s.length]
                    for s in segs]
-            _read_fully(fd, offset, iov, lambda k: cut_short(ordered[_member_at(segs, k)]))
+            _read_fully(fd, offset, iov, lambda k, segs=segs: cut_short(ordered[_member_at(segs, k)]))
             if pool is not None and any(s.member is not None and hashing[s.member] for s in segs):
                 pending.append(pool.submit(check, segs))
     except BaseException:
