@@ -10,6 +10,7 @@ member in file order is the one reported.
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -129,7 +130,7 @@ def read(fd: int, wants: list[Want], new_check: Callable[[Want], Optional[Check]
                 break
             iov = [scratch[:s.length] if s.member is None else views[s.member][s.start:s.start + s.length]
                    for s in segs]
-            _read_fully(fd, offset, iov, lambda k, segs=segs: cut_short(ordered[_member_at(segs, k)]))
+            _read_fully(fd, offset, iov, functools.partial(_cut_at, cut_short, ordered, segs))
             if pool is not None and any(s.member is not None and hashing[s.member] for s in segs):
                 pending.append(pool.submit(check, segs))
     except BaseException:
@@ -153,6 +154,11 @@ def _first_failure(pending: list[Future[None]]) -> Optional[BaseException]:
         if exc is not None:
             return exc
     return None
+
+
+def _cut_at(cut_short: Callable[[Want], BaseException], ordered: list[Want], segs: list[_Segment],
+            k: int) -> BaseException:
+    return cut_short(ordered[_member_at(segs, k)])
 
 
 def _member_at(segs: list[_Segment], k: int) -> int:
