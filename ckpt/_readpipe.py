@@ -64,7 +64,10 @@ def plan(wants: list[Want], *, piece: int = PIECE, max_gap: int = MAX_GAP,
         segs, length = [], 0
 
     for i, w in enumerate(wants):
-        if w.size == 0:
+        if w.size == 0:  # no bytes: its check still finishes in file order
+            if not segs:
+                call_start = end = w.offset
+            segs.append(_Segment(i, 0, 0, last=True))
             continue
         gap = w.offset - end
         if segs and (gap < 0 or gap > max_gap or length + gap >= piece or len(segs) + 2 > max_iovecs):
@@ -100,9 +103,6 @@ def read(fd: int, wants: list[Want], new_check: Callable[[Want], Optional[Check]
     bufs: list[Any] = [np.empty(w.size, dtype=np.uint8) if w.size else bytearray(0) for w in ordered]
     views = [memoryview(b).cast("B") if w.size else memoryview(b) for b, w in zip(bufs, ordered)]
     checks = [new_check(w) for w in ordered]
-    for w, c in zip(ordered, checks):  # nothing to read: checked at once, in order
-        if w.size == 0 and c is not None:
-            c.finish()
     calls = plan(ordered, piece=PIECE)
     scratch = memoryview(bytearray(max((s.length for _, ss in calls for s in ss if s.member is None), default=0)))
     hashing = [c is not None for c in checks]
@@ -173,7 +173,11 @@ def _read_fully(fd: int, offset: int, iov: list[memoryview], cut_short: Callable
     """Fill every buffer of ``iov`` from ``offset`` on, resuming after short reads; EOF is ``cut_short``
     (given the index of the buffer it stopped in)."""
     k = 0
-    while k < len(iov):
+    while True:
+        while k < len(iov) and not len(iov[k]):  # empty members: nothing to read
+            k += 1
+        if k == len(iov):
+            return
         n = os.preadv(fd, iov[k:], offset)
         if n <= 0:
             raise cut_short(k)

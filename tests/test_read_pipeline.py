@@ -13,7 +13,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from helpers import assert_arrays_identical, data_offsets, flip_byte, npy_data_offset
+from helpers import assert_arrays_identical, data_offsets, flip_byte, npy_data_offset, rehash, rewrite_pack
 
 import ckpt
 from ckpt import _npy, _readpipe
@@ -306,3 +306,42 @@ def test_zip_layout_of_the_model_has_gaps_between_members(model_file):
     offsets = data_offsets(path)
     gaps = [offsets[b.filename] - (offsets[a.filename] + a.file_size) for a, b in zip(infos, infos[1:])]
     assert all(g >= 30 for g in gaps)
+
+
+def _empty_member_pack(tmp_path, *, bad_digest: bool) -> tuple[str, str, str]:
+    """A pack whose member for array "tiny10" is replaced by zero bytes (the manifest made consistent,
+    or its digest for that member left wrong): (path, the emptied member, an earlier member)."""
+    src = str(tmp_path / "src.npz")
+    ckpt.save_var_collection(src, _model())
+    emptied, earlier = _member(src, "tiny10"), _member(src, "f32")
+    dst = str(tmp_path / "empty.npz")
+
+    def edit(doc):
+        if bad_digest:
+            rec = doc["members"][emptied]
+            alg = "blake3" if "blake3" in rec else "sha256"
+            rec[alg] = "0" * 64
+            rehash(doc, {})  # the slot's digest agrees with the (wrong) member digest
+
+    rewrite_pack(src, dst, replace_members={emptied: b""}, edit_manifest=edit)
+    return dst, emptied, earlier
+
+
+def test_an_emptied_member_is_a_format_error_naming_it(tmp_path):
+    path, emptied, _ = _empty_member_pack(tmp_path, bad_digest=False)
+    with pytest.raises(FormatError) as e:
+        ckpt.load(path)
+    assert "tiny10" in str(e.value) or emptied in str(e.value)
+
+
+def test_an_empty_member_is_checked_in_file_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(_readpipe, "PIECE", 512)
+    path, emptied, earlier = _empty_member_pack(tmp_path, bad_digest=True)
+    with pytest.raises(ChecksumError) as e:
+        ckpt.load(path)
+    assert e.value.member == emptied
+    assert data_offsets(path)[earlier] < data_offsets(path)[emptied]
+    flip_byte(path, npy_data_offset(path, earlier) + 1)  # an earlier member is damaged too: it is reported
+    with pytest.raises(ChecksumError) as e:
+        ckpt.load(path)
+    assert e.value.member == earlier
