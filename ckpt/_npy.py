@@ -50,6 +50,9 @@ def dtype_from_name(name: str, *, where: str = "") -> np.dtype:
     dtype (an object dtype, an attribute of the ml_dtypes module that is not a dtype,
     a malformed or oversized dtype string) is refused with a FormatError.
     """
+    known = _plain_dtype(name) if len(name) <= 64 else None
+    if known is not None:
+        return known
     try:
         dt: Optional[np.dtype] = np.dtype(name)
     except _DTYPE_ERRORS:
@@ -71,6 +74,19 @@ def dtype_from_name(name: str, *, where: str = "") -> np.dtype:
     if dt.hasobject:
         raise FormatError(f"{where}: dtype {name!r:.200} holds Python objects; object arrays are refused")
     return dt
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_dtype(name: str) -> Optional[np.dtype]:
+    """The numpy dtype a short manifest name stands for when numpy knows it and it holds no objects
+    (cached: every array of a model records one of a few names); None sends it the long way."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            dt = np.dtype(name)
+    except _DTYPE_ERRORS:
+        return None
+    return None if dt.hasobject else dt
 
 
 @functools.lru_cache(maxsize=4096)
