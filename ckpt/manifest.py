@@ -147,6 +147,11 @@ def _check_info(slot: str, serializer: str, info: dict[str, Any], file: Optional
     _require(len(arrays) <= _limits.MAX_MEMBERS, file,
              f"slot {slot!r} records {len(arrays)} arrays, more than the {_limits.MAX_MEMBERS} members a file may hold")
     for i, a in enumerate(arrays):  # messages are only built for a failing check (this runs per array)
+        name, dtype, shape = a.get("name", ""), a.get("dtype", ""), a.get("shape", [])
+        if (type(name) is str and type(dtype) is str and type(shape) is list and len(dtype) <= 256
+                and len(name) <= _limits.MAX_NAME_BYTES and len(shape) <= _limits.MAX_NDIM
+                and all(type(d) is int and 0 <= d < 1 << 63 for d in shape)):
+            continue  # the common case, checked at once; anything else is told apart below
         for key, kind in (("name", str), ("dtype", str), ("shape", list)):
             if key in a and not isinstance(a[key], kind):
                 _require(False, file, f"slot {slot!r} info.arrays[{i}].{key} is not a {kind.__name__}")
