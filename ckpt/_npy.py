@@ -13,6 +13,7 @@ import ast
 import functools
 import io
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
@@ -49,6 +50,9 @@ def dtype_from_name(name: str, *, where: str = "") -> np.dtype:
     dtype (an object dtype, an attribute of the ml_dtypes module that is not a dtype,
     a malformed or oversized dtype string) is refused with a FormatError.
     """
+    known = _plain_dtype(name) if len(name) <= 64 else None
+    if known is not None:
+        return known
     try:
         dt: Optional[np.dtype] = np.dtype(name)
     except _DTYPE_ERRORS:
@@ -70,6 +74,19 @@ def dtype_from_name(name: str, *, where: str = "") -> np.dtype:
     if dt.hasobject:
         raise FormatError(f"{where}: dtype {name!r:.200} holds Python objects; object arrays are refused")
     return dt
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_dtype(name: str) -> Optional[np.dtype]:
+    """The numpy dtype a short manifest name stands for when numpy knows it and it holds no objects
+    (cached: every array of a model records one of a few names); None sends it the long way."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            dt = np.dtype(name)
+    except _DTYPE_ERRORS:
+        return None
+    return None if dt.hasobject else dt
 
 
 @functools.lru_cache(maxsize=4096)
@@ -134,6 +151,70 @@ def parse_header(head: bytes, member_size: int, *, where: str) -> NpyHeader:
     if len(head) < total or total > member_size:
         raise FormatError(f"{where}: .npy header of {total} bytes is cut short (member is {member_size} bytes)")
     text_start = 10 if head[6] == 1 else 12
+    known = _canonical(bytes(head[text_start:total]))
+    if known is not None:
+        header = NpyHeader(known[0], known[1], known[2], total)
+    else:
+        header = _parse_text(head, text_start, total, where=where)
+    if total + header.nbytes != member_size:
+        raise FormatError(
+            f"{where}: .npy header claims shape {header.shape} of {header.dtype} ({header.nbytes} bytes) but the "
+            f"member holds {member_size - total} bytes of data"
+        )
+    return header
+
+
+def header_of(data: Any, *, where: str) -> NpyHeader:
+    """The checked header of a whole member already in memory (``data``: its complete bytes)."""
+    total = header_prefix_len(bytes(data[:12]), where=where)
+    return parse_header(bytes(data[:total]), len(data), where=where)
+
+
+#: The header text numpy (and so ckpt) writes: keys sorted, a plain descr string, a tuple of plain ints,
+#: padded with spaces to a newline. Anything else goes through ast.literal_eval and every check below.
+_INT = rb"(?:0|[1-9][0-9]{0,18})"
+_CANONICAL = re.compile(
+    rb"\{'descr': '([<>|=]?[A-Za-z][0-9]{0,9}(?:\[[A-Za-z0-9]{1,8}\])?)', 'fortran_order': (True|False), "
+    rb"'shape': \((|" + _INT + rb",|" + _INT + rb"(?:, " + _INT + rb")+)\), \}")
+_CANONICAL_MAX = 2048  # longer than any canonical text of MAX_NDIM dimensions: keeps the cache small
+
+
+def _canonical(text: bytes) -> Optional[tuple[np.dtype, tuple[int, ...], bool]]:
+    """dtype, shape and order of a canonical header text that passes every check ``parse_header`` makes
+    (but the member size); None for any other text, which then takes the general path (same errors)."""
+    if not text.endswith(b"\n"):
+        return None
+    core = text[:-1].rstrip(b" ")
+    return _canonical_core(core) if len(core) <= _CANONICAL_MAX else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _canonical_core(core: bytes) -> Optional[tuple[np.dtype, tuple[int, ...], bool]]:
+    """Cached: a model's members repeat a few headers, and ``ast.literal_eval`` costs ~40 us a call."""
+    m = _CANONICAL.fullmatch(core)
+    if m is None:
+        return None
+    shape = tuple(int(s) for s in m.group(3).split(b",") if s.strip())
+    if len(shape) > _limits.MAX_NDIM:
+        return None
+    descr: Any = m.group(1).decode("ascii")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            dtype = np.lib.format.descr_to_dtype(descr)
+    except _DTYPE_ERRORS:
+        return None
+    if dtype.hasobject or dtype.subdtype is not None:
+        return None
+    try:
+        check_shape(shape, dtype, "")
+    except FormatError:
+        return None
+    return dtype, shape, m.group(2) == b"True"
+
+
+def _parse_text(head: bytes, text_start: int, total: int, *, where: str) -> NpyHeader:
+    """Any header text: parsed as a Python literal and checked field by field."""
     encoding = "utf-8" if head[6] == 3 else "latin1"
     try:
         text = head[text_start:total].decode(encoding)
@@ -164,14 +245,8 @@ def parse_header(head: bytes, member_size: int, *, where: str) -> NpyHeader:
         # numpy.load would append the subarray's dimensions to the shape: refuse rather than disagree.
         raise FormatError(f"{where}: .npy header has a subarray dtype {dtype!s:.200} (numpy would read shape "
                           f"{shape + dtype.shape!r:.200}); ckpt never writes one")
-    header = NpyHeader(dtype, shape, d["fortran_order"], total)
     check_shape(shape, dtype, where)
-    if total + header.nbytes != member_size:
-        raise FormatError(
-            f"{where}: .npy header claims shape {shape} of {dtype} ({header.nbytes} bytes) but the member "
-            f"holds {member_size - total} bytes of data"
-        )
-    return header
+    return NpyHeader(dtype, shape, d["fortran_order"], total)
 
 
 def check_shape(shape: tuple[int, ...], dtype: np.dtype, where: str) -> None:

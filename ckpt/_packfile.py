@@ -17,7 +17,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
-from . import _crc, _digest, _json, _limits, _zip, deps as _deps, manifest as _manifest
+from . import _crc, _digest, _json, _limits, _readpipe, _zip, deps as _deps, manifest as _manifest
 from ._members import Encoded
 from ._slotnames import DEFAULT_SLOT, member_prefix
 from .errors import ChecksumError, FormatError, InternalError, NotAPackError, SlotNotFoundError
@@ -223,40 +223,33 @@ class PackReader:
         )
 
     def read_members(self, names: list[str], *, verify: bool = True, slot: Optional[str] = None) -> dict[str, Any]:
-        """Several stored members read into new writable buffers, two at a time: each is read with
-        ``preadv`` straight into its buffer (no zero-fill, no mapping faults) and hashed while the
-        other is read. Members this cannot read (deflated, or no file descriptor) use read_member."""
+        """Several stored members read into new writable buffers in one ordered pass (ckpt._readpipe):
+        neighbours coalesced into one ``preadv``, each piece hashed on one thread while the next is
+        read. Members this cannot read so (deflated, shared, or no file descriptor) use read_member."""
         try:
             fd = self.f.fileno()
         except (AttributeError, OSError, ValueError):
             fd = None
         out: dict[str, Any] = {}
-        direct = [n for n in names if fd is not None and self.members[n].zip.method == _zip.STORED
-                  and not self.members[n].shared]
-        for n in names:
-            if n not in direct:
+        wants: list[_readpipe.Want] = []
+        for n in dict.fromkeys(names):
+            m = self.members[n]
+            if fd is None or m.zip.method != _zip.STORED or m.shared:
                 out[n] = self.read_member(n, verify=verify, slot=slot)
+            else:
+                self.zip.locate(m.zip)
+                wants.append(_readpipe.Want(n, self.zip._base + m.zip.data_offset, m.zip.size))
 
-        def job(name: str) -> tuple[str, Any]:
-            m = self.members[name]
-            self.zip.locate(m.zip)
-            buf: Any = bytearray(0) if m.zip.size == 0 else np.empty(m.zip.size, dtype=np.uint8)
-            view = memoryview(buf).cast("B") if m.zip.size else memoryview(buf)
-            done = 0
-            while done < m.zip.size:
-                n = os.preadv(fd, [view[done:]], self.zip._base + m.zip.data_offset + done)  # type: ignore[arg-type]
-                if n <= 0:
-                    raise FormatError(f"{self.label}: member {name!r} is cut short", file=self.label)
-                done += n
-            if verify and name not in self._verified:
-                self._check(view, m, name, slot)
-            return name, buf
+        def new_check(w: _readpipe.Want) -> Optional[_readpipe.Check]:
+            if not verify or w.name in self._verified:
+                return None
+            return _MemberCheck(self, w.name, slot)
 
-        if len(direct) > 1:
-            with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1), thread_name_prefix="ckpt-read") as pool:
-                out.update(pool.map(job, direct))
-        else:
-            out.update(job(n) for n in direct)
+        def cut_short(w: _readpipe.Want) -> FormatError:
+            return FormatError(f"{self.label}: member {w.name!r} is cut short", file=self.label)
+
+        if wants:
+            out.update(_readpipe.read(fd, wants, new_check, cut_short))  # type: ignore[arg-type]
         return out
 
     def _view(self, m: _Member) -> memoryview:
@@ -291,13 +284,18 @@ class PackReader:
         if m.digest is None:
             found_crc = _crc32(view)
             if found_crc != m.zip.crc:
-                raise ChecksumError(
-                    f"{self.label}: member {name!r} fails its CRC check (recorded {m.zip.crc:08x}, computed "
-                    f"{found_crc:08x})", file=self.label, slot=slot, member=name)
+                raise self._crc_failed(name, m, slot, found_crc)
             return
-        found = _digest.hexdigest(m.algorithm, view, self.label)
+        h = _hasher(m.algorithm, len(view), self.label)
+        h.update(view)
+        found = h.hexdigest()
         if found != m.digest:
             raise self._corrupt(name, m, slot, found)
+
+    def _crc_failed(self, name: str, m: _Member, slot: Optional[str], found: int) -> ChecksumError:
+        return ChecksumError(
+            f"{self.label}: member {name!r} fails its CRC check (recorded {m.zip.crc:08x}, computed "
+            f"{found:08x})", file=self.label, slot=slot, member=name)
 
     def member_chunks(self, name: str) -> Iterable[bytes]:
         m = self.members[name]
@@ -347,6 +345,42 @@ class PackReader:
         from . import slotkinds
 
         return slotkinds.pickle_globals(self, slot)
+
+
+class _MemberCheck:
+    """A member's digest (or, without one, its zip CRC) over its bytes as they are read, in order."""
+
+    def __init__(self, reader: PackReader, name: str, slot: Optional[str]):
+        self.reader, self.name, self.slot = reader, name, slot
+        self.m = reader.members[name]
+        self.crc = 0
+        self.hasher = None if self.m.digest is None else _hasher(self.m.algorithm, self.m.zip.size, reader.label)
+
+    def update(self, data: memoryview) -> None:
+        if self.hasher is None:
+            self.crc = _crc.crc32(data, self.crc)
+        else:
+            self.hasher.update(data)
+
+    def finish(self) -> None:
+        if self.hasher is None:
+            if self.crc != self.m.zip.crc:
+                raise self.reader._crc_failed(self.name, self.m, self.slot, self.crc)
+            return
+        found = self.hasher.hexdigest()
+        if found != self.m.digest:
+            raise self.reader._corrupt(self.name, self.m, self.slot, found)
+
+
+#: Below this a member is hashed on one thread: spreading a small BLAKE3 update over every core
+#: costs more than it saves.
+_THREADED_HASH_MIN = 1 << 20
+
+
+def _hasher(algorithm: str, size: int, label: str) -> _digest.Hasher:
+    if algorithm == "blake3" and size < _THREADED_HASH_MIN and _digest._blake3 is not None:
+        return _digest._blake3.blake3()  # type: ignore[no-any-return]
+    return _digest.new(algorithm, label)
 
 
 def _reserve(size: int) -> np.ndarray:

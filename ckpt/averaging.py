@@ -272,6 +272,11 @@ def _combine(sources: list[_Source], *, slot: str, verify: bool, deps: str, meth
 def _add(acc: np.ndarray, x: np.ndarray, weight: float, *, first: bool) -> None:
     """``acc (+)= weight * x`` in ``acc``'s precision, a bounded chunk at a time (``acc`` is flat)."""
     flat = x.reshape(-1) if x.flags.c_contiguous else np.ravel(x)
+    with np.errstate(invalid="ignore"):  # a signalling NaN stored in the file widens to a NaN: no warning
+        _add_chunks(acc, flat, weight, first=first)
+
+
+def _add_chunks(acc: np.ndarray, flat: np.ndarray, weight: float, *, first: bool) -> None:
     for start in range(0, flat.size, _CHUNK):
         end = min(flat.size, start + _CHUNK)
         if first:

@@ -15,6 +15,7 @@ Schema (format version 2, see docs/FORMAT.md; version 1 is the same with sha256 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import re
@@ -145,15 +146,21 @@ def _check_info(slot: str, serializer: str, info: dict[str, Any], file: Optional
              f"slot {slot!r} info.arrays is not a list of objects")
     _require(len(arrays) <= _limits.MAX_MEMBERS, file,
              f"slot {slot!r} records {len(arrays)} arrays, more than the {_limits.MAX_MEMBERS} members a file may hold")
-    for i, a in enumerate(arrays):
+    for i, a in enumerate(arrays):  # messages are only built for a failing check (this runs per array)
+        name, dtype, shape = a.get("name", ""), a.get("dtype", ""), a.get("shape", [])
+        if (type(name) is str and type(dtype) is str and type(shape) is list and len(dtype) <= 256
+                and len(name) <= _limits.MAX_NAME_BYTES and len(shape) <= _limits.MAX_NDIM
+                and all(type(d) is int and 0 <= d < 1 << 63 for d in shape)):
+            continue  # the common case, checked at once; anything else is told apart below
         for key, kind in (("name", str), ("dtype", str), ("shape", list)):
-            _require(key not in a or isinstance(a[key], kind), file,
-                     f"slot {slot!r} info.arrays[{i}].{key} is not a {kind.__name__}")
+            if key in a and not isinstance(a[key], kind):
+                _require(False, file, f"slot {slot!r} info.arrays[{i}].{key} is not a {kind.__name__}")
         shape = a.get("shape", [])
-        _require(len(shape) <= _limits.MAX_NDIM and all(_is_int(d) and d < 1 << 63 for d in shape), file,
-                 f"slot {slot!r} info.arrays[{i}].shape is not at most {_limits.MAX_NDIM} dimensions below 2**63")
-        _require(len(a.get("dtype", "")) <= 256 and len(a.get("name", "")) <= _limits.MAX_NAME_BYTES, file,
-                 f"slot {slot!r} info.arrays[{i}] has an over-long dtype or name")
+        if not (len(shape) <= _limits.MAX_NDIM and all(_is_int(d) and d < 1 << 63 for d in shape)):
+            _require(False, file, f"slot {slot!r} info.arrays[{i}].shape is not at most {_limits.MAX_NDIM} "
+                     "dimensions below 2**63")
+        if not (len(a.get("dtype", "")) <= 256 and len(a.get("name", "")) <= _limits.MAX_NAME_BYTES):
+            _require(False, file, f"slot {slot!r} info.arrays[{i}] has an over-long dtype or name")
     if serializer == "arrays":
         layout = info.get("layout", "objax")
         _require(layout in ("objax", "named"), file, f"slot {slot!r} has unknown arrays layout {layout!r:.80}")
@@ -185,17 +192,23 @@ def _check_dependencies(slot: str, deps: Any, file: Optional[str]) -> None:
 
 def _digest_field(what: str, record: dict[str, Any], version: int, file: Optional[str]) -> tuple[str, str]:
     """The one (algorithm, digest) of a member or slot record, in a form this version allows."""
-    allowed = [a for a in _digest.ALGORITHMS if _VERSION_FOR[a] <= max(version, 1)]  # 0: as before, like 1
+    allowed = _allowed(version)
     present = [a for a in _digest.ALGORITHMS if a in record]
-    _require(len(present) == 1, file,
-             f"{what} records {' and '.join(present) or 'no digest'}; expected exactly one of "
-             f"{', '.join(allowed)} (format version {version})")
+    if len(present) != 1:
+        _require(False, file, f"{what} records {' and '.join(present) or 'no digest'}; expected exactly one of "
+                 f"{', '.join(allowed)} (format version {version})")
     alg = present[0]
-    _require(alg in allowed, file, f"{what} records a {alg} digest, which format version {version} does not have")
+    if alg not in allowed:
+        _require(False, file, f"{what} records a {alg} digest, which format version {version} does not have")
     value = record[alg]
-    _require(isinstance(value, str) and bool(_HEX64.match(value)), file,
-             f"{what} {alg} {value!r:.80} is not 64 lowercase hex digits")
+    if not (isinstance(value, str) and _HEX64.match(value)):
+        _require(False, file, f"{what} {alg} {value!r:.80} is not 64 lowercase hex digits")
     return alg, value
+
+
+@functools.lru_cache(maxsize=None)
+def _allowed(version: int) -> tuple[str, ...]:
+    return tuple(a for a in _digest.ALGORITHMS if _VERSION_FOR[a] <= max(version, 1))  # 0: as before, like 1
 
 
 #: The format version that introduced members stored as shared objects (``"object": true``).
@@ -244,7 +257,8 @@ def decode(data: bytes, file: Optional[str], zip_members: Mapping[str, int], *,
         if isinstance(m, dict) and "object" in m:  # a reference to a shared object (section 2.3)
             _check_object_member(name, m, version, zip_members, file)
             objects.add(name)
-        else:
+        elif not (name in zip_members and isinstance(m, dict) and _is_int(m.get("size"))
+                  and m["size"] == zip_members[name]):  # messages built only for a failing member
             _require(name in zip_members, file, f"member {name!r} is listed but not in the archive")
             _require(isinstance(m, dict) and _is_int(m.get("size")), file, f"member {name!r} has no valid size")
             _require(m["size"] == zip_members[name], file,

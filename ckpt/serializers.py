@@ -326,13 +326,17 @@ class ArraysView:
             else:
                 h = _npy.parse_header(head, size, where=f"{self.where} array {name!r}")
                 self._raw_headers[name] = (head[:h.header_len], h)
-            true = self._dtypes.get(name)
-            if true is not None and true != h.dtype:
-                if true.itemsize != h.dtype.itemsize or h.dtype.kind != "V":
-                    raise FormatError(f"{self.where}: array {name!r} is recorded as {true} but stored as {h.dtype}", file=self.file, slot=self.slot)
-                h = _npy.NpyHeader(true, h.shape, h.fortran_order, h.header_len)
-            self._headers[name] = h
+            self._headers[name] = self._recorded(name, h)
         return self._headers[name]
+
+    def _recorded(self, name: str, h: _npy.NpyHeader) -> _npy.NpyHeader:
+        """The header with the dtype the manifest records in place of its opaque void stand-in."""
+        true = self._dtypes.get(name)
+        if true is not None and true != h.dtype:
+            if true.itemsize != h.dtype.itemsize or h.dtype.kind != "V":
+                raise FormatError(f"{self.where}: array {name!r} is recorded as {true} but stored as {h.dtype}", file=self.file, slot=self.slot)
+            h = _npy.NpyHeader(true, h.shape, h.fortran_order, h.header_len)
+        return h
 
     @_about_slot
     def member(self, name: str) -> str:
@@ -369,18 +373,24 @@ class ArraysView:
         decoded = dict(zip(packed, _codec.decode_many(
             [self._compressed(self._index[n], self._read_member(self._index[n], False), self.header(n).dtype)
              for n in packed])))
-        for n in plain:
-            self.header(n)
+        # The members first, in one pass in file order; each header is then parsed from the bytes read
+        # (no small read per header before the bulk read).
         buffers = self._read_many([self._index[n] for n in plain])
         out = {}
         for n in wanted:
-            h = self.header(n)
+            member = self._index[n]
             if n in decoded:
                 out[n] = decoded[n]
-            elif self._index[n] in buffers:
-                data = buffers[self._index[n]]
-                out[n] = self._array(self._index[n], dtype=h.dtype, known=self._raw_headers.get(n), data=data)
+                h = self.header(n)
+            elif member in buffers:
+                data = buffers[member]
+                h = self._recorded(n, _npy.header_of(data, where=f"{self.where} array {n!r}"))
+                known = self._headers.setdefault(n, h)
+                out[n] = _npy.array_from_buffer(data, h, dtype=h.dtype)
+                if known.shape != h.shape:
+                    h = known  # read earlier from a header that has changed since: refused below
             else:
+                h = self.header(n)
                 out[n] = self.read(n)
             if out[n].shape != h.shape:
                 raise FormatError(f"{self.where}: array {n!r} header changed between reads", file=self.file, slot=self.slot)
