@@ -372,15 +372,9 @@ class _MemberCheck:
             raise self.reader._corrupt(self.name, self.m, self.slot, found)
 
 
-#: Below this a member is hashed on one thread: spreading a small BLAKE3 update over every core
-#: costs more than it saves.
-_THREADED_HASH_MIN = 1 << 20
-
-
 def _hasher(algorithm: str, size: int, label: str) -> _digest.Hasher:
-    if algorithm == "blake3" and size < _THREADED_HASH_MIN and _digest._blake3 is not None:
-        return _digest._blake3.blake3()  # type: ignore[no-any-return]
-    return _digest.new(algorithm, label)
+    """A hasher for a member of ``size`` bytes (small ones on one thread: see ``_digest.new``)."""
+    return _digest.new(algorithm, label, size)
 
 
 def _reserve(size: int) -> np.ndarray:

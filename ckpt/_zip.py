@@ -9,6 +9,7 @@ before it reads or allocates anything. The output is an ordinary zip that
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import threading
@@ -567,8 +568,26 @@ class ZipReader:
                 self._fail(f"members {previous!r} and {m.name!r} overlap (a zip bomb or a damaged file)")
             previous_end, previous = m.header_offset + _LOCAL.size + m.compressed_size, m.name
         if not self._lazy:
+            self._prefetch_headers(ordered)
             for m in ordered:
                 self.locate(m)
+
+    def _prefetch_headers(self, ordered: list[Member]) -> None:
+        """Ask the kernel for every local header's page at once before reading them one by one.
+
+        Why: on a cold cache each header read is a disk round trip, one after the other (hundreds per
+        model); asked for together (``POSIX_FADV_WILLNEED``, which does not wait) the disk serves them
+        in parallel. On cached pages this is a few microseconds per member.
+        """
+        advise = getattr(os, "posix_fadvise", None)
+        if advise is None or len(ordered) < 16:
+            return
+        try:
+            fd = self._f.fileno()
+            for m in ordered:
+                advise(fd, self._base + m.header_offset, _LOCAL.size + 256, os.POSIX_FADV_WILLNEED)
+        except (AttributeError, OSError, ValueError):  # not a real file (BytesIO, a wrapper): nothing to do
+            return
 
     def locate(self, m: Member) -> Member:
         """Read and check ``m``'s local header (once): its name, where its data starts, and that its
@@ -576,11 +595,16 @@ class ZipReader:
         member, except over remote files that defer it to the member's first read (few requests)."""
         if m.data_offset >= 0:
             return m
-        head = self._pread(m.header_offset, _LOCAL.size)
-        sig, _, local_flags, _, _, _, _, _, _, name_len, extra_len = _LOCAL.unpack(head)
+        # The header and the name it should hold, in one read (a different name is read again below).
+        guess = len(m.name.encode("utf-8", "surrogateescape"))
+        head = self._pread(m.header_offset, min(_LOCAL.size + guess, self.size - m.header_offset))
+        if len(head) < _LOCAL.size:
+            self._fail(f"local header of member {m.name!r} at offset {m.header_offset} runs past the end of the file")
+        sig, _, local_flags, _, _, _, _, _, _, name_len, extra_len = _LOCAL.unpack(head[:_LOCAL.size])
         if sig != LOCAL_SIG:
             self._fail(f"local header of member {m.name!r} at offset {m.header_offset} has a bad signature")
-        local_name = self._pread(m.header_offset + _LOCAL.size, name_len)
+        local_name = (head[_LOCAL.size:] if name_len == guess
+                      else self._pread(m.header_offset + _LOCAL.size, name_len))
         try:  # decoded as zipfile decodes it: by the local header's own UTF-8 flag
             local_text = local_name.decode("utf-8" if local_flags & _FLAG_UTF8 else "cp437")
         except UnicodeDecodeError:
