@@ -30,7 +30,7 @@ FORMAT_NAME = "ckpt.pack"
 #: What a ``serializer`` value may be: a built-in kind, or a registered one (``mylib.sparse``); a reader
 #: opens a file naming a kind it does not know, and refuses only to load that slot.
 KIND_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def utc_now() -> str:
@@ -201,7 +201,7 @@ def _digest_field(what: str, record: dict[str, Any], version: int, file: Optiona
     if alg not in allowed:
         _require(False, file, f"{what} records a {alg} digest, which format version {version} does not have")
     value = record[alg]
-    if not (isinstance(value, str) and _HEX64.match(value)):
+    if not (isinstance(value, str) and _HEX64.fullmatch(value)):
         _require(False, file, f"{what} {alg} {value!r:.80} is not 64 lowercase hex digits")
     return alg, value
 

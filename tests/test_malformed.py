@@ -474,6 +474,8 @@ CASES = [
     C("manifest-bad-timestamp", lambda: repack(edit=_set(("created_at",), "yesterday"))),
     C("manifest-blake3-wrong-length",
       lambda: repack(edit=lambda d: d["members"]["0.npy"].update(blake3=d["members"]["0.npy"]["blake3"][:-1]))),
+    C("manifest-blake3-trailing-newline", match="64 lowercase hex",
+      build=lambda: repack(edit=lambda d: d["members"]["0.npy"].update(blake3=d["members"]["0.npy"]["blake3"] + "\n"))),
     C("manifest-blake3-uppercase",
       lambda: repack(edit=lambda d: d["members"]["0.npy"].update(blake3=d["members"]["0.npy"]["blake3"].upper()))),
     C("manifest-sha512-instead-of-blake3",
