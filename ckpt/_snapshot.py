@@ -4,10 +4,11 @@ Why: an async save must copy writable numpy arrays (the caller may change them a
 ``save()`` returns), and copying into fresh memory pays a page fault per 4 KiB page on first
 touch, which on some VMs runs at well under 1 GiB/s and made the copy nearly as slow as the
 save. A :class:`SnapshotBuffers` keeps the buffers of one snapshot and hands them to the next
-(matched by byte size), so from the second save on the copy runs at memory speed. Arrays of
-4 MiB or more are copied in slices on up to four threads (the caller's and a small pool): one
-thread does not reach the memory bandwidth (1 GiB on the 2-core VM: 119 ms on one thread, 73 ms
-on two).
+(matched by byte size), so from the second save on the copy runs at memory speed. Contiguous
+arrays are copied as bytes (a bfloat16 array's own copy loop is several times slower than memcpy),
+those of 1 MiB or more in slices on up to four threads (the caller's and a small pool): one thread
+does not reach the memory bandwidth (one 1 GiB array on the 2-core VM: 100 ms on one thread, 55 ms
+on two; the 1 GiB benchmark model's 389 arrays: about 140 ms and 115 ms).
 
 Memory: the buffers of the snapshots being written (which the copy needs anyway) plus those of
 the latest finished one, kept for reuse: between saves, one copy of the model's writable numpy
@@ -24,8 +25,8 @@ from typing import Optional
 
 import numpy as np
 
-#: Arrays at least this large are copied on several threads.
-_SPLIT_MIN = 4 << 20
+#: Arrays at least this large are copied on several threads (smaller slices cost more to hand off).
+_SPLIT_MIN = 1 << 20
 _POOL: Optional[ThreadPoolExecutor] = None
 _POOL_LOCK = threading.Lock()
 
@@ -47,16 +48,20 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 def _copy(out: np.ndarray, arr: np.ndarray) -> None:
     """``np.copyto(out, arr)``, a large contiguous array in slices on several threads (copyto releases the GIL)."""
-    parts = _threads()
-    if arr.nbytes < _SPLIT_MIN or parts < 2 or not (arr.flags.c_contiguous and out.flags.c_contiguous):
+    if not (arr.flags.c_contiguous and out.flags.c_contiguous) or arr.dtype.hasobject:
         np.copyto(out, arr, casting="no")
         return
-    src, dst = arr.reshape(-1), out.reshape(-1)
+    # Bytes, not elements: a copy of a user dtype (ml_dtypes' bfloat16) runs its element loop, several
+    # times slower than memcpy, and does not get faster on more threads.
+    src, dst = arr.reshape(-1).view(np.uint8), out.reshape(-1).view(np.uint8)
+    parts = _threads()
+    if arr.nbytes < _SPLIT_MIN or parts < 2:
+        np.copyto(dst, src)
+        return
     bounds = [len(src) * i // parts for i in range(parts + 1)]
-    pending = [_pool(parts - 1).submit(np.copyto, dst[a:b], src[a:b], casting="no")
-               for a, b in zip(bounds[1:-1], bounds[2:])]
+    pending = [_pool(parts - 1).submit(np.copyto, dst[a:b], src[a:b]) for a, b in zip(bounds[1:-1], bounds[2:])]
     try:
-        np.copyto(dst[:bounds[1]], src[:bounds[1]], casting="no")
+        np.copyto(dst[:bounds[1]], src[:bounds[1]])
     finally:
         for fut in pending:
             fut.result()

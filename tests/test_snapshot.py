@@ -149,11 +149,11 @@ def test_sync_saves_hold_no_buffers(tmp_path):
 
 
 @pytest.mark.parametrize("make", [
-    lambda r: r.standard_normal((1 << 20) + 3).astype(np.float32),  # just over the split size, odd length
+    lambda r: r.standard_normal((1 << 18) + 3).astype(np.float32),  # just over the split size, odd length
     lambda r: np.asfortranarray(r.standard_normal((1031, 1029))),  # Fortran order, 8 MiB
     lambda r: r.standard_normal(5 << 20).astype(ml_dtypes.bfloat16),  # 10 MiB of bfloat16
     lambda r: r.standard_normal((2048, 2048))[:, ::2],  # strided: no slicing, one copy
-    lambda r: r.integers(0, 255, (3 << 20) - 1, dtype=np.uint8),  # just under the split size
+    lambda r: r.integers(0, 255, (1 << 20) - 1, dtype=np.uint8),  # just under the split size
 ], ids=["odd", "fortran", "bf16", "strided", "under"])
 def test_large_arrays_copied_in_slices_are_exact(make, monkeypatch):
     """Arrays copied on several threads are bit-identical, in the layout a sync save writes, also
@@ -167,3 +167,15 @@ def test_large_arrays_copied_in_slices_are_exact(make, monkeypatch):
     assert_arrays_identical(np.ascontiguousarray(out), np.ascontiguousarray(src))
     fortran = src.ndim > 1 and src.flags.f_contiguous and not src.flags.c_contiguous
     assert out.flags.f_contiguous if fortran else out.flags.c_contiguous
+
+
+def test_bfloat16_and_0d_arrays_are_copied_as_their_bytes():
+    """The byte copy keeps every bit of a user dtype (NaN payloads and negative zeros of bfloat16 too)
+    and of 0-d arrays."""
+    bits = np.arange(1 << 16, dtype=np.uint16)  # every bfloat16 bit pattern, NaNs included
+    src = bits.view(ml_dtypes.bfloat16)
+    out = SnapshotBuffers().snapshot().copy(src)
+    np.testing.assert_array_equal(out.view(np.uint16), bits)
+    scalar = np.array(-0.0, dtype=np.float32)
+    copied = SnapshotBuffers().snapshot().copy(scalar)
+    assert copied.shape == () and np.signbit(copied) and copied.tobytes() == scalar.tobytes()
