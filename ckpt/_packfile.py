@@ -281,16 +281,9 @@ class PackReader:
                 self._verified.add(n)
 
     def _check(self, view: memoryview, m: _Member, name: str, slot: Optional[str]) -> None:
-        if m.digest is None:
-            found_crc = _crc32(view)
-            if found_crc != m.zip.crc:
-                raise self._crc_failed(name, m, slot, found_crc)
-            return
-        h = _hasher(m.algorithm, len(view), self.label)
-        h.update(view)
-        found = h.hexdigest()
-        if found != m.digest:
-            raise self._corrupt(name, m, slot, found)
+        check = _MemberCheck(self, name, slot)
+        check.update(view)
+        check.finish()
 
     def _crc_failed(self, name: str, m: _Member, slot: Optional[str], found: int) -> ChecksumError:
         return ChecksumError(
@@ -354,11 +347,12 @@ class _MemberCheck:
         self.reader, self.name, self.slot = reader, name, slot
         self.m = reader.members[name]
         self.crc = 0
-        self.hasher = None if self.m.digest is None else _hasher(self.m.algorithm, self.m.zip.size, reader.label)
+        # Small members on one thread (see _digest.new).
+        self.hasher = None if self.m.digest is None else _digest.new(self.m.algorithm, reader.label, self.m.zip.size)
 
     def update(self, data: memoryview) -> None:
         if self.hasher is None:
-            self.crc = _crc.crc32(data, self.crc)
+            self.crc = _crc32(data, self.crc)
         else:
             self.hasher.update(data)
 
@@ -370,11 +364,6 @@ class _MemberCheck:
         found = self.hasher.hexdigest()
         if found != self.m.digest:
             raise self.reader._corrupt(self.name, self.m, self.slot, found)
-
-
-def _hasher(algorithm: str, size: int, label: str) -> _digest.Hasher:
-    """A hasher for a member of ``size`` bytes (small ones on one thread: see ``_digest.new``)."""
-    return _digest.new(algorithm, label, size)
 
 
 def _reserve(size: int) -> np.ndarray:
@@ -402,8 +391,7 @@ def _map(f: BinaryIO) -> Optional[mmap.mmap]:
 _HASH_SLICE = 64 * 1024 * 1024
 
 
-def _crc32(view: memoryview) -> int:
-    crc = 0
+def _crc32(view: memoryview, crc: int = 0) -> int:
     for start in range(0, len(view), _HASH_SLICE):
         crc = _crc.crc32(view[start:start + _HASH_SLICE], crc)
     return crc

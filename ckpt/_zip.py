@@ -84,15 +84,10 @@ class _Behind:
         self._bytes = 0
 
     def update(self, h: _digest.Hasher, view: memoryview, limit: int = 0) -> None:
-        self._queue.append((_hasher().submit(h.update, view), len(view)))
-        self._bytes += len(view)
-        while self._bytes > (limit or _BEHIND_BYTES):
-            self._pop()
+        self._hand(h.update, len(view), limit, view)
 
     def hexdigest(self, h: _digest.Hasher) -> Future[str]:
-        fut: Future[str] = _hasher().submit(h.hexdigest)
-        self._queue.append((fut, 0))
-        return fut
+        return self._hand(h.hexdigest, 0, 0)
 
     def digest_of(self, h: _digest.Hasher, parts: list[memoryview]) -> Future[str]:
         """The digest of a whole small member, in one hand-off (three cost more than hashing 256 KiB)."""
@@ -101,11 +96,14 @@ class _Behind:
                 h.update(part)
             return h.hexdigest()
 
-        fut: Future[str] = _hasher().submit(run)
-        n = sum(len(p) for p in parts)
-        self._queue.append((fut, n))
-        self._bytes += n
-        while self._bytes > _BEHIND_BYTES:
+        return self._hand(run, sum(len(p) for p in parts), 0)
+
+    def _hand(self, fn: Any, nbytes: int, limit: int, *args: Any) -> Future[Any]:
+        """Queue ``fn(*args)`` on the hashing thread; wait while more than ``limit`` bytes are unhashed."""
+        fut = _hasher().submit(fn, *args)
+        self._queue.append((fut, nbytes))
+        self._bytes += nbytes
+        while self._bytes > (limit or _BEHIND_BYTES):
             self._pop()
         return fut
 
